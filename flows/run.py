@@ -1,0 +1,131 @@
+"""The `run` flow: one in-silico trial as a Prefect flow whose tasks run on Dask.
+
+Thin: every number comes from :mod:`insilico_trials.trial`; this module only decides where the
+work runs (Prefect tasks on a ``DaskTaskRunner``), shows progress, and hands the results to the
+archive writer. Imported lazily by the CLI, because importing Prefect costs ~7 s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from insilico_trials import trial
+from insilico_trials.protocol import TrialProtocol
+
+__all__ = ["RunOutcome", "make_task_runner", "run_trial"]
+
+
+@dataclass
+class RunOutcome:
+    """What the flow hands back to the caller (the CLI writes the archive from it)."""
+
+    cohorts: dict[str, Any]
+    chunks: list[trial.ChunkResult]
+    fit: Any
+    flow_run_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_task_runner(*, workers: int | None, dask_address: str | None) -> DaskTaskRunner:
+    """A runner on an existing Dask scheduler, or on a LocalCluster of ``workers`` processes."""
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    n = workers or max(1, os.cpu_count() or 1)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
+
+
+# Inputs are protocols and DataFrames: hashing them for Prefect's default cache key costs time
+# and buys nothing here, so caching is off (resumable runs key their cache explicitly).
+@task(name="sample-cohort", cache_policy=NO_CACHE)
+def cohort_task(protocol: TrialProtocol, arm_name: str) -> Any:
+    arm = next(a for a in protocol.arms if a.name == arm_name)
+    return trial.arm_cohort(protocol, arm)
+
+
+@task(name="simulate-chunk", cache_policy=NO_CACHE, retries=2)
+def simulate_task(protocol: TrialProtocol, arm_name: str, rows: Any) -> trial.ChunkResult:
+    return trial.simulate_chunk(protocol, arm_name, rows)
+
+
+@task(name="fit-outcome", cache_policy=NO_CACHE)
+def fit_task(protocol: TrialProtocol, endpoints: Any) -> Any:
+    return trial.analyse(protocol, endpoints)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@flow(name="insilico-trial-run", log_prints=False, persist_result=False)
+def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOutcome:
+    """Cohort per arm -> simulation chunks (Dask tasks) -> endpoints -> outcome fit."""
+    from prefect.runtime import flow_run
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    size = chunk_size or protocol.execution.chunk_size
+    _say(
+        f"[1/3] cohort: sampling {sum(a.n for a in protocol.arms)} virtual patients in {len(protocol.arms)} arms"
+    )
+    cohort_futures = {a.name: cohort_task.submit(protocol, a.name) for a in protocol.arms}
+    cohorts = {name: f.result() for name, f in cohort_futures.items()}
+    for name, table in cohorts.items():
+        screened = table.attrs.get("screened", len(table))
+        _say(f"      {name}: {len(table)} enrolled of {screened} screened")
+    timings["cohort (first tasks also warm the workers)"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    futures = []
+    for arm in protocol.arms:
+        table = cohorts[arm.name]
+        for start, stop in trial.chunk_bounds(len(table), size):
+            futures.append(simulate_task.submit(protocol, arm.name, table.iloc[start:stop]))
+    _say(f"[2/3] simulate: {len(futures)} chunks of <= {size} patients (PK, tumour, endpoints)")
+    chunks = []
+    step = max(1, len(futures) // 10)
+    for done, fut in enumerate(as_completed(futures), start=1):
+        chunks.append(fut.result())
+        if done % step == 0 or done == len(futures):
+            _say(f"      {done}/{len(futures)} chunks done ({time.perf_counter() - t1:.1f} s)")
+    timings["simulate"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    joined = trial.concat_chunks(chunks)
+    a = protocol.analysis
+    _say(
+        f"[3/3] fit: {a.model} outcome model on {a.endpoint} "
+        f"({a.mcmc.chains} chains x {a.mcmc.draws} draws, first compile is slow)"
+    )
+    fit = fit_task.submit(protocol, joined["endpoints"]).result()
+    timings["fit"] = time.perf_counter() - t2
+    return RunOutcome(
+        cohorts=cohorts, chunks=chunks, fit=fit, flow_run_id=str(flow_run.id), timings=timings
+    )
+
+
+def run_trial(
+    protocol: TrialProtocol,
+    *,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    chunk_size: int | None = None,
+) -> RunOutcome:
+    """Run :func:`trial_flow` on Dask (LocalCluster of ``workers`` or ``dask_address``)."""
+    runner = make_task_runner(workers=workers, dask_address=dask_address)
+    return trial_flow.with_options(task_runner=runner)(protocol, chunk_size)

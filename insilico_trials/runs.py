@@ -1,0 +1,191 @@
+"""Writing a trial run's archive, and the provenance that goes with it.
+
+Numeric outputs are written byte-deterministically (Parquet without timestamps, JSON with sorted
+keys), so the same protocol gives the same SHA-256 on any number of workers or chunks, and
+``rerun`` can compare hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insilico_trials import trial
+from insilico_trials.archive import atomic_write_bytes, atomic_write_text, sha256_file
+from insilico_trials.protocol import TrialProtocol
+
+__all__ = [
+    "KEY_LIBRARIES",
+    "environment_provenance",
+    "new_run_id",
+    "parquet_bytes",
+    "write_json",
+    "write_run_outputs",
+]
+
+KEY_LIBRARIES = (
+    "insilico-trials", "numpy", "scipy", "pandas", "pyarrow", "pymc", "pytensor", "nutpie",
+    "arviz", "prefect", "prefect-dask", "dask", "distributed", "mlflow", "pydantic",
+)  # fmt: skip
+
+
+def new_run_id(protocol: TrialProtocol, *, now: dt.datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<8 hex of the protocol hash>``: sortable, and names what was run."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """Parquet bytes of ``frame``, identical for identical data (no index, no timestamps)."""
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(
+        path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _profile_quantiles(times_h: np.ndarray, profiles: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for arm, conc in profiles.items():
+        q = np.quantile(conc.astype(np.float64), [0.05, 0.5, 0.95], axis=0)
+        rows.append(
+            pd.DataFrame({"arm": arm, "time_h": times_h, "p05": q[0], "p50": q[1], "p95": q[2]})
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def write_run_outputs(
+    stage: Path, protocol: TrialProtocol, protocol_source: Path, outcome: Any
+) -> dict[str, list[str]]:
+    """Write the protocol and every numeric output of a run into ``stage``.
+
+    Returns the file names grouped as ``inputs`` and ``outputs`` for the manifest.
+    """
+    shutil.copyfile(protocol_source, stage / "protocol.yaml")
+    cohort = pd.concat([outcome.cohorts[a.name] for a in protocol.arms], ignore_index=True)
+    joined = trial.concat_chunks(outcome.chunks)
+    atomic_write_bytes(stage / "cohort.parquet", parquet_bytes(cohort))
+    atomic_write_bytes(stage / "endpoints.parquet", parquet_bytes(joined["endpoints"]))
+    atomic_write_bytes(stage / "exposure.parquet", parquet_bytes(joined["exposure"]))
+    atomic_write_bytes(
+        stage / "profiles.parquet",
+        parquet_bytes(_profile_quantiles(joined["profile_times_h"], joined["profiles"])),
+    )
+    screening = {
+        a.name: {"enrolled": len(outcome.cohorts[a.name]),
+                 "screened": int(outcome.cohorts[a.name].attrs.get("screened", a.n))}
+        for a in protocol.arms
+    }  # fmt: skip
+    fit = outcome.fit
+    write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
+    write_json(
+        stage / "synthetic_control.json",
+        trial.virtual_control_summary(protocol, joined["endpoints"]),
+    )
+    atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
+    return {
+        "inputs": ["protocol.yaml"],
+        "outputs": [
+            "cohort.parquet", "endpoints.parquet", "exposure.parquet", "profiles.parquet",
+            "summary.json", "synthetic_control.json", "posterior.parquet",
+        ],
+    }  # fmt: skip
+
+
+def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) -> dict[str, Any]:
+    """The decision-relevant numbers of a fit, as plain JSON."""
+    a = protocol.analysis
+    return {
+        "question": protocol.question,
+        "endpoint": a.endpoint,
+        "model": a.model,
+        "criterion": a.decision.text,
+        "quantity": a.decision.quantity,
+        "delta": a.decision.delta,
+        "probability": float(fit.probability),
+        "decision": fit.decision,
+        "converged": bool(fit.converged),
+        "diagnostics": fit.diagnostics,
+        "posterior": json.loads(fit.summary.to_json(orient="records", double_precision=15)),
+        "arms": {arm.name: {"n": arm.n, "control": arm.control} for arm in protocol.arms},
+        "screening": screening,
+    }
+
+
+def posterior_draws(fit: Any) -> pd.DataFrame:
+    """Posterior draws as a long table ``chain, draw, <scalar parameters>``."""
+    post = fit.idata["posterior"].to_dataset()
+    scalars = [v for v in post.data_vars if post[v].dims == ("chain", "draw")]
+    frame = post[scalars].to_dataframe().reset_index()
+    return frame[["chain", "draw", *sorted(scalars)]]
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_provenance() -> dict[str, Any]:
+    """Versions, commit, lock-file hash and a machine summary."""
+    root = Path(__file__).resolve().parents[1]
+    lock = root / "uv.lock"
+    versions = {}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    import os
+
+    return {
+        "package_version": versions["insilico-trials"],
+        "git_commit": _git_commit(root),
+        "uv_lock_sha256": sha256_file(lock) if lock.exists() else "no uv.lock",
+        "python": sys.version.split()[0],
+        "libraries": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }

@@ -1,0 +1,147 @@
+"""Experiment tracking: the one module that imports mlflow.
+
+Embedded default: a SQLite store ``.insilico/mlflow.db`` and an artifact folder
+``.insilico/mlartifacts`` under the working directory, no server. ``MLFLOW_TRACKING_URI``
+points it at a real tracking server instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "MlflowTracker",
+    "NullTracker",
+    "Tracker",
+    "TrackingError",
+    "default_tracking_uri",
+    "flatten",
+]
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written."""
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def start(self, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> str: ...
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
+    def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None: ...
+    def end(self, *, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Tracks nothing (used by ``rerun``, which must not add runs to the sponsor's store)."""
+
+    run_id: str | None = None
+
+    def start(self, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> str:
+        return ""
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
+    def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None: ...
+    def end(self, *, status: str = "FINISHED") -> None: ...
+
+
+def default_tracking_uri(workdir: Path) -> tuple[str, str]:
+    """``(tracking_uri, artifact_root)``: the environment's, or the embedded SQLite store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    home = workdir / ".insilico"
+    if uri:
+        return uri, ""
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(home / 'mlflow.db').resolve()}", (home / "mlartifacts").resolve().as_uri()
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested protocol sections to MLflow params: ``arms.0.regimen.dose`` -> ``"200"``."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                out.update(flatten(item, f"{name}.{i}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class MlflowTracker:
+    """MLflow run lifecycle for one trial run (and nested runs for data-cut updates)."""
+
+    def __init__(self, workdir: Path, *, parent_run_id: str | None = None) -> None:
+        self.workdir = workdir
+        self.uri, self.artifact_root = default_tracking_uri(workdir)
+        self.parent_run_id = parent_run_id
+        self.run_id: str | None = None
+        self._client: Any = None
+
+    def check(self) -> None:
+        """Reach the store before any work starts, so a bad URI fails fast and clearly."""
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client.search_experiments(max_results=1)
+        except Exception as exc:  # mlflow raises many types for an unreachable store
+            raise TrackingError(
+                f"MLflow tracking store {self.uri} cannot be reached: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. Set MLFLOW_TRACKING_URI to a "
+                "running server, or unset it to use the embedded SQLite store."
+            ) from exc
+
+    def start(self, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> str:
+        if self._client is None:
+            self.check()
+        client = self._client
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            kwargs = (
+                {"artifact_location": f"{self.artifact_root}/{experiment}"}
+                if self.artifact_root
+                else {}
+            )
+            exp_id = client.create_experiment(experiment, **kwargs)
+        else:
+            exp_id = exp.experiment_id
+        all_tags = dict(tags)
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k[:250], float(v), now, 0) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 500):
+            self._client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None:
+        self._client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
+
+    def end(self, *, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self._client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,287 @@
+"""One in-silico trial, as plain functions: cohort -> simulation per patient chunk -> endpoints
+-> outcome fit -> decision.
+
+No Prefect, Dask or MLflow here: the flows in ``flows/`` call these functions as tasks, and the
+tests call them directly. Every random draw is keyed by (replicate, arm, patient), so the
+numbers do not depend on how patients are chunked or where a chunk runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from insilico_trials.protocol import Arm, TrialProtocol
+
+__all__ = [
+    "ChunkResult",
+    "analyse",
+    "arm_cohort",
+    "chunk_bounds",
+    "concat_chunks",
+    "dose_amounts_mg",
+    "simulate_chunk",
+    "virtual_control_summary",
+]
+
+_ANALYSIS_COLUMNS = {
+    "orr": {"responder": "response"},
+    "best_pct_change": {"best_pct_change": "value", "SLD0": "baseline"},
+    "pfs": {"pfs_days": "time", "pfs_event": "event"},
+    "os": {"os_days": "time", "os_event": "event"},
+}
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Half-open patient index ranges ``[start, stop)`` of at most ``chunk_size`` patients."""
+    return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+
+
+def arm_cohort(protocol: TrialProtocol, arm: Arm, *, replicate: int = 0) -> pd.DataFrame:
+    """The virtual patients of one arm (covariates and individual parameters)."""
+    from insilico_trials.cohort import sample_cohort
+
+    cohort = sample_cohort(
+        protocol.population, n=arm.n, seed=protocol.seed, arm=arm.name, replicate=replicate
+    )
+    table = cohort.table.copy()
+    table.attrs = {"screened": int(cohort.screened)}
+    return table
+
+
+def dose_amounts_mg(arm: Arm, cohort: pd.DataFrame) -> np.ndarray:
+    """Per-patient dose in mg: fixed, or scaled by body weight (kg) or BSA (m2)."""
+    reg = arm.regimen
+    n = len(cohort)
+    if reg is None:
+        return np.zeros(n)
+    if reg.unit == "mg":
+        return np.full(n, reg.dose)
+    column = "WT" if reg.unit == "mg/kg" else "BSA"
+    return reg.dose * cohort[column].to_numpy(dtype=float)
+
+
+def _time_grids(protocol: TrialProtocol) -> tuple[np.ndarray, np.ndarray]:
+    """PK grid (hours) covering follow-up, and the visit days (0 = baseline)."""
+    ep = protocol.endpoints
+    follow_days = ep.follow_up_weeks * 7.0
+    times_h = np.arange(0.0, follow_days * 24.0 + 1e-9, protocol.pk.output_interval_h)
+    visits = np.arange(0.0, follow_days + 1e-9, ep.visit_every_weeks * 7.0)
+    return times_h, visits
+
+
+def _daily_auc(times_h: np.ndarray, conc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Trapezoidal AUC per day (mg*h/L), on day boundaries; returns (day starts, (n, days))."""
+    days = int(np.floor(times_h[-1] / 24.0))
+    cum = np.concatenate(
+        [
+            np.zeros((conc.shape[0], 1)),
+            np.cumsum(np.diff(times_h) * 0.5 * (conc[:, 1:] + conc[:, :-1]), axis=1),
+        ],
+        axis=1,
+    )
+    idx = np.searchsorted(times_h, np.arange(days + 1) * 24.0)
+    at_day = cum[:, idx]
+    return np.arange(days, dtype=float), np.diff(at_day, axis=1)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk of patients of one arm produced."""
+
+    arm: str
+    start: int
+    endpoints: pd.DataFrame
+    exposure: pd.DataFrame
+    profile_times_h: np.ndarray
+    profiles: np.ndarray = field(repr=False)  # (n, T) mg/L on profile_times_h
+
+
+def simulate_chunk(
+    protocol: TrialProtocol, arm_name: str, cohort: pd.DataFrame, *, replicate: int = 0
+) -> ChunkResult:
+    """Simulate PK, tumour and endpoints for a chunk of one arm's patients.
+
+    ``cohort`` holds the chunk's rows of :func:`arm_cohort` (its ``patient`` column keys all
+    randomness, so any split of the arm gives the same per-patient results).
+    """
+    from insilico_trials.endpoints import derive_endpoints
+    from insilico_trials.pk import simulate_regimen
+    from insilico_trials.tumour import simulate_tumour
+
+    arm = next(a for a in protocol.arms if a.name == arm_name)
+    times_h, visits = _time_grids(protocol)
+    n = len(cohort)
+    patient = cohort["patient"].to_numpy(dtype=np.int64)
+    pk_params = {p: cohort[p].to_numpy(dtype=float) for p in _pk_parameter_names(protocol)}
+    reg = arm.regimen
+    if reg is None:
+        conc = np.zeros((n, times_h.size))
+    else:
+        conc = simulate_regimen(
+            protocol.pk.model,
+            pk_params,
+            dose_mg=dose_amounts_mg(arm, cohort),
+            interval_h=reg.interval_h,
+            n_doses=reg.n_doses,
+            route=reg.route,
+            infusion_h=reg.infusion_h,
+            times_h=times_h,
+        )
+    disease = protocol.disease
+    tumour_names = _tumour_parameter_names(protocol)
+    tumour_params = {p: cohort[p].to_numpy(dtype=float) for p in tumour_names}
+    if disease.exposure == "none" or reg is None:
+        expo_t, expo = None, None
+    elif disease.exposure == "daily_auc":
+        expo_t, expo = _daily_auc(times_h, conc)
+    else:
+        expo_t, expo = times_h / 24.0, conc
+    sld = simulate_tumour(
+        disease.model,
+        tumour_params,
+        exposure_times_days=expo_t,
+        exposure=expo,
+        times_days=visits,
+    )
+    ep = protocol.endpoints
+    endpoints = derive_endpoints(
+        sld,
+        visits,
+        seed=protocol.seed,
+        keys=(replicate, arm.name),
+        patient=patient,
+        measurement_cv=ep.measurement_cv,
+        new_lesion_hazard_per_day=ep.new_lesion_hazard_per_day,
+        os_model=ep.os.model_dump() if ep.os is not None else None,
+        dropout_per_day=ep.dropout_per_year / 365.25,
+        admin_censor_days=ep.follow_up_weeks * 7.0,
+        accrual_per_day=ep.accrual_per_month * 12.0 / 365.25,
+    )
+    endpoints.insert(1, "arm", arm.name)
+    if "SLD0" in cohort:
+        endpoints["SLD0"] = cohort["SLD0"].to_numpy(dtype=float)
+    exposure = _exposure_table(times_h, conc, arm)
+    exposure.insert(0, "patient", patient)
+    exposure.insert(1, "arm", arm.name)
+    # Profiles for the report: the first two weeks at the PK grid, enough to show the
+    # approach to steady state; the full grid stays out of the archive (it can be huge).
+    keep = times_h <= 14 * 24.0
+    return ChunkResult(
+        arm=arm.name,
+        start=int(patient[0]) if n else 0,
+        endpoints=endpoints.reset_index(drop=True),
+        exposure=exposure.reset_index(drop=True),
+        profile_times_h=times_h[keep],
+        profiles=conc[:, keep].astype(np.float32),
+    )
+
+
+def _exposure_table(times_h: np.ndarray, conc: np.ndarray, arm: Arm) -> pd.DataFrame:
+    """Per-patient exposure: first and last dosing interval (AUC mg*h/L, Cmax mg/L, Tmax h)."""
+    from insilico_trials.pk import exposure as ex
+
+    reg = arm.regimen
+    n = conc.shape[0]
+    if reg is None:
+        zeros = np.zeros(n)
+        return pd.DataFrame({"auc_first_mg_h_l": zeros, "cmax_first_mg_l": zeros, "auc_last_mg_h_l": zeros,
+                             "cmax_last_mg_l": zeros, "ctrough_last_mg_l": zeros})  # fmt: skip
+    tau = reg.interval_h
+    last = min((reg.n_doses - 1) * tau, max(0.0, times_h[-1] - tau))
+    return pd.DataFrame(
+        {
+            "auc_first_mg_h_l": ex.auc(times_h, conc, start_h=0.0, end_h=tau),
+            "cmax_first_mg_l": ex.cmax(times_h, conc, start_h=0.0, end_h=tau),
+            "tmax_first_h": ex.tmax(times_h, conc, start_h=0.0, end_h=tau),
+            "auc_last_mg_h_l": ex.auc(times_h, conc, start_h=last, end_h=last + tau),
+            "cmax_last_mg_l": ex.cmax(times_h, conc, start_h=last, end_h=last + tau),
+            "ctrough_last_mg_l": ex.ctrough(times_h, conc, at_h=last),
+        }
+    )
+
+
+def _pk_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
+    from insilico_trials.pk import MODELS
+
+    return tuple(MODELS[protocol.pk.model].parameters)
+
+
+def _tumour_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
+    from insilico_trials.tumour import TUMOUR_MODELS
+
+    model = TUMOUR_MODELS[protocol.disease.model]
+    declared = protocol.population.parameters
+    return tuple(model.required) + tuple(p for p in model.optional if p in declared)
+
+
+def concat_chunks(chunks: list[ChunkResult]) -> dict[str, Any]:
+    """Join chunk results in (arm order, patient order), whatever order they finished in."""
+    chunks = sorted(chunks, key=lambda c: (c.arm, c.start))
+    endpoints = pd.concat([c.endpoints for c in chunks], ignore_index=True)
+    exposure = pd.concat([c.exposure for c in chunks], ignore_index=True)
+    profiles = {}
+    for arm in dict.fromkeys(c.arm for c in chunks):
+        profiles[arm] = np.vstack([c.profiles for c in chunks if c.arm == arm])
+    times = chunks[0].profile_times_h if chunks else np.zeros(0)
+    return {
+        "endpoints": endpoints,
+        "exposure": exposure,
+        "profiles": profiles,
+        "profile_times_h": times,
+    }
+
+
+def analysis_frame(protocol: TrialProtocol, endpoints: pd.DataFrame) -> pd.DataFrame:
+    """The endpoint table in the shape the outcome model takes (``arm`` + model columns)."""
+    cols = _ANALYSIS_COLUMNS[protocol.analysis.endpoint]
+    if protocol.analysis.model != "continuous":
+        cols = {k: v for k, v in cols.items() if v != "baseline"}
+    frame = endpoints[["arm", *cols]].rename(columns=cols)
+    return frame.reset_index(drop=True)
+
+
+def analyse(
+    protocol: TrialProtocol, endpoints: pd.DataFrame, *, treatment: str | None = None
+) -> Any:
+    """Fit the protocol's outcome model (control vs one treatment arm) and apply its decision rule."""
+    from insilico_trials.outcomes import fit_outcome
+
+    treat = treatment or protocol.analysis.treatment or protocol.treatment_arms[0].name
+    control = protocol.control_arm.name
+    frame = analysis_frame(protocol, endpoints)
+    frame = frame[frame["arm"].isin([control, treat])].reset_index(drop=True)
+    a = protocol.analysis
+    return fit_outcome(
+        frame,
+        model=a.model,
+        control=control,
+        treatment=treat,
+        decision={**a.decision.model_dump(exclude={"direction"}), "direction": a.decision.side},
+        covariates=tuple(a.covariates),
+        prior=None,
+        draws=a.mcmc.draws,
+        tune=a.mcmc.tune,
+        chains=a.mcmc.chains,
+        seed=protocol.seed,
+    )
+
+
+def virtual_control_summary(protocol: TrialProtocol, endpoints: pd.DataFrame) -> dict[str, Any]:
+    """Sufficient statistics of the simulated control arm: the synthetic control's prior source."""
+    frame = analysis_frame(protocol, endpoints)
+    ctrl = frame[frame["arm"] == protocol.control_arm.name]
+    model = protocol.analysis.model
+    out: dict[str, Any] = {"endpoint": protocol.analysis.endpoint, "model": model, "n": len(ctrl)}
+    if model == "binary":
+        out["responders"] = int(ctrl["response"].sum())
+    elif model == "continuous":
+        out["mean"] = float(ctrl["value"].mean())
+        out["sd"] = float(ctrl["value"].std(ddof=1))
+    else:
+        out["events"] = int(ctrl["event"].sum())
+        out["exposure_days"] = float(ctrl["time"].sum())
+    return out

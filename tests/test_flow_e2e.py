@@ -1,0 +1,194 @@
+"""End to end: the `run` flow on Prefect (test harness) and Dask, archived, re-run, tampered.
+
+Real components: Prefect's API (harness started once per session), a Dask LocalCluster, a
+real Dask scheduler with two worker processes on 127.0.0.1, MLflow on a SQLite store, PyMC/nutpie.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from insilico_trials.cli import main
+from tests.conftest import tiny_protocol
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path: Path, protocol: Path, *extra: str) -> Path:
+    before = (
+        set((tmp_path / "reports").rglob("manifest.json"))
+        if (tmp_path / "reports").exists()
+        else set()
+    )
+    assert main(["run", str(protocol), "--reports", str(tmp_path / "reports"), *extra]) == 0
+    after = set((tmp_path / "reports").rglob("manifest.json"))
+    (new,) = after - before
+    return new.parent
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, prefect_api):
+    """Two runs of the tiny protocol: 1 worker and 2 workers with another chunk size."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp)  # the embedded MLflow store lands in tmp/.insilico
+    try:
+        protocol = tiny_protocol(tmp)
+        one = _run(tmp, protocol, "--workers", "1")
+        time.sleep(1.1)  # run ids carry the second
+        two = _run(tmp, protocol, "--workers", "2", "--chunk-size", "3")
+        yield {"tmp": tmp, "protocol": protocol, "one": one, "two": two}
+    finally:
+        os.chdir(cwd)
+
+
+def test_archive_layout_and_manifest(runs):
+    archive = runs["one"]
+    assert archive.parent.parent == runs["tmp"] / "reports"
+    manifest = json.loads((archive / "manifest.json").read_text())
+    for name in ("cohort.parquet", "endpoints.parquet", "summary.json", "posterior.parquet"):
+        assert name in manifest["outputs"]
+    assert manifest["inputs"].keys() == {"protocol.yaml"}
+    assert re.fullmatch(r"[0-9a-f]{64}", manifest["uv_lock_sha256"])
+    assert manifest["prefect_flow_run_id"] and manifest["mlflow_run_id"]
+    assert manifest["seeds"] == {"protocol": 20261124}
+    summary = json.loads((archive / "summary.json").read_text())
+    assert 0.0 <= summary["probability"] <= 1.0
+    assert summary["decision"] in {"go", "no-go", "not reported (convergence failed)"}
+    assert (archive / "report.html").stat().st_size > 10_000
+
+
+def test_worker_count_and_chunking_do_not_change_numbers(runs):
+    m1 = json.loads((runs["one"] / "manifest.json").read_text())
+    m2 = json.loads((runs["two"] / "manifest.json").read_text())
+    assert m1["outputs"] == m2["outputs"]
+    assert m1["execution"]["chunk_size"] != m2["execution"]["chunk_size"]
+
+
+def test_mlflow_run_recorded(runs):
+    import mlflow
+
+    manifest = json.loads((runs["one"] / "manifest.json").read_text())
+    client = mlflow.tracking.MlflowClient(
+        tracking_uri=f"sqlite:///{runs['tmp'] / '.insilico' / 'mlflow.db'}"
+    )
+    run = client.get_run(manifest["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trial_id"] == "tiny-orr"
+    assert run.data.metrics["probability"] == pytest.approx(
+        json.loads((runs["one"] / "summary.json").read_text())["probability"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "archive")}
+    assert "archive/manifest.json" in artifacts
+
+
+def test_rerun_identical_then_tampered(runs, capsys, tmp_path):
+    copy = tmp_path / "archive"
+    shutil.copytree(runs["one"], copy)
+    assert main(["rerun", str(copy), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT" not in out and "numeric outputs identical" in out
+    (copy / "endpoints.parquet").write_bytes((copy / "endpoints.parquet").read_bytes() + b"\0")
+    assert main(["rerun", str(copy)]) == 1
+    assert "endpoints.parquet: modified" in capsys.readouterr().err
+    (copy / "summary.json").unlink()
+    assert main(["rerun", str(copy)]) == 1
+    assert "summary.json: missing" in capsys.readouterr().err
+
+
+def test_report_rebuilt_from_copied_archive(runs, tmp_path):
+    copy = tmp_path / "elsewhere" / "archive"
+    shutil.copytree(runs["one"], copy)
+    original = (copy / "report.html").read_text()
+    assert main(["report", str(copy)]) == 0
+    rebuilt = (copy / "report.html").read_text()
+
+    def strip(html: str) -> str:
+        return re.sub(r"generated \S+", "generated X", html)
+
+    assert strip(rebuilt) == strip(original)
+    from insilico_trials.archive import verify_archive
+
+    assert verify_archive(copy) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_dask_cluster_matches_localcluster(runs, monkeypatch):
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, bit-for-bit equal."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen(
+            [
+                str(bindir / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        from distributed import Client
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(bindir / "dask"),
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            assert len(client.scheduler_info()["workers"]) == 2
+        monkeypatch.chdir(runs["tmp"])
+        remote = _run(runs["tmp"], runs["protocol"], "--dask-address", address)
+        m_local = json.loads((runs["one"] / "manifest.json").read_text())
+        m_remote = json.loads((remote / "manifest.json").read_text())
+        assert m_remote["execution"]["dask_address"] == address
+        assert m_remote["outputs"] == m_local["outputs"]
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
