@@ -8,6 +8,9 @@ float64, CP float64) with pyarrow. Prints the time, rows, file size and peak RSS
 (``resource.getrusage``); the goal is peak memory under 4 GB.
 
 Run: ``uv run python benchmarks/pk_million.py [--subjects N] [--chunk N] [--out PATH]``
+
+Last measured (2026-11-24, 2 shared cores, load average ~4): 366,000,000 rows in 123 s
+(simulation 78 s), Parquet 0.58 GB, peak RSS 0.86 GB.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def main() -> None:
     print(f"Parquet file {out}: {size / 1e9:.2f} GB")
     print(f"peak RSS {peak_rss_gb():.2f} GB (goal < 4 GB)")
     print(
-        f"machine load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"machine load average (1 min) at the end: {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores"
     )
     if args.out is None:
         out.unlink()

@@ -13,6 +13,10 @@ loop (LSODA, rtol 1e-8, atol 1e-8 as mrgsolve's defaults, one call per dosing in
 with the tight ODE path (rtol 1e-10) to 1e-6 relative on those patients.
 
 Run: ``uv run python benchmarks/pk_population.py``
+
+Last measured (2026-11-24, 2 shared cores, load average 3.2): simulate + table 0.058 s wall
+(best of 7; CPU 0.057 s), simulate only 0.045 s; solve_ivp loop 2.19 s for 20 patients ->
+218.8 s extrapolated (3,802x); exact vs ODE max relative difference 1.45e-10.
 """
 
 from __future__ import annotations

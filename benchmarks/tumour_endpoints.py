@@ -33,10 +33,10 @@ import numpy as np
 
 from insilico_trials.endpoints import derive_endpoints, km_median, response_rates
 from insilico_trials.rng import patient_normals
-from insilico_trials.tumour import simulate_tumour, zhang_comparison
+from insilico_trials.tumour import CLARET2009_FU, simulate_tumour, zhang_comparison
 
-CLARET_FU = {"KL": 0.015, "KD": 0.058, "LAMBDA": 0.042}  # per week (see module docstring)
-CLARET_FU_OMEGA2 = (0.556, 0.540, 0.450)
+CLARET_FU = {k: CLARET2009_FU[k] for k in ("KL", "KD", "LAMBDA")}  # per week
+CLARET_FU_OMEGA2 = CLARET2009_FU["omega2"]
 CL_TYP, V_TYP = 20.0, 30.0  # L/h, L: illustrative
 DOSE_MG, CYCLE_DAYS, N_CYCLES = 765.0, 28, 6
 

@@ -45,7 +45,7 @@ def make_task_runner(*, workers: int | None, dask_address: str | None) -> DaskTa
             "n_workers": n,
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            "dashboard_address": ":0",  # a free port: a fixed 8787 clashes between clusters
         },
     )
 

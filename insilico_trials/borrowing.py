@@ -239,7 +239,7 @@ def robustify(
     )
     return MixturePrior(
         prior.family,
-        tuple(float(x) * (1.0 - weight) for x in prior.weights) + (float(weight),),
+        (*(float(x) * (1.0 - weight) for x in prior.weights), float(weight)),
         (*prior.a, comp[0]),
         (*prior.b, comp[1]),
         (*labels, "vague"),

@@ -65,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         "--reports", type=Path, default=Path("reports"), help="archive root (default: reports/)"
     )
 
+    d = sub.add_parser(
+        "design", help="operating characteristics of the protocol's design scenarios"
+    )
+    d.add_argument("protocol", type=Path)
+    d.add_argument(
+        "--replicates", type=_workers, required=True, help="simulated trials per scenario"
+    )
+    services(d)
+    d.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="output root (default: reports/)"
+    )
+
     rr = sub.add_parser("rerun", help="re-execute an archived run and compare every numeric output")
     rr.add_argument("archive", type=Path)
     services(rr)
@@ -73,6 +85,23 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="rebuild the HTML report of an archive from the archive alone"
     )
     rp.add_argument("archive", type=Path)
+    rp.add_argument(
+        "--pdf", action="store_true", help="also print it to report.pdf (headless Chromium)"
+    )
+
+    up = sub.add_parser("update", help="update the synthetic control arm with a real data cut")
+    up.add_argument("archive", type=Path)
+    up.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="folder with adsl, adtte[, adrs] (CSV, Parquet or .xpt)",
+    )
+    up.add_argument(
+        "--control-arm",
+        default=None,
+        help="ARM value of the control arm in the real data (default: the protocol's control arm name)",
+    )
 
     pk = sub.add_parser("pk", help="PK engine tools for pharmacometricians")
     pks = pk.add_subparsers(dest="pk_command", required=True, parser_class=_Parser)
@@ -114,6 +143,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_design(args: argparse.Namespace) -> int:
+    from insilico_trials.design_cli import execute_design
+
+    return execute_design(
+        args.protocol,
+        replicates=args.replicates,
+        workers=args.workers,
+        dask_address=args.dask_address,
+        reports=args.reports,
+    )
+
+
 def cmd_rerun(args: argparse.Namespace) -> int:
     from insilico_trials.pipeline import execute_rerun
 
@@ -123,7 +164,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from insilico_trials.pipeline import rebuild_report
 
-    return rebuild_report(args.archive)
+    return rebuild_report(args.archive, pdf=args.pdf)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from insilico_trials.pipeline import execute_update
+
+    return execute_update(args.archive, args.data, control_arm=args.control_arm)
 
 
 def cmd_pk(args: argparse.Namespace) -> int:
@@ -151,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "validate": cmd_validate,
         "run": cmd_run,
+        "design": cmd_design,
         "rerun": cmd_rerun,
         "report": cmd_report,
+        "update": cmd_update,
         "pk": cmd_pk,
     }[args.command]
     return handler(args)

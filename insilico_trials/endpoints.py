@@ -47,6 +47,7 @@ __all__ = [
     "derive_endpoints",
     "kaplan_meier",
     "km_median",
+    "psa_progression",
     "recist_visit_responses",
     "response_rates",
 ]
@@ -252,6 +253,7 @@ def derive_endpoints(
     ttg_days: np.ndarray | None = None,
     dropout_per_day: float = 0.0,
     admin_censor_days: float = np.inf,
+    max_follow_up_days: float = np.inf,
     accrual_per_day: float | None = None,
     cr_below_mm: float = 5.0,
     confirm_min_days: float = 28.0,
@@ -283,6 +285,9 @@ def derive_endpoints(
         Constant hazard of loss to follow-up, per day (censors PFS and OS).
     admin_censor_days
         Data cut-off, days from the enrolment of the first patient (trial calendar).
+    max_follow_up_days
+        Per-patient follow-up limit, days from the patient's own enrolment (a protocol's
+        "follow-up of N weeks"); censoring is at the earlier of this and the data cut-off.
     accrual_per_day
         Poisson accrual rate of this arm, patients per day; ``None`` enrols all on day 0.
         Enrolment times are the cumulative sum of keyed exponential gaps over patients
@@ -340,7 +345,7 @@ def derive_endpoints(
         enrol = enrol_all[pat]
     # Patients enrolled after the data cut-off have no follow-up: times 0, flagged `enrolled`.
     enrolled = enrol <= admin_censor_days
-    follow_cap = np.maximum(admin_censor_days - enrol, 0.0)
+    follow_cap = np.minimum(np.maximum(admin_censor_days - enrol, 0.0), max_follow_up_days)
 
     # Measurement error, new lesions, dropout: one keyed stream per purpose.
     z = patient_normals(seed, (*keys, "sld_error"), pat, k)
@@ -446,6 +451,71 @@ def response_rates(endpoints: pd.DataFrame) -> dict[str, float]:
         "orr": float(endpoints["responder"].mean()),
         "dcr": float(endpoints["disease_control"].mean()),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# PSA progression (prostate)
+# --------------------------------------------------------------------------------------------
+
+
+def psa_progression(
+    psa: np.ndarray,
+    visit_days: np.ndarray,
+    *,
+    observed: np.ndarray | None = None,
+    rise_fraction: float = 0.25,
+    rise_abs: float = 2.0,
+    confirm_min_days: float = 21.0,
+    no_decline_min_days: float = 84.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSA progression (PCWG2; Scher et al., J Clin Oncol 2008;26:1148) at the visits.
+
+    Progression at the first visit whose PSA is >= ``rise_fraction`` above the nadir (lowest
+    PSA on study before it, baseline included) and >= ``rise_abs`` above it in absolute terms,
+    confirmed by the first visit at least ``confirm_min_days`` later that meets the same
+    criterion; the date is that of the first rise. With no decline below baseline, the rise is
+    counted only from ``no_decline_min_days`` (12 weeks). ``rise_abs`` is in the PSA's units
+    (2 ng/mL in PCWG2; set 0 for model units without an absolute scale).
+
+    Returns
+    -------
+    (ttp_days, event)
+        Day of progression, or of the last observed visit when censored; event 0/1 (int8).
+    """
+    y = np.asarray(psa, dtype=np.float64)
+    t = np.asarray(visit_days, dtype=np.float64)
+    n, k = y.shape
+    obs = np.ones((n, k), dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
+    y = np.where(obs, y, np.nan)
+    base = y[:, 0]
+    # nadir before each visit (running minimum of earlier observed values)
+    prev_min = np.fmin.accumulate(y, axis=1)
+    nadir = np.concatenate([base[:, None], prev_min[:, :-1]], axis=1)
+    declined = nadir < base[:, None]
+    with np.errstate(invalid="ignore"):
+        meets = (
+            (y >= (1.0 + rise_fraction) * nadir)
+            & (y - nadir >= rise_abs)
+            & (declined | (t[None, :] >= no_decline_min_days))
+        )
+    meets[:, 0] = False
+    ttp = np.full(n, np.nan)
+    for j in range(1, k):
+        later = np.nonzero(t >= t[j] + confirm_min_days)[0]
+        if later.size == 0:
+            break
+        c = later[0]
+        with np.errstate(invalid="ignore"):
+            confirmed = (
+                meets[:, j]
+                & obs[:, c]
+                & (y[:, c] >= (1.0 + rise_fraction) * nadir[:, j])
+                & (y[:, c] - nadir[:, j] >= rise_abs)
+            )
+        ttp = np.where(np.isnan(ttp) & confirmed, t[j], ttp)
+    event = ~np.isnan(ttp)
+    last = t[k - 1 - np.argmax(obs[:, ::-1], axis=1)]
+    return np.where(event, ttp, last), event.astype(np.int8)
 
 
 # --------------------------------------------------------------------------------------------

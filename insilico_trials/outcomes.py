@@ -52,7 +52,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

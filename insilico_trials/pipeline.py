@@ -7,6 +7,7 @@ flow (imported lazily), writes the archive atomically and prints progress and a 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from insilico_trials.archive import (
 )
 from insilico_trials.protocol import ProtocolError, TrialProtocol, load_protocol
 
-__all__ = ["execute_rerun", "execute_run", "rebuild_report", "run_to_archive"]
+__all__ = ["execute_rerun", "execute_run", "execute_update", "rebuild_report", "run_to_archive"]
 
 
 def _say(msg: str) -> None:
@@ -36,6 +37,7 @@ def _quiet_prefect() -> None:
     # Our own progress lines are the user's view; Prefect's INFO logs would drown them.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API takes ~25 s to start on a loaded 2-core machine; Prefect's default
     # wait is 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -104,6 +106,9 @@ def run_to_archive(
             },
             **environment_provenance(),
         }
+        # The report shows provenance as the manifest stores it (sorted JSON), so a rebuild
+        # from the manifest renders the same text.
+        meta = json.loads(json.dumps(meta, sort_keys=True))
         atomic_write_text(stage / "report.html", render_report(stage, meta))
         manifest = write_manifest(
             stage,
@@ -181,8 +186,6 @@ def execute_run(
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -249,14 +252,12 @@ def execute_rerun(
     return 0 if n_diff == 0 else 1
 
 
-def rebuild_report(archive: Path, output: Path | None = None) -> int:
+def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = False) -> int:
     """``insilico-trials report``: re-render the report from the archive's files alone.
 
     The rebuilt report replaces ``report.html`` and its hash in the manifest's ``documents``
     (numeric outputs are never touched; a tampered numeric file stops the rebuild).
     """
-    import json
-
     from insilico_trials.report import render_report
 
     try:
@@ -264,7 +265,8 @@ def rebuild_report(archive: Path, output: Path | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    problems = [p for p in verify_archive(archive) if p.file != "report.html"]
+    documents = {"report.html", "report.pdf"}
+    problems = [p for p in verify_archive(archive) if p.file not in documents]
     if problems:
         _print_problems(archive, problems)
         return 1
@@ -274,10 +276,183 @@ def rebuild_report(archive: Path, output: Path | None = None) -> int:
     html = render_report(archive, meta)
     target = output or archive / "report.html"
     atomic_write_text(target, html)
+    written = [target]
+    if pdf:
+        from insilico_trials.report import render_pdf
+
+        pdf_target = target.with_suffix(".pdf")
+        try:
+            render_pdf(target, pdf_target)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        written.append(pdf_target)
     if output is None:
-        manifest["documents"]["report.html"] = sha256_file(target)
+        for path in written:
+            manifest["documents"][path.name] = sha256_file(path)
         atomic_write_text(
             archive / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         )
-    _say(f"report: {target}")
+    for path in written:
+        _say(f"report: {path}")
     return 0
+
+
+def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = None) -> int:
+    """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
+
+    Everything is checked before anything is written: the archive's integrity, the cut's
+    schema and content (exit 2 naming file, row and column), and the update lock (another
+    update running: exit 1 at once). Cuts already ingested are re-read from the archive; a
+    subject re-sent with different content is flagged (printed and recorded), and its latest
+    record is used.
+    """
+    from insilico_trials import trial
+    from insilico_trials.realdata import DataCutError, check_append_only, endpoint_frame, load_cut
+    from insilico_trials.runs import environment_provenance
+    from insilico_trials.tracking import MlflowTracker, TrackingError
+    from insilico_trials.updates import (
+        ArchiveBusyError,
+        UpdatePlan,
+        archive_lock,
+        borrowing_arguments,
+        existing_updates,
+        write_update,
+    )
+
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    if not archive.is_dir():
+        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
+        return 2
+    try:
+        manifest = read_manifest(archive)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with archive_lock(archive):
+            problems = verify_archive(archive)
+            if problems:
+                _print_problems(archive, problems)
+                return 1
+            try:
+                protocol = load_protocol(archive / "protocol.yaml")
+                new_cut = load_cut(cut_dir)
+            except ProtocolError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            except DataCutError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except FileNotFoundError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
+            flags = [str(i) for i in check_append_only(previous, new_cut)]
+            for flag in flags:
+                print(f"flagged: {flag}", file=sys.stderr)
+            number = len(previous) + 1
+            arm_name = control_arm or protocol.control_arm.name
+            args = borrowing_arguments(protocol)
+            frames = [
+                endpoint_frame(
+                    c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
+                )
+                for c in [*previous, new_cut]
+            ]
+            real = pd_concat_latest(frames)
+            real.attrs["cut_id"] = f"{number:03d}"
+            if real.empty:
+                print(
+                    f"error: {cut_dir}: no subject of arm {arm_name!r} with endpoint "
+                    f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
+                    file=sys.stderr,
+                )
+                return 2
+            endpoints = _read_parquet(archive / "endpoints.parquet")
+            frame = trial.analysis_frame(protocol, endpoints)
+            virtual = frame[frame["arm"] == protocol.control_arm.name].reset_index(drop=True)
+            real = real.assign(arm=protocol.control_arm.name)
+            _say(
+                f"update {number:03d}: {len(real)} real control patients after this cut "
+                f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
+            )
+            t = time.perf_counter()
+            tracker = MlflowTracker(Path.cwd(), parent_run_id=manifest.get("mlflow_run_id") or None)
+            try:
+                tracker.check()
+            except TrackingError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            timings["tracking (MLflow)"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _quiet_prefect()
+            from flows.update import update_flow
+
+            seed = args.pop("seed")
+            result, flow_run_id = update_flow(virtual, real, {**args, "seed": seed})
+            timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
+            t = time.perf_counter()
+            tracker.start(
+                protocol.trial_id,
+                run_name=f"{manifest['run_id']}-update-{number:03d}",
+                tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
+            )
+            meta = {
+                "run_id": manifest["run_id"],
+                "trial_id": protocol.trial_id,
+                "prefect_flow_run_id": flow_run_id,
+                "mlflow_run_id": tracker.run_id or "",
+                "cut_content_sha256": new_cut.content_hash,
+                **environment_provenance(),
+            }
+            folder, record = write_update(
+                archive,
+                UpdatePlan(
+                    number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
+                ),
+                result,
+                meta=meta,
+            )
+            metrics = {
+                "posterior_mean": record["posterior_mean"],
+                "prior_ess": record["prior_ess"],
+                "borrowed_virtual": record["borrowed_virtual"],
+                "n_real": record["n_real"],
+                **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
+            }
+            tracker.log_metrics(metrics)
+            tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
+            tracker.end()
+            timings["archive and tracking"] = time.perf_counter() - t
+    except ArchiveBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    vw = record["vague_weight"]
+    _say(
+        f"control {record['parameter']}: posterior mean {record['posterior_mean']:.4g} "
+        f"(95% CI {record['posterior_ci'][0]:.4g} to {record['posterior_ci'][1]:.4g}); "
+        f"prior ESS {record['prior_ess']:.1f}; virtual patients borrowed {record['borrowed_virtual']:.1f}"
+        + (f"; vague-component weight {vw:.3f}" if vw is not None else "")
+        + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
+    )
+    _say(_timing_table(timings, time.perf_counter() - t_all))
+    _say(f"update: {folder}")
+    return 0
+
+
+def pd_concat_latest(frames: list[Any]) -> Any:
+    """Real control patients over all cuts; a subject re-sent later keeps its latest record."""
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    if "usubjid" in df.columns:
+        df = df.drop_duplicates("usubjid", keep="last").reset_index(drop=True)
+    return df
+
+
+def _read_parquet(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path)

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from insilico_trials.design import DesignSpec
 from insilico_trials.population import Population
 from insilico_trials.yamlmap import YamlLoadError, load_yaml_with_lines
 
@@ -66,6 +67,25 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AdaptiveDosing(_Spec):
+    """State-reactive dosing: hold when a marker falls below a fraction of its baseline,
+    resume when it returns to another fraction, checked at visits (Zhang et al. 2017)."""
+
+    marker: Literal["PSA"] = "PSA"
+    stop_below_fraction: float = Field(default=0.5, gt=0, le=1)
+    resume_at_fraction: float = Field(default=1.0, gt=0, le=2)
+    check_every_days: PositiveFloat = 28.0
+
+    @model_validator(mode="after")
+    def _order(self) -> AdaptiveDosing:
+        if self.stop_below_fraction > self.resume_at_fraction:
+            raise ValueError(
+                f"stop_below_fraction ({self.stop_below_fraction}) must not exceed "
+                f"resume_at_fraction ({self.resume_at_fraction})"
+            )
+        return self
+
+
 class Regimen(_Spec):
     """A repeated dosing regimen: ``n_doses`` doses of ``dose`` every ``interval_h`` hours."""
 
@@ -76,6 +96,7 @@ class Regimen(_Spec):
     n_doses: int = Field(ge=1, le=100_000)
     route: Literal["oral", "iv_bolus", "iv_infusion"] = "oral"
     infusion_h: PositiveFloat | None = Field(default=None, description="infusion duration, hours")
+    adaptive: AdaptiveDosing | None = Field(default=None, description="state-reactive dosing rule")
 
     @model_validator(mode="after")
     def _infusion_needs_duration(self) -> Regimen:
@@ -101,9 +122,15 @@ class PKSection(_Spec):
 
 
 class Disease(_Spec):
-    model: Literal["exponential", "logistic", "gompertz", "claret", "stein"]
+    """Tumour or marker model; ``zhang2017`` is the prostate-cancer evolutionary model (PSA)."""
+
+    model: Literal["exponential", "logistic", "gompertz", "claret", "stein", "zhang2017"]
     exposure: Literal["concentration", "daily_auc", "none"] = Field(
         default="daily_auc", description="what drives the drug effect"
+    )
+    horizon_days: int = Field(default=3650, ge=30, le=36500, description="zhang2017 only")
+    progression: Literal["nadir", "baseline"] = Field(
+        default="nadir", description="zhang2017 PSA progression rule (see tumour.simulate_zhang)"
     )
 
 
@@ -167,6 +194,7 @@ _MODEL_OF_ENDPOINT = {
     "best_pct_change": ("continuous",),
     "pfs": ("tte_weibull", "tte_pwexp"),
     "os": ("tte_weibull", "tte_pwexp"),
+    "ttp": ("tte_weibull", "tte_pwexp"),
 }
 _QUANTITY_OF_MODEL = {
     "binary": "rate_difference",
@@ -177,7 +205,7 @@ _QUANTITY_OF_MODEL = {
 
 
 class Analysis(_Spec):
-    endpoint: Literal["orr", "best_pct_change", "pfs", "os"]
+    endpoint: Literal["orr", "best_pct_change", "pfs", "os", "ttp"]
     model: Literal["binary", "continuous", "tte_weibull", "tte_pwexp"]
     treatment: str | None = Field(
         default=None, description="arm compared with control (default: first treatment arm)"
@@ -235,13 +263,14 @@ class TrialProtocol(_Spec):
     question: str = Field(default="", description="the question of interest (context of use)")
     seed: int = Field(ge=0, lt=2**63)
     population: Population
-    pk: PKSection
+    pk: PKSection | None = Field(default=None, description="omit for a marker model without PK")
     arms: list[Arm] = Field(min_length=2)
     disease: Disease
     endpoints: Endpoints = Endpoints()
     analysis: Analysis
     synthetic_control: SyntheticControl = SyntheticControl()
     execution: Execution = Execution()
+    design: DesignSpec | None = None
 
     @field_validator("arms")
     @classmethod
@@ -270,7 +299,16 @@ class TrialProtocol(_Spec):
         from insilico_trials.pk import MODELS
         from insilico_trials.tumour import TUMOUR_MODELS
 
-        for name in MODELS[self.pk.model].parameters:
+        zhang = self.disease.model == "zhang2017"
+        if self.pk is None and not zhang and self.disease.exposure != "none":
+            errors.append(
+                (
+                    ("disease", "exposure"),
+                    self.disease.exposure,
+                    "needs a pk section (or exposure: none)",
+                )
+            )
+        for name in MODELS[self.pk.model].parameters if self.pk else ():
             if name not in declared:
                 errors.append(
                     (
@@ -279,7 +317,8 @@ class TrialProtocol(_Spec):
                         f"model {self.pk.model} needs parameter {name} in population.parameters",
                     )
                 )
-        for name in TUMOUR_MODELS[self.disease.model].required:
+        # zhang2017 draws each patient's competition matrix itself (simulate_zhang_trial).
+        for name in () if zhang else TUMOUR_MODELS[self.disease.model].required:
             if name not in declared:
                 errors.append(
                     (
@@ -290,7 +329,23 @@ class TrialProtocol(_Spec):
                 )
         for i, arm in enumerate(self.arms):
             if arm.regimen is None:
+                if zhang:
+                    errors.append(
+                        (
+                            ("arms", i, "regimen"),
+                            None,
+                            "model zhang2017 needs a regimen in every arm (continuous or adaptive)",
+                        )
+                    )
                 continue
+            if arm.regimen.adaptive is not None and not zhang:
+                errors.append(
+                    (
+                        ("arms", i, "regimen", "adaptive"),
+                        arm.regimen.adaptive.marker,
+                        "adaptive dosing on PSA needs disease model zhang2017",
+                    )
+                )
             need = {"mg/kg": "WT", "mg/m2": "BSA"}.get(arm.regimen.unit)
             if need and need not in covariates:
                 errors.append(

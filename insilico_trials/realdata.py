@@ -168,9 +168,11 @@ def _check_identifiers(df: pd.DataFrame, path: Path) -> None:
             continue
         if pd.api.types.is_numeric_dtype(df[col]):
             continue
+        # CSV is read as text: plain numbers (times, ages) are data, not phone numbers
+        numeric = pd.to_numeric(df[col], errors="coerce").notna().to_numpy()
         for i, raw in enumerate(df[col]):
             v = _text(raw)
-            if not v:
+            if not v or numeric[i]:
                 continue
             if _EMAIL.search(v):
                 rule = "looks like an e-mail address (direct identifier)"

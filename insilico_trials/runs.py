@@ -113,13 +113,47 @@ def write_run_outputs(
         trial.virtual_control_summary(protocol, joined["endpoints"]),
     )
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
+    extra = []
+    validation = trial.validation_table(protocol, joined["endpoints"])
+    if validation:  # published values this run can be compared with (credibility section)
+        write_json(stage / "validation.json", validation)
+        extra.append("validation.json")
+    sld = _sld_table(outcome.chunks)
+    if sld is not None:  # for the report's spider plot
+        atomic_write_bytes(stage / "tumour_sld.parquet", parquet_bytes(sld))
+        extra.append("tumour_sld.parquet")
+    from insilico_trials.credibility import sobol_sensitivity
+
+    sensitivity = sobol_sensitivity(protocol)
+    if sensitivity is not None:
+        write_json(stage / "sensitivity.json", sensitivity)
+        extra.append("sensitivity.json")
     return {
         "inputs": ["protocol.yaml"],
         "outputs": [
             "cohort.parquet", "endpoints.parquet", "exposure.parquet", "profiles.parquet",
-            "summary.json", "synthetic_control.json", "posterior.parquet",
+            "summary.json", "synthetic_control.json", "posterior.parquet", *extra,
         ],
     }  # fmt: skip
+
+
+def _sld_table(chunks: list[Any]) -> pd.DataFrame | None:
+    """True SLD (mm) per patient and visit, long: ``arm, patient, visit_day, sld_mm``."""
+    chunks = sorted(chunks, key=lambda c: (c.arm, c.start))
+    if not chunks or any(getattr(c, "sld", None) is None for c in chunks):
+        return None
+    rows = []
+    for c in chunks:
+        n, k = c.sld.shape
+        patient = c.endpoints["patient"].to_numpy(dtype=np.int64)
+        rows.append(
+            pd.DataFrame(
+                {"arm": c.arm, "patient": np.repeat(patient, k),
+                 "visit_day": np.tile(np.asarray(c.visit_days, dtype=float), n),
+                 "sld_mm": c.sld.reshape(-1)}
+            )
+        )  # fmt: skip
+    return pd.concat(rows, ignore_index=True)
 
 
 def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) -> dict[str, Any]:

@@ -87,11 +87,11 @@ class MlflowTracker:
 
     def check(self) -> None:
         """Reach the store before any work starts, so a bad URI fails fast and clearly."""
-        import mlflow
         from mlflow.tracking import MlflowClient
 
+        # An explicit client only: mlflow.set_tracking_uri() would also export
+        # MLFLOW_TRACKING_URI to this process, and the next run would land in this store.
         try:
-            mlflow.set_tracking_uri(self.uri)
             self._client = MlflowClient(tracking_uri=self.uri)
             self._client.search_experiments(max_results=1)
         except Exception as exc:  # mlflow raises many types for an unreachable store

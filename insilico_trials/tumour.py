@@ -25,19 +25,22 @@ mean), so there is no ODE solver tolerance to tune.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 __all__ = [
+    "CLARET2009_FU",
     "TUMOUR_MODELS",
     "ZHANG2017_PARAMS",
     "AdaptiveRule",
     "DoseHoldRule",
     "TumourModel",
+    "TumourModelError",
     "ZhangParams",
+    "apply_dose_rule",
     "claret_ttg_days",
     "simulate_tumour",
     "simulate_zhang",
@@ -113,6 +116,22 @@ TUMOUR_MODELS: dict[str, TumourModel] = {
         "Zhang J, Cunningham JJ, Brown JS, Gatenby RA. Nat Commun 2017;8:1816",
         observed="PSA (model units)",
     ),
+}
+
+
+# Claret et al. 2009 fluorouracil (phase III) tumour-growth-inhibition estimates: typical values
+# (rates per week; KD per g/week of FU dose) and IIV variances (log scale). Transcribed from a
+# public Pumas teaching exercise that reproduces the paper's FU phase III model; the paper's own
+# table could not be reached from this environment, so these are NOT verified against it.
+CLARET2009_FU = {
+    "KL": 0.015,  # 1/week
+    "KD": 0.058,  # 1/week per (g/week)
+    "LAMBDA": 0.042,  # 1/week
+    "omega2": (0.556, 0.540, 0.450),  # IIV variances of log KL, log KD, log LAMBDA
+    "sigma_add_mm": 14.9,
+    "exposure": "FU dose in g per week",
+    "source": "Claret L et al. J Clin Oncol 2009;27:4103 (FU phase III), via a Pumas exercise; "
+    "unverified transcription",
 }
 
 
@@ -376,7 +395,10 @@ def simulate_tumour(
     exposure
         Exposure on that grid, shape ``(n, T)`` or ``(T,)``, in the unit ``KD`` was estimated
         against (mg/L, daily AUC in mg*h/L, or daily dose in mg). ``None`` means untreated.
-        For ``zhang2017``, abiraterone is on where exposure > 0.
+        For ``zhang2017`` (parameter ``MATRIX``: 0-based row of the published competition
+        matrices), abiraterone is on during day ``d`` where exposure at day ``d`` is > 0, and
+        ``times_days`` count from the start of abiraterone (after the published untreated
+        phase); see :func:`simulate_zhang` for rules and progression.
     times_days
         Output times, days from the start of treatment, shape ``(K,)``, non-decreasing.
 
@@ -826,8 +848,12 @@ def simulate_zhang_trial(
     horizon_days: int = 3650,
     progression: Literal["nadir", "baseline"] = "nadir",
     params: ZhangParams = ZHANG2017_PARAMS,
+    patient: np.ndarray | None = None,
 ):
     """Virtual cohort of the Zhang et al. 2017 model under continuous or adaptive abiraterone.
+
+    ``patient`` (default ``0..n_patients-1``) gives the patients' indices within the arm, so a
+    chunk of an arm draws the same matrices as the whole arm.
 
     Each virtual patient is one of the 22 published competition matrices, drawn uniformly with
     a keyed per-patient uniform (``keys + ("zhang_matrix",)``), so the same patient gets the
@@ -851,7 +877,9 @@ def simulate_zhang_trial(
         raise TumourModelError(f"strategy: {strategy!r}; allowed continuous, adaptive")
     if n_patients < 1:
         raise TumourModelError(f"n_patients: must be >= 1, got {n_patients}")
-    pat = np.arange(n_patients)
+    pat = np.arange(n_patients) if patient is None else np.asarray(patient, dtype=np.int64)
+    if pat.shape != (n_patients,):
+        raise TumourModelError(f"patient: need {n_patients} indices, got shape {pat.shape}")
     u = patient_uniforms(seed, (*keys, "zhang_matrix"), pat, 1)[:, 0]
     rows = np.minimum((u * len(params.alphas)).astype(np.int64), len(params.alphas) - 1)
     uniq, inv = np.unique(rows, return_inverse=True)
@@ -952,3 +980,50 @@ def zhang_comparison(
             },
         ]
     )
+
+
+def apply_dose_rule(
+    rule: DoseHoldRule,
+    exposure_times_days: np.ndarray,
+    exposure: np.ndarray,
+    *,
+    marker: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    first_check_day: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a hold/reduce/resume rule inside the simulation, visit by visit.
+
+    At each check day (every ``rule.check_every_days`` from ``first_check_day``, default one
+    interval after day 0), the marker is simulated from the exposure as adjusted so far, the
+    rule is applied to its value on that day, and the exposure from that day on is scaled by
+    the new dose factor (0 while held). Scaling the exposure from the check day on is exact for
+    dose-proportional exposure that washes out within a grid step (e.g. daily AUC of a drug
+    with a half-life of hours); for long half-lives, simulate the PK per interval instead.
+
+    Parameters
+    ----------
+    rule
+        The :class:`DoseHoldRule` (e.g. neutrophil count holds).
+    exposure_times_days, exposure
+        Exposure grid (T,) and exposure at full dose (n, T).
+    marker
+        ``marker(times_days, exposure) -> (n, T)``: the simulated marker on the grid for a
+        given exposure, e.g. a Friberg neutrophil model (``insilico_trials.pk.pd.friberg``,
+        times converted to hours) wrapped by the caller.
+
+    Returns
+    -------
+    (exposure, dose_factor)
+        Adjusted exposure and the dose factor applied at each grid point, both (n, T).
+    """
+    te, e = _check_exposure(exposure_times_days, exposure, np.shape(exposure)[0])
+    n = e.shape[0]
+    factor = np.ones((n, te.size))
+    level = np.ones(n)
+    held = np.zeros(n, dtype=bool)
+    start = rule.check_every_days if first_check_day is None else first_check_day
+    for day in np.arange(start, te[-1], rule.check_every_days):
+        m = np.asarray(marker(te, e * factor), dtype=np.float64)
+        j = min(int(np.searchsorted(te, day, side="left")), te.size - 1)
+        level, held = rule.apply(level, held, m[:, j])
+        factor[:, j:] = (level * ~held)[:, None]
+    return e * factor, factor

@@ -263,3 +263,27 @@ def test_commensurate_borrows_more_when_data_agree():
     assert agree.borrowed_virtual > conflict.borrowed_virtual
     assert abs(conflict.posterior_mean - 25 / 32) < 0.06  # follows the real data
     assert agree.prior_ess > 0
+
+
+@pytest.mark.slow
+def test_procova_prognostic_score_reduces_posterior_sd():
+    # value = score + noise(sd 6), score ~ N(0, 8): rho^2 = 64 / 100, so adjusting for the score
+    # leaves a residual sd of 6 and the posterior sd of mu_c is about 6 / sqrt(n) (vs 10 / sqrt(n)).
+    rng = np.random.default_rng(17)
+    n = 80
+    score = rng.normal(0.0, 8.0, n)
+    real = pd.DataFrame(
+        {"arm": "control", "prognostic_score": score, "value": -10 + score + rng.normal(0, 6, n)}
+    )
+    virtual = pd.DataFrame({"arm": "control", "value": rng.normal(-10, 10, 300)})
+    res = update_control(
+        virtual, [real], method="procova", endpoint="continuous", seed=3, draws=1000, tune=500
+    )
+    s = res.final
+    assert s.posterior_sd == pytest.approx(6.0 / np.sqrt(n), rel=0.2)
+    rho = np.corrcoef(score, real["value"])[0, 1]
+    assert s.borrowed_virtual == pytest.approx(n * rho**2 / (1 - rho**2))
+    assert s.borrowed_virtual > n  # rho^2 ~ 0.64: worth more than n extra patients
+    assert abs(s.posterior_mean - (-10)) < 4 * 6.0 / np.sqrt(n)
+    with pytest.raises(BorrowingError, match="procova"):
+        update_control(virtual, [real], method="procova", endpoint="binary", seed=1)

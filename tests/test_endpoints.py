@@ -166,6 +166,10 @@ def test_dropout_admin_censoring_and_accrual() -> None:
     assert 0 < inside.sum() < len(cut)
     assert (cut["enrol_day"] + cut["os_days"] <= 300.0 + 1e-9)[inside].all()
     assert (cut.loc[~inside, "os_days"] == 0).all()
+    per_patient = derive_endpoints(
+        sld[:50], VISITS, seed=4, measurement_cv=0.0, max_follow_up_days=100.0
+    )
+    assert (per_patient["os_days"] == 100.0).all() and (per_patient["pfs_days"] == 84.0).all()
     assert (cut["os_event"] == 0).all()
 
 
@@ -195,3 +199,49 @@ def test_response_rates_and_bad_input() -> None:
         derive_endpoints(
             np.ones((1, 2)), np.array([0.0, 2.0]), seed=0, os_model={"coefficients": {"nope": 1}}
         )
+
+
+def test_report_plots_render_without_pyplot_state() -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from insilico_trials.plots_tumour import kaplan_meier_plot, spider_plot, waterfall_plot
+
+    sld = np.array([c[1] for c in CASES], dtype=float)
+    ep = derive_endpoints(sld, VISITS, seed=0, measurement_cv=0.0)
+    before = plt.get_fignums()
+    figs = [
+        spider_plot(sld, VISITS, best_response=ep["best_response"].to_numpy()),
+        waterfall_plot(ep["best_pct_change"].to_numpy(), best_response=ep["best_response"]),
+        kaplan_meier_plot(
+            {"A": (ep["pfs_days"], ep["pfs_event"]), "B": (ep["pfs_days"] + 10, ep["pfs_event"])}
+        ),
+    ]
+    assert len(figs[0].axes[0].get_lines()) >= len(CASES)
+    assert len(figs[1].axes[0].patches) == len(CASES)
+    for fig in figs:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        assert buf.getvalue()[:4] == b"\x89PNG"
+    assert plt.get_fignums() == before
+
+
+def test_psa_progression_pcwg2_hand_built() -> None:
+    from insilico_trials.endpoints import psa_progression
+
+    days = np.array([0.0, 28.0, 56.0, 84.0, 112.0])
+    psa = np.array(
+        [
+            [20.0, 10.0, 13.0, 14.0, 15.0],  # nadir 10; +30% and +3 at day 56, confirmed at 84
+            [20.0, 10.0, 13.0, 11.0, 15.0],  # rise at 56 not confirmed at 84; 112 is last
+            [20.0, 22.0, 24.0, 26.0, 27.0],  # no decline: counted from day 84 (26 >= 25, +6)
+            [4.0, 2.0, 3.0, 3.5, 3.5],  # +75% but < 2 ng/mL above nadir: no progression
+        ]
+    )
+    ttp, event = psa_progression(psa, days)
+    np.testing.assert_array_equal(event, [1, 0, 1, 0])
+    np.testing.assert_array_equal(ttp, [56.0, 112.0, 84.0, 112.0])
+    # no visit 60 days after any rise: nothing can be confirmed
+    ttp, event = psa_progression(psa, days, confirm_min_days=60.0)
+    np.testing.assert_array_equal(event, [0, 0, 0, 0])

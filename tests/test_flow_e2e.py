@@ -192,3 +192,92 @@ def test_real_dask_cluster_matches_localcluster(runs, monkeypatch):
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def _cut(folder: Path, ids: list[str], responders: set[str], arm: str = "control") -> Path:
+    """A real data cut in ADaM shape: control subjects with a best overall response."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame({"USUBJID": ids, "ARM": arm, "AGE": [60] * len(ids)}).to_csv(
+        folder / "adsl.csv", index=False
+    )
+    pd.DataFrame(
+        {"USUBJID": ids, "PARAMCD": "PFS", "AVAL": [90.0] * len(ids), "CNSR": [1] * len(ids)}
+    ).to_csv(folder / "adtte.csv", index=False)
+    pd.DataFrame(
+        {
+            "USUBJID": ids,
+            "PARAMCD": "BOR",
+            "AVALC": ["PR" if i in responders else "SD" for i in ids],
+        }
+    ).to_csv(folder / "adrs.csv", index=False)
+    return folder
+
+
+def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkeypatch):
+    from insilico_trials.archive import verify_archive
+
+    monkeypatch.chdir(runs["tmp"])
+    archive = tmp_path / "archive"
+    shutil.copytree(runs["one"], archive)
+    # A bad cut: a negative AVAL. Exit 2 naming the row; nothing appended.
+    bad = _cut(tmp_path / "bad", ["R1", "R2"], set())
+    (bad / "adtte.csv").write_text("USUBJID,PARAMCD,AVAL,CNSR\nR1,PFS,-3,1\nR2,PFS,4,0\n")
+    assert main(["update", str(archive), "--data", str(bad)]) == 2
+    assert "AVAL" in capsys.readouterr().err
+    assert not (archive / "updates").exists()
+
+    # Three cuts of 10 real control patients, 1 responder each (10%).
+    for k in range(3):
+        ids = [f"R{k}{i}" for i in range(10)]
+        cut = _cut(tmp_path / f"cut{k}", ids, {ids[0]})
+        assert main(["update", str(archive), "--data", str(cut)]) == 0
+    out = capsys.readouterr().out
+    assert "update 003: 30 real control patients" in out
+    records = [
+        json.loads((archive / "updates" / f"{k:03d}" / "update.json").read_text())
+        for k in (1, 2, 3)
+    ]
+    assert [r["n_real"] for r in records] == [10, 20, 30]
+    assert all(0.0 < r["posterior_mean"] < 1.0 for r in records)
+    assert verify_archive(archive) == []
+    # Chained manifests: update 2 records the hash of update 1's manifest.
+    from insilico_trials.archive import sha256_file
+
+    m2 = json.loads((archive / "updates" / "002" / "manifest.json").read_text())
+    assert m2["previous_update_manifest_sha256"] == sha256_file(
+        archive / "updates" / "001" / "manifest.json"
+    )
+
+    # A re-sent subject with different content is flagged, and recorded.
+    changed = _cut(tmp_path / "changed", ["R00", "R40"], {"R40"})
+    assert main(["update", str(archive), "--data", str(changed)]) == 0
+    assert "flagged: subject R00" in capsys.readouterr().err
+    assert json.loads((archive / "updates" / "004" / "update.json").read_text())["flags"]
+
+    # Nested MLflow runs under the run's MLflow run.
+    import mlflow
+
+    manifest = json.loads((archive / "manifest.json").read_text())
+    client = mlflow.tracking.MlflowClient(
+        tracking_uri=f"sqlite:///{runs['tmp'] / '.insilico' / 'mlflow.db'}"
+    )
+    exp = client.get_experiment_by_name("tiny-orr")
+    children = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{manifest['mlflow_run_id']}'",
+    )
+    assert len(children) == 4
+
+
+def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):
+    from insilico_trials.updates import archive_lock
+
+    archive = tmp_path / "archive"
+    shutil.copytree(runs["one"], archive)
+    cut = _cut(tmp_path / "cut", ["Q1"], set())
+    with archive_lock(archive):  # another update holds the archive
+        assert main(["update", str(archive), "--data", str(cut)]) == 1
+    assert "another update is running on this archive" in capsys.readouterr().err
+    assert not (archive / "updates").exists()

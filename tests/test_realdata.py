@@ -39,7 +39,9 @@ def tables(ids=("S1", "S2", "S3", "S4"), offset: int = 0):
             "CNSR": [0, 1] * (n // 2) + [0] * (n % 2),
         }
     )
-    adrs = pd.DataFrame({"USUBJID": list(ids), "PARAMCD": "BOR", "AVALC": (["PR", "SD", "PD", "CR"] * n)[:n]})
+    adrs = pd.DataFrame(
+        {"USUBJID": list(ids), "PARAMCD": "BOR", "AVALC": (["PR", "SD", "PD", "CR"] * n)[:n]}
+    )
     return adsl, adtte, adrs
 
 
@@ -112,21 +114,29 @@ def test_identifier_columns_refused(tmp_path, column, values, rule):
 def test_subject_missing_from_adsl_named(tmp_path):
     adsl, adtte, adrs = tables()
     adtte.loc[2, "USUBJID"] = "S9"
-    with pytest.raises(DataCutError, match=r"adtte\.csv, row 2, column USUBJID: subject not in ADSL .*'S9'"):
+    with pytest.raises(
+        DataCutError, match=r"adtte\.csv, row 2, column USUBJID: subject not in ADSL .*'S9'"
+    ):
         load_cut(write(tmp_path / "c", adsl, adtte, adrs))
 
 
 def test_negative_aval_named(tmp_path):
     adsl, adtte, adrs = tables()
     adtte.loc[3, "AVAL"] = -5.0
-    with pytest.raises(DataCutError, match=r"row 3, column AVAL: AVAL must be a finite time in days >= 0; got '-5.0'"):
+    with pytest.raises(
+        DataCutError,
+        match=r"row 3, column AVAL: AVAL must be a finite time in days >= 0; got '-5.0'",
+    ):
         load_cut(write(tmp_path / "c", adsl, adtte, adrs))
 
 
 def test_cnsr_outside_0_1_named(tmp_path):
     adsl, adtte, adrs = tables()
     adtte.loc[1, "CNSR"] = 2
-    with pytest.raises(DataCutError, match=r"row 1, column CNSR: CNSR must be 0 \(event\) or 1 \(censored\); got '2'"):
+    with pytest.raises(
+        DataCutError,
+        match=r"row 1, column CNSR: CNSR must be 0 \(event\) or 1 \(censored\); got '2'",
+    ):
         load_cut(write(tmp_path / "c", adsl, adtte, adrs))
 
 
@@ -186,7 +196,9 @@ def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
     t = np.round(rng.exponential(300.0, n), 1) + 1.0
     c = rng.uniform(30, 600, n)
     adsl = pd.DataFrame({"USUBJID": ids, "ARM": "control"})
-    adtte = pd.DataFrame({"USUBJID": ids, "PARAMCD": "PFS", "AVAL": np.minimum(t, c), "CNSR": (t > c).astype(int)})
+    adtte = pd.DataFrame(
+        {"USUBJID": ids, "PARAMCD": "PFS", "AVAL": np.minimum(t, c), "CNSR": (t > c).astype(int)}
+    )
     cut1 = load_cut(write(tmp_path / "cut1", adsl.iloc[:30], adtte.iloc[:30]))
     cut2 = load_cut(write(tmp_path / "cut2", adsl, adtte, fmt="parquet"))
     assert check_append_only([cut1], cut2) == []

@@ -270,3 +270,23 @@ def test_simulate_tumour_zhang_schedule_equals_continuous() -> None:
     )
     ref = simulate_zhang(np.array([0, 6]), strategy="continuous", horizon_days=300)
     np.testing.assert_allclose(psa, ref["psa"][:, [0, 100, 300]], rtol=1e-12)
+
+
+def test_apply_dose_rule_holds_and_resumes_inside_the_simulation() -> None:
+    from insilico_trials.tumour import apply_dose_rule
+
+    # Toy marker with a known answer: ANC = 2 - 0.1 x (exposure summed over the last 7 days).
+    def anc(t: np.ndarray, e: np.ndarray) -> np.ndarray:
+        c = np.cumsum(e, axis=1)
+        lagged = np.concatenate([np.zeros((e.shape[0], 7)), c[:, :-7]], axis=1)
+        return 2.0 - 0.1 * (c - lagged)
+
+    days = np.arange(0.0, 57.0)
+    expo = np.vstack([np.full(days.size, 1.0), np.full(days.size, 2.0)])
+    rule = DoseHoldRule("ANC", hold_below=1.0, resume_at=1.5, reduce_factor=0.5, min_factor=0.25)
+    adj, factor = apply_dose_rule(rule, days, expo, marker=anc)
+    # patient 0: weekly sum 7 -> ANC 1.3, never held
+    assert (factor[0] == 1).all()
+    # patient 1: ANC 0.6 at day 7 -> held; by day 14 ANC back to 2 -> resumes at half dose
+    np.testing.assert_array_equal(factor[1, [6, 7, 13, 14]], [1.0, 0.0, 0.0, 0.5])
+    np.testing.assert_allclose(adj, expo * factor)

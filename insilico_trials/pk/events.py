@@ -25,7 +25,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,6 @@ __all__ = ["COVARIATE_TIMINGS", "Records", "prepare_records", "simulate_records"
 
 COVARIATE_TIMINGS = ("nocb", "locf")
 _DOSING = ("AMT", "EVID", "CMT", "II", "ADDL", "RATE", "SS")
-_IGNORED = ("C", "DV", "MDV")
 
 
 @dataclass(frozen=True)
@@ -584,8 +582,3 @@ def _dose_record(subj: _Subject, dyn: _Dynamics, rec: Records, i: int, t: float)
         subj.schedule(t + lag, dose)
     for k in range(1, int(rec.addl[i]) + 1):
         subj.schedule(t + k * ii + lag, dose)
-
-
-def records_to_frame(records: Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """Build a records DataFrame from column arrays (a convenience for tests and flows)."""
-    return pd.DataFrame({k: np.asarray(v) for k, v in records.items()})

@@ -12,6 +12,18 @@ import numpy as np
 __all__ = ["auc", "auc_inf", "cmax", "ctrough", "lambda_z", "time_above", "tmax"]
 
 
+def _rowsum(x: np.ndarray) -> np.ndarray:
+    """Row sums accumulated left to right.
+
+    ``x.sum(axis=1)`` uses pairwise summation for a single row but another order for a
+    batch, so a patient's AUC would change in its last bits with the chunk it is computed
+    in; a cumulative sum adds each row in the same order whatever the batch.
+    """
+    if x.shape[1] == 0:
+        return np.zeros(x.shape[0])
+    return np.cumsum(x, axis=1)[:, -1]
+
+
 def _check(times_h: np.ndarray, conc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(times_h, dtype=float)
     c = np.atleast_2d(np.asarray(conc, dtype=float))
@@ -56,7 +68,7 @@ def auc(
         area = np.where(down, log_area, area)
     elif method != "linear":
         raise ValueError(f"method must be 'linear' or 'linlog', got {method!r}")
-    return area.sum(axis=1)
+    return _rowsum(area)
 
 
 def lambda_z(times_h: np.ndarray, conc: np.ndarray, *, n_points: int = 3) -> np.ndarray:
@@ -71,7 +83,7 @@ def lambda_z(times_h: np.ndarray, conc: np.ndarray, *, n_points: int = 3) -> np.
     ok = np.all(cc > 0, axis=1)
     logc = np.log(np.where(cc > 0, cc, 1.0))
     tm = tt - tt.mean()
-    slope = (logc * tm).sum(axis=1) / (tm**2).sum()
+    slope = _rowsum(logc * tm) / (tm**2).sum()
     return np.where(ok & (slope < 0), -slope, np.nan)
 
 
@@ -125,4 +137,4 @@ def time_above(
     with np.errstate(divide="ignore", invalid="ignore"):
         frac_pos = np.where(a > 0, a / (a - b), b / (b - a))
     part = np.where(both, dt, np.where(cross, dt * frac_pos, 0.0))
-    return part.sum(axis=1)
+    return _rowsum(part)

@@ -19,9 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["render_report"]
+from insilico_trials import plots_tumour
+from insilico_trials.cohort import baseline_table
+
+__all__ = ["chromium_flags", "render_pdf", "render_report"]
 
 _TEMPLATES = Path(__file__).with_name("templates")
 
@@ -51,52 +55,22 @@ def _exposure_figure(profiles: pd.DataFrame) -> Figure:
     return fig
 
 
-def _waterfall_figure(endpoints: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.subplots()
-    offset = 0
-    for arm, grp in endpoints.groupby("arm", sort=False):
-        vals = np.sort(grp["best_pct_change"].dropna().to_numpy())[::-1]
-        ax.bar(np.arange(offset, offset + vals.size), vals, width=1.0, label=str(arm))
-        offset += vals.size + 2
-    ax.axhline(20, color="k", lw=0.8, ls="--")
-    ax.axhline(-30, color="k", lw=0.8, ls=":")
-    ax.set_ylabel("best % change in SLD")
-    ax.set_xticks([])
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _km_figure(endpoints: pd.DataFrame, time_col: str, event_col: str, label: str) -> Figure:
-    from scipy.stats import CensoredData, ecdf
-
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.subplots()
-    for arm, grp in endpoints.groupby("arm", sort=False):
-        t = grp[time_col].to_numpy(dtype=float) / 30.4375
-        e = grp[event_col].to_numpy().astype(bool)
-        res = ecdf(CensoredData(uncensored=t[e], right=t[~e]))
-        sf = res.sf
-        x = np.concatenate([[0.0], sf.quantiles])
-        y = np.concatenate([[1.0], sf.probabilities])
-        ax.step(x, y, where="post", label=str(arm))
-    ax.set_xlabel("time (months)")
-    ax.set_ylabel(f"{label} probability")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def _posterior_figure(draws: pd.DataFrame, column: str, summary: dict[str, Any]) -> Figure:
+def _posterior_figure(
+    draws: pd.DataFrame, columns: list[str], quantity: str, delta: float
+) -> Figure:
     fig = Figure(figsize=(7, 3.0))
-    ax = fig.subplots()
-    vals = draws[column].to_numpy(dtype=float)
-    ax.hist(vals, bins=60, density=True, alpha=0.7)
-    ax.axvline(summary["delta"], color="k", ls="--", lw=1, label=f"delta = {summary['delta']}")
-    ax.set_xlabel(column)
-    ax.set_ylabel("posterior density")
-    ax.legend(fontsize=8)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    for ax, col in zip(axes, columns, strict=True):
+        vals = draws[col].to_numpy(dtype=float)
+        lo, hi = np.quantile(vals, [0.005, 0.995])
+        ax.hist(vals[(vals >= lo) & (vals <= hi)], bins=50, density=True, alpha=0.7)
+        if col == quantity:
+            ax.axvline(delta, color="k", ls="--", lw=1, label=f"delta = {delta:g}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(col.replace("_", " "))
+        ax.set_yticks([])
+    axes[0].set_ylabel("posterior density")
     return fig
 
 
@@ -106,41 +80,139 @@ def _table(frame: pd.DataFrame, *, floatfmt: str = "{:.3g}") -> str:
     )
 
 
-def _baseline(cohort: pd.DataFrame) -> str:
+def _baseline(protocol: Any, cohort: pd.DataFrame, summary: dict[str, Any]) -> tuple[str, str]:
+    """Baseline table (``cohort.baseline_table``) with the target population beside the arms."""
+    from insilico_trials.cohort import Cohort, population_draw
+    from insilico_trials.population import Target, TargetCovariate
+
+    pop = protocol.population
+    covs = tuple(pop.covariates)
+    categorical = tuple(n for n, c in pop.covariates.items() if c.distribution == "categorical")
+    units = {n: c.unit for n, c in pop.covariates.items() if getattr(c, "unit", None)}
+    draw = population_draw(pop, seed=protocol.seed)
+    cohorts = []
+    for arm, grp in cohort.groupby("arm", sort=False):
+        table = grp.reset_index(drop=True)
+        cohorts.append(
+            Cohort(table=table, arm=str(arm), replicate=0, seed=protocol.seed,
+                   screened=int(summary["screening"].get(arm, {}).get("screened", len(table))),
+                   draw=draw, uncertainty=False, covariates=covs, categorical=categorical,
+                   units=units)
+        )  # fmt: skip
+    if pop.target is not None:
+        target, note = pop.target, f"the calibration target '{pop.target.name}' of the protocol"
+    else:
+        tc = {}
+        for n, c in pop.covariates.items():
+            if c.distribution == "categorical" and c.categories:
+                tc[n] = TargetCovariate(frequencies=dict(c.categories))
+            elif c.distribution != "categorical" and c.mean is not None and c.sd is not None:
+                tc[n] = TargetCovariate(mean=c.mean, sd=c.sd)
+        target = Target(name="protocol population", covariates=tc)
+        note = (
+            "the population the protocol declares (its covariate distributions before the "
+            "eligibility criteria; the protocol names no external target population)"
+        )
+    frame = baseline_table(cohorts, target)
+    frame = frame.rename(columns={"target": f"target: {target.name}"})
+    frame["under_represented"] = frame["under_represented"].map({True: "yes", False: ""})
+    return _table(frame), note
+
+
+def _spider_figures(sld: pd.DataFrame, endpoints: pd.DataFrame) -> list[tuple[str, Figure]]:
+    out = []
+    for arm, grp in sld.groupby("arm", sort=False):
+        days = np.sort(grp["visit_day"].unique())
+        wide = grp.pivot(index="patient", columns="visit_day", values="sld_mm")[days]
+        ep = endpoints[endpoints["arm"] == arm].set_index("patient").reindex(wide.index)
+        fig = plots_tumour.spider_plot(
+            wide.to_numpy(dtype=float), days, best_response=ep["best_response"].to_numpy(),
+            title=f"Change in tumour size from baseline: {arm}",
+        )  # fmt: skip
+        out.append((str(arm), fig))
+    return out
+
+
+def _sensitivity_figure(sens: dict[str, Any], quantity: str) -> Figure:
+    res = sens["outputs"][quantity]
+    names = [p["name"] for p in sens["parameters"]]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(7, 3.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.bar(x - 0.18, res["S1"], 0.36, yerr=res["S1_conf"], label="first order (S1)", capsize=3)
+    ax.bar(x + 0.18, res["ST"], 0.36, yerr=res["ST_conf"], label="total (ST)", capsize=3)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("Sobol index")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _updates(archive: Path) -> list[dict[str, Any]]:
     rows = []
-    skip = {"patient", "candidate", "replicate", "weight"}
-    for col in cohort.columns:
-        if col in skip or col == "arm":
-            continue
-        series = cohort[col]
-        for arm, grp in cohort.groupby("arm", sort=False):
-            s = grp[col]
-            if pd.api.types.is_numeric_dtype(s) and s.nunique() > 6:
-                rows.append(
-                    {"variable": col, "arm": arm, "summary": f"{s.mean():.3g} ({s.std():.3g})"}
-                )
-            else:
-                counts = s.value_counts().sort_index()
-                text = "; ".join(f"{k}: {v} ({100 * v / len(s):.0f}%)" for k, v in counts.items())
-                rows.append({"variable": col, "arm": arm, "summary": text})
-        del series
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return ""
-    wide = frame.pivot(index="variable", columns="arm", values="summary").reset_index()
-    return _table(wide)
+    for path in sorted((archive / "updates").glob("*/update.json")):
+        rows.append(json.loads(path.read_text(encoding="utf-8")))
+    return sorted(rows, key=lambda r: int(r.get("cut", 0)))
+
+
+def _updates_figure(updates: list[dict[str, Any]]) -> Figure:
+    cuts = [int(u["cut"]) for u in updates]
+    mean = np.array([float(u["posterior_mean"]) for u in updates])
+    ci = np.array([u["posterior_ci"] for u in updates], dtype=float)
+    fig = Figure(figsize=(7, 3.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.errorbar(cuts, mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], fmt="o-", capsize=4,
+                label="control-arm posterior mean, 95% interval")  # fmt: skip
+    ax2 = ax.twinx()
+    ax2.bar(cuts, [float(u.get("borrowed_virtual") or 0) for u in updates], alpha=0.2,
+            color="C2", label="virtual patients borrowed")  # fmt: skip
+    ax2.set_ylabel("virtual patients borrowed")
+    ax.set_xticks(cuts)
+    ax.set_xlabel("data cut")
+    ax.set_ylabel("control-arm parameter")
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _verification() -> dict[str, Any] | None:
+    from insilico_trials.credibility import read_test_results, recorded_test_results
+
+    return read_test_results(recorded_test_results())
+
+
+def _fmt_num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def render_report(archive: Path, meta: dict[str, Any]) -> str:
-    """Render the HTML report of an archive folder; ``meta`` is the manifest's provenance."""
+    """Render the HTML report of an archive folder; ``meta`` is the manifest's provenance.
+
+    Reads only the archive's files (plus, for the code-verification part, the test results
+    recorded at build time, see :func:`insilico_trials.credibility.recorded_test_results`).
+    Optional archive files (``tumour_sld.parquet``, ``sensitivity.json``, ``updates/*/update.json``,
+    ``oc.csv``) add their figures and tables when present; the section says so when absent.
+    """
+    from insilico_trials.protocol import load_protocol
+
     archive = Path(archive)
     summary = json.loads((archive / "summary.json").read_text(encoding="utf-8"))
     control = json.loads((archive / "synthetic_control.json").read_text(encoding="utf-8"))
     protocol_text = (archive / "protocol.yaml").read_text(encoding="utf-8")
+    protocol = load_protocol(archive / "protocol.yaml")
     cohort = pd.read_parquet(archive / "cohort.parquet")
     endpoints = pd.read_parquet(archive / "endpoints.parquet")
     profiles = pd.read_parquet(archive / "profiles.parquet")
     draws = pd.read_parquet(archive / "posterior.parquet")
+    sld_path = archive / "tumour_sld.parquet"
+    sld = pd.read_parquet(sld_path) if sld_path.exists() else None
+    sens_path = archive / "sensitivity.json"
+    sens = json.loads(sens_path.read_text(encoding="utf-8")) if sens_path.exists() else None
+    updates = _updates(archive)
+    oc_files = sorted(archive.rglob("oc.csv"))
 
     figures: list[dict[str, str]] = []
 
@@ -150,49 +222,216 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     add(
         "exposure",
         _exposure_figure(profiles),
-        "Plasma concentration over the first two weeks of dosing: median (line) and 5th-95th "
-        "percentile band (shaded) of the virtual patients in each treated arm.",
+        "Plasma concentration over the first two weeks of dosing: median (line) and 90% "
+        "prediction interval (5th-95th percentile, shaded) of the virtual patients in each "
+        "treated arm. Untreated arms have no concentration and are not drawn.",
     )
-    if "best_pct_change" in endpoints:
+    if sld is not None:
+        for arm, fig in _spider_figures(sld, endpoints):
+            add(
+                "tumour",
+                fig,
+                f"Spider plot, arm {arm}: percentage change of the model's (true, before "
+                "measurement error) sum of longest diameters from baseline at each visit, one "
+                "line per virtual patient, coloured by confirmed best response. Dashed lines: "
+                "+20% (progression) and -30% (response).",
+            )
+    has_bpc = "best_pct_change" in endpoints
+    for arm, grp in endpoints.groupby("arm", sort=False):
+        if not has_bpc:
+            break
         add(
             "tumour",
-            _waterfall_figure(endpoints),
-            "Waterfall plot: best percentage change from baseline in the sum of longest "
-            "diameters, one bar per virtual patient. Dashed line +20% (progression), dotted -30% (response).",
+            plots_tumour.waterfall_plot(
+                grp["best_pct_change"].to_numpy(dtype=float),
+                best_response=grp["best_response"].to_numpy(),
+                title=f"Best percent change in SLD: {arm}",
+            ),
+            f"Waterfall plot, arm {arm}: best percentage change from baseline in the sum of "
+            "longest diameters, one bar per virtual patient, sorted, coloured by best response. "
+            "Dashed lines: +20% (progression) and -30% (response).",
         )
     for tcol, ecol, label in (
         ("pfs_days", "pfs_event", "Progression-free survival"),
         ("os_days", "os_event", "Overall survival"),
     ):
         if tcol in endpoints and ecol in endpoints:
+            arms = {
+                str(a): (g[tcol].to_numpy(dtype=float), g[ecol].to_numpy().astype(bool))
+                for a, g in endpoints.groupby("arm", sort=False)
+            }
             add(
                 "tumour",
-                _km_figure(endpoints, tcol, ecol, label),
-                f"Kaplan-Meier estimate of {label.lower()} per arm (censored patients contribute until censoring).",
+                plots_tumour.kaplan_meier_plot(
+                    arms, title=label, ylabel=f"{label.lower()} probability"
+                ),
+                f"Kaplan-Meier estimate of {label.lower()} per arm with pointwise 95% bands; "
+                "ticks mark censored patients (who count until censoring).",
             )
     quantity, delta = summary["quantity"], float(summary["delta"])
+    post_cols = [c for c in ("p_c", "p_t", "mu_c", "mu_t") if c in draws]
     if quantity in draws:
+        post_cols.append(quantity)
+    if post_cols:
         add(
             "outcome",
-            _posterior_figure(draws, quantity, {"delta": delta}),
-            f"Posterior distribution of the {quantity.replace('_', ' ')}; the decision uses the "
-            f"posterior probability on the favourable side of delta = {delta}.",
+            _posterior_figure(draws, post_cols, quantity, delta),
+            "Posterior densities of "
+            + ", ".join(c.replace("_", " ") for c in post_cols)
+            + f" (histograms of the MCMC draws). The decision uses the posterior probability "
+            f"that the {quantity.replace('_', ' ')} is on the favourable side of delta = {delta:g}.",
         )
+    if updates:
+        add(
+            "control",
+            _updates_figure(updates),
+            "History of the synthetic control arm over real data cuts: the control-arm posterior "
+            "mean with its 95% interval (points, left axis) and the number of virtual patients "
+            "borrowed (bars, right axis) at each cut.",
+        )
+    sens_table = ""
+    uq_rows: list[dict[str, Any]] = []
+    if sens is not None:
+        contrast = next((k for k, v in sens["outputs"].items() if "S1" in v), None)
+        if contrast is not None:
+            add(
+                "credibility",
+                _sensitivity_figure(sens, contrast),
+                f"Sobol sensitivity indices of the {contrast.replace('_', ' ')} (treatment minus "
+                "control) to the uncertain typical values: first-order (share of variance from the "
+                "parameter alone) and total (including interactions), with 95% bootstrap "
+                "intervals as error bars.",
+            )
+            res = sens["outputs"][contrast]
+            sens_table = _table(
+                pd.DataFrame(
+                    {
+                        "parameter": [p["name"] for p in sens["parameters"]],
+                        "typical": [p["typical"] for p in sens["parameters"]],
+                        "range sampled (95%)": [
+                            f"{p['low']:.3g} - {p['high']:.3g}" for p in sens["parameters"]
+                        ],
+                        "relative SE": [
+                            f"{p['rse']:.2f}" + (" (assumed)" if p["rse_assumed"] else "")
+                            for p in sens["parameters"]
+                        ],
+                        "S1": res["S1"],
+                        "S1 95% ±": res["S1_conf"],
+                        "ST": res["ST"],
+                        "ST 95% ±": res["ST_conf"],
+                    }
+                )
+            )
+        for k, v in sens["outputs"].items():
+            uq_rows.append(
+                {"quantity": k.replace("_", " "), "mean": v["mean"], "SD": v["sd"],
+                 "5th percentile": v["p05"], "95th percentile": v["p95"]}
+            )  # fmt: skip
+    oc_tables = [
+        {"name": str(p.relative_to(archive)), "html": _table(pd.read_csv(p))} for p in oc_files
+    ]
+    baseline_html, target_note = _baseline(protocol, cohort, summary)
 
+    # Virtual share of the control arm: all virtual until a real data cut borrows from it.
+    n_virtual = int(control.get("n", 0))
+    if updates:
+        last = updates[-1]
+        borrowed = float(last.get("borrowed_virtual") or 0.0)
+        n_real = int(last.get("n_real") or 0)
+        share = borrowed / (borrowed + n_real) if borrowed + n_real > 0 else 0.0
+        virtual = {"share": share, "borrowed": borrowed, "n_real": n_real, "cut": last["cut"]}
+    else:
+        virtual = {"share": 1.0, "borrowed": float(n_virtual), "n_real": 0, "cut": None}
+
+    qrow = next((r for r in summary["posterior"] if r.get("param") == quantity), None)
+    arms = []
+    for arm in protocol.arms:
+        reg = arm.regimen
+        arms.append(
+            {"name": arm.name, "n": arm.n, "control": arm.control,
+             "regimen": "none (untreated)" if reg is None else
+             f"{reg.drug} {reg.dose:g} {reg.unit} {reg.route} every {reg.interval_h:g} h, "
+             f"{reg.n_doses} doses"}
+        )  # fmt: skip
+    verification = _verification()
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
+    env.filters["num"] = _fmt_num
     tmpl = env.get_template("report.html.j2")
     posterior = pd.DataFrame(summary["posterior"])
-    virtual_n = int(control.get("n", 0))
     return tmpl.render(
         title=f"In-silico trial report: {meta.get('trial_id', '')}",
+        protocol=protocol,
         meta=meta,
         summary=summary,
+        qrow=qrow,
         control=control,
-        virtual_n=virtual_n,
+        virtual_n=n_virtual,
+        virtual=virtual,
+        arms=arms,
         figures=figures,
         posterior_table=_table(posterior) if not posterior.empty else "",
-        baseline_table=_baseline(cohort),
+        baseline_table=baseline_html,
+        target_note=target_note,
         protocol_text=html.escape(protocol_text),
-        endpoint_counts=endpoints.groupby("arm", sort=False).size().to_dict(),
+        updates=updates,
+        oc_tables=oc_tables,
+        sens=sens,
+        sens_table=sens_table,
+        uq_table=_table(pd.DataFrame(uq_rows)) if uq_rows else "",
+        verification=verification,
+        has_spider=sld is not None,
+        validation=_validation_rows(archive),
         generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _validation_rows(archive: Path) -> list[dict[str, Any]]:
+    """Published comparators archived with the run (``validation.json``: rows with
+    ``quantity, simulated, published, source``); empty when the run has none."""
+    path = archive / "validation.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    for r in rows:
+        sim, pub = r.get("simulated"), r.get("published")
+        ok = isinstance(sim, int | float) and isinstance(pub, int | float) and pub == pub
+        r["distance"] = sim - pub if ok else None
+        r["relative"] = (sim - pub) / abs(pub) if ok and pub else None
+    return rows
+
+
+def render_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 120.0) -> Path:
+    """Print the HTML report to PDF with headless Chromium (same content, A4).
+
+    Raises ``RuntimeError`` naming what is missing when no Chromium is installed.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    html_path, pdf_path = Path(html_path).resolve(), Path(pdf_path).resolve()
+    exe = next((shutil.which(n) for n in _CHROMIUM if shutil.which(n)), None)
+    if exe is None:
+        raise RuntimeError(
+            "PDF needs headless Chromium: install it (Debian: apt-get install -y chromium)"
+        )
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="insilico-chromium-") as profile:
+        cmd = [exe, *chromium_flags(profile), "--no-pdf-header-footer",
+               f"--print-to-pdf={pdf_path}", html_path.as_uri()]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not pdf_path.exists():
+        raise RuntimeError(f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return pdf_path
+
+
+_CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def chromium_flags(profile_dir: str) -> list[str]:
+    """Headless Chromium flags that make no network requests of its own."""
+    return [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--disable-extensions", f"--user-data-dir={profile_dir}",
+    ]  # fmt: skip

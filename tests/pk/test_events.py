@@ -196,3 +196,10 @@ def test_csv_ignores_c_and_dv_and_accepts_lower_case(tmp_path: Path) -> None:
     cp = pd.read_csv(out)["CP"].to_numpy()
     k = 1.3 / 15.0
     np.testing.assert_allclose(cp, 100 / 15.0 * np.exp(-k * np.array([0.0, 1.0, 2.0])), rtol=1e-12)
+
+
+def test_michaelis_menten_depot_is_exact_even_when_tiny() -> None:
+    # The depot is integrated in closed form, so A1 = F AMT e^{-KA t} holds far below atol.
+    data = _records("pk1cmt_mm", [{"TIME": 0, "AMT": 100, "CMT": 1}], np.array([1.0, 24.0, 72.0]))
+    a1 = simulate_records(data, model="pk1cmt_mm")["A1"].to_numpy()[1:]
+    np.testing.assert_allclose(a1, 100 * np.exp(-1.2 * np.array([1.0, 24.0, 72.0])), rtol=1e-13)

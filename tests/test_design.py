@@ -1,0 +1,343 @@
+"""Design: decision tables, exact-vs-simulated OCs, drift, calibration, invariance, flow.
+
+Tolerances: simulated OCs are compared with exact values within 4 MCSE (a false failure
+rate of ~6e-5 per comparison); quadrature tables with 1e-7 absolute.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from insilico_trials import borrowing, design, outcomes
+from insilico_trials.protocol import ProtocolError, load_protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "protocols" / "design_binary_borrowing.yaml"
+
+
+def _protocol(tmp_path: Path, replace: dict[str, str] | None = None) -> Path:
+    text = EXAMPLE.read_text()
+    for a, b in (replace or {}).items():
+        assert a in text, a
+        text = text.replace(a, b)
+    p = tmp_path / "design.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return design.compile_design(load_protocol(EXAMPLE))
+
+
+@pytest.fixture(scope="module")
+def results(plan):
+    return design.simulate_design(plan, replicates=10_000)
+
+
+def test_constants_match_outcomes():
+    assert design.VAGUE_BETA == outcomes.VAGUE_BETA
+    assert design.VAGUE_GAMMA == outcomes.VAGUE_GAMMA
+    assert design.DAYS_PER_MONTH == outcomes.DAYS_PER_MONTH
+
+
+def test_example_loads_and_priors(plan):
+    assert plan.methods == ("robust_mixture", "none", "full")
+    robust = plan.priors["robust_mixture"]
+    # 40 of 200 virtual responders, a0 = 1, vague Beta(1, 1) with weight 0.2
+    assert robust.weights == pytest.approx((0.8, 0.2))
+    assert robust.a == (41.0, 1.0) and robust.b == (161.0, 1.0)
+    assert [lk.n_control for lk in plan.looks] == [13, 27, 40]
+
+
+def test_bad_design_is_reported_at_its_field(tmp_path):
+    bad = _protocol(
+        tmp_path, {"virtual_control: {n: 200, rate: 0.20}": "virtual_control: {n: 200}"}
+    )
+    with pytest.raises(ProtocolError) as exc:
+        load_protocol(bad)
+    issue = exc.value.issues[0]
+    assert issue.path == "design" and "virtual_control.rate" in issue.message
+    assert issue.line > 80
+    bad = _protocol(tmp_path, {"efficacy_threshold: 0.995": "efficacy_threshold: 1.5"})
+    with pytest.raises(ProtocolError) as exc:
+        load_protocol(bad)
+    assert exc.value.issues[0].path.startswith("design.efficacy_threshold")
+
+
+def test_decision_table_matches_quadrature():
+    prior = borrowing.robustify(outcomes.MixturePrior.single("beta", 41, 161), weight=0.2)
+    prob, mean = design.binary_decision_table(prior, 20, 25, delta=0.05, nodes=2000)
+    for xc, xt in [(0, 0), (4, 9), (20, 25), (10, 3)]:
+        w, a, b = borrowing.beta_mixture_posterior(prior.weights, prior.a, prior.b, xc, 20)
+        ref = sum(
+            wk
+            * integrate.quad(
+                lambda p, ak=ak, bk=bk, xt=xt: (
+                    stats.beta.pdf(p, ak, bk)
+                    * stats.beta.sf(min(p + 0.05, 1.0), 1 + xt, 1 + 25 - xt)
+                ),
+                0,
+                1,
+                epsabs=1e-12,
+                limit=200,
+            )[0]
+            for wk, ak, bk in zip(w, a, b, strict=True)
+        )
+        assert prob[xc, xt] == pytest.approx(ref, abs=1e-7)
+        assert mean[xc, xt] == pytest.approx((1 + xt) / 27 - float(w @ (a / (a + b))), abs=1e-12)
+
+
+def test_no_borrowing_single_look_equals_binomial_sum(tmp_path):
+    """Known answer: no borrowing, no interims: P(success) = sum of binomial pmf products."""
+    proto = load_protocol(
+        _protocol(
+            tmp_path,
+            {
+                "  interim_fractions: [0.3333, 0.6667]\n": "",
+                "  futility_threshold: 0.05\n": "",
+                "method: robust_mixture": "method: none",
+                "compare_borrowing: [none, full]": "compare_borrowing: []",
+            },
+        )
+    )
+    pl = design.compile_design(proto)
+    assert len(pl.looks) == 1
+    table = pl.tables[("none", 0)]
+    res = design.simulate_design(pl, replicates=20_000, batch_size=20_000)
+    for name, pc, pt in [("null_nodrift", 0.2, 0.2), ("alternative", 0.2, 0.45)]:
+        k = np.arange(41)
+        exact = float(stats.binom.pmf(k, 40, pc) @ (table > 0.975) @ stats.binom.pmf(k, 40, pt))
+        sim = res[name].data["none"]["success"]
+        se = math.sqrt(exact * (1 - exact) / sim.size)
+        assert abs(sim.mean() - exact) < 4 * se, (name, sim.mean(), exact)
+
+
+def test_sequential_oc_match_exact_enumeration(plan, results):
+    for m in plan.methods:
+        for s in plan.scenarios:
+            ex = design.exact_binary_oc(plan, s.name, m)
+            d = results[s.name].data[m]
+            se = math.sqrt(ex["p_success"] * (1 - ex["p_success"]) / d["success"].size)
+            assert abs(d["success"].mean() - ex["p_success"]) < 4 * max(se, 1e-4), (m, s.name)
+            n = d["n"]
+            assert abs(n.mean() - ex["expected_n"]) < 4 * n.std() / math.sqrt(n.size) + 1e-9
+
+
+def test_drift_inflates_type1_and_robust_limits_it(plan, results):
+    oc = design.operating_characteristics(plan, results).set_index(["method", "scenario"])
+    full = oc.loc[("full", "drift_null")]
+    robust = oc.loc[("robust_mixture", "drift_null")]
+    none = oc.loc[("none", "drift_null")]
+    # exact values (exact_binary_oc): full 0.428, robust 0.140, none 0.028
+    assert full["p_success"] > 0.3
+    assert robust["p_success"] < full["p_success"] - 10 * full["p_success_mcse"]
+    assert none["p_success"] < 0.035
+    for col in ("p_success", "expected_n", "bias", "rmse", "coverage95", "n_q50"):
+        assert f"{col}_mcse" in oc.columns
+    assert (oc["p_success_mcse"] > 0).all()
+
+
+def test_batching_does_not_change_numbers(plan):
+    a = design.simulate_design(plan, replicates=300, batch_size=300)
+    b = design.simulate_design(plan, replicates=300, batch_size=7)
+    for s in plan.scenarios:
+        for m in plan.methods:
+            for k, v in a[s.name].data[m].items():
+                np.testing.assert_array_equal(v, b[s.name].data[m][k])
+
+
+def test_calibration_hits_target(plan, results):
+    cal = design.calibrate(plan, results, target=0.025, scenario="null_nodrift", bootstrap=50)
+    r = results["null_nodrift"].data["robust_mixture"]["success"].size
+    for _, row in cal.iterrows():
+        assert row["type1"] <= 0.025 + 1e-12
+        assert row["type1"] >= 0.025 - 0.003  # discrete posterior: a few ties per threshold
+        assert 0 < row["threshold_se"] < 0.02
+        assert row["power_se_total"] >= row["power_mcse"]
+    assert len(cal) == len(plan.methods) * (len(plan.scenarios) - 1)
+    assert r == 10_000
+
+
+def test_normal_posterior_batch_matches_scalar():
+    prior = borrowing.robustify(
+        outcomes.MixturePrior.single("normal", 1.0, 0.3), weight=0.3, sigma=2.0
+    )
+    ybar = np.array([-1.0, 0.4, 2.5])
+    w, m, s = design._normal_posterior_batch(prior, ybar, 17, 2.0)
+    for i, y in enumerate(ybar):
+        w1, m1, s1 = borrowing.normal_mixture_posterior(
+            prior.weights, prior.a, prior.b, y, 17, sigma=2.0
+        )
+        np.testing.assert_allclose(w[i], w1, rtol=1e-12)
+        np.testing.assert_allclose(m[i], m1, rtol=1e-12)
+        np.testing.assert_allclose(s[i], s1, rtol=1e-12)
+
+
+def _normal_protocol(tmp_path: Path) -> Path:
+    text = EXAMPLE.read_text()
+    text = text.replace(
+        "  endpoint: orr\n  model: binary\n  decision: {quantity: rate_difference, delta: 0.0, threshold: 0.975}",
+        "  endpoint: best_pct_change\n  model: continuous\n  decision: {quantity: mean_difference, delta: 0.0, threshold: 0.975}",
+    )
+    start = text.index("design:\n")
+    text = text[:start] + (
+        "design:\n"
+        "  endpoint: continuous\n"
+        "  virtual_control: {n: 100, mean: 0.0, sd: 30.0}\n"
+        "  success_threshold: 0.975\n"
+        "  compare_borrowing: [none]\n"
+        "  scenarios:\n"
+        "    - {name: null0, control: 0.0, treatment: 0.0}\n"
+        "    - {name: alt, control: 0.0, treatment: -20.0}\n"
+        "    - {name: alt_up, control: 0.0, treatment: 20.0}\n"
+    )
+    p = tmp_path / "normal.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_normal_no_borrowing_power_is_z_test(tmp_path):
+    """Vague priors, known sigma: P(success) = Phi(effect / se - z_0.975), se = sigma sqrt(2/n)."""
+    pl = design.compile_design(load_protocol(_normal_protocol(tmp_path)))
+    res = design.simulate_design(pl, replicates=20_000)
+    se = 30.0 * math.sqrt(2 / 40)
+    for name, eff in [("null0", 0.0), ("alt_up", 20.0)]:
+        exact = stats.norm.cdf(eff / se - stats.norm.ppf(0.975))
+        d = res[name].data["none"]["success"]
+        mcse = math.sqrt(exact * (1 - exact) / d.size)
+        assert abs(d.mean() - exact) < 4 * mcse, (name, d.mean(), exact)
+    oc = design.operating_characteristics(pl, res).set_index(["method", "scenario"])
+    cov = oc.loc[("none", "alt_up")]
+    assert abs(cov["coverage95"] - 0.95) < 4 * cov["coverage95_mcse"]
+
+
+def test_gamma_batch_and_hazard_ratio_probability():
+    prior = borrowing.robustify(outcomes.MixturePrior.single("gamma", 50.0, 400.0), weight=0.2)
+    d, e = np.array([3, 20]), np.array([40.0, 150.0])
+    w, a, b = design._gamma_posterior_batch(prior, d, e)
+    for i in range(2):
+        w1, a1, b1 = borrowing.gamma_mixture_posterior(prior.weights, prior.a, prior.b, d[i], e[i])
+        np.testing.assert_allclose(w[i], w1, rtol=1e-12)
+        np.testing.assert_allclose(a[i], a1)
+        np.testing.assert_allclose(b[i], b1)
+    # P(lambda_t / lambda_c < h) by the F identity vs Monte Carlo (seed 3, 1e6 draws, 4 se)
+    rng = np.random.default_rng(3)
+    at, bt, ac, bc, h = 12.0, 90.0, 30.0, 160.0, 0.8
+    lt = rng.gamma(at, 1 / bt, 1_000_000)
+    lc = rng.gamma(ac, 1 / bc, 1_000_000)
+    mc = np.mean(lt / lc < h)
+    exact = stats.f.cdf(h * bt * ac / (at * bc), 2 * at, 2 * ac)
+    assert abs(mc - exact) < 4 * math.sqrt(exact * (1 - exact) / 1e6)
+
+
+def _tte_protocol(tmp_path: Path, n: int = 60) -> Path:
+    text = EXAMPLE.read_text()
+    text = text.replace(
+        "  endpoint: orr\n  model: binary\n  decision: {quantity: rate_difference, delta: 0.0, threshold: 0.975}",
+        "  endpoint: pfs\n  model: tte_weibull\n  decision: {quantity: hazard_ratio, delta: 1.0, threshold: 0.975}",
+    ).replace("    n: 40\n", f"    n: {n}\n")
+    start = text.index("design:\n")
+    text = text[:start] + (
+        "design:\n"
+        "  endpoint: tte\n"
+        "  virtual_control: {n: 150, median_months: 6.0}\n"
+        "  interim_fractions: [0.6]\n"
+        "  efficacy_threshold: 0.999\n"
+        "  futility_threshold: 0.1\n"
+        "  compare_borrowing: [none]\n"
+        "  scenarios:\n"
+        "    - {name: null0, control: 6.0, treatment: 6.0}\n"
+        "    - {name: alt, control: 6.0, treatment: 10.0}\n"
+        "    - {name: drift_null, control: 9.0, treatment: 9.0}\n"
+        "  calibration: {target: 0.025, scenario: null0, bootstrap: 50}\n"
+    )
+    p = tmp_path / "tte.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_tte_design_runs_and_is_sensible(tmp_path):
+    pl = design.compile_design(load_protocol(_tte_protocol(tmp_path)))
+    res = design.simulate_design(pl, replicates=2000)
+    oc = design.operating_characteristics(pl, res).set_index(["method", "scenario"])
+    none_null = oc.loc[("none", "null0")]
+    # exponential data, exponential model, vague prior: type I error near 1 - 0.975 (+ interim)
+    assert abs(none_null["p_success"] - 0.025) < 4 * none_null["p_success_mcse"] + 0.01
+    assert oc.loc[("none", "alt"), "p_success"] > 0.3
+    # drift: control better than the virtual arm predicts -> borrowing inflates type I error
+    assert oc.loc[("robust_mixture", "drift_null"), "p_success"] > none_null["p_success"]
+    a = design.simulate_design(pl, replicates=50, batch_size=50)
+    b = design.simulate_design(pl, replicates=50, batch_size=3)
+    np.testing.assert_array_equal(a["alt"].data["none"]["prob"], b["alt"].data["none"]["prob"])
+
+
+def test_execute_design_bad_input_writes_nothing(tmp_path, capsys):
+    from insilico_trials.design_cli import execute_design
+
+    bad = _protocol(tmp_path, {"method: robust_mixture": "method: commensurate\n  tau_scale: 1.0"})
+    reports = tmp_path / "reports"
+    code = execute_design(bad, replicates=10, workers=1, dask_address=None, reports=reports)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "synthetic_control.method" in err and "design.yaml:" in err
+    assert not reports.exists()
+
+
+@pytest.mark.slow
+def test_flow_identical_for_any_worker_count(prefect_api, plan):
+    from flows.design import run_design
+
+    one = run_design(plan, replicates=400, batch_size=400, workers=1)
+    two = run_design(plan, replicates=400, batch_size=90, workers=2)
+    serial = design.simulate_design(plan, replicates=400)
+    for s in plan.scenarios:
+        for m in plan.methods:
+            for k in ("success", "n", "estimate", "prob"):
+                np.testing.assert_array_equal(
+                    one.results[s.name].data[m][k], two.results[s.name].data[m][k]
+                )
+                np.testing.assert_array_equal(
+                    one.results[s.name].data[m][k], serial[s.name].data[m][k]
+                )
+
+
+@pytest.mark.slow
+def test_execute_design_end_to_end(prefect_api, tmp_path, monkeypatch, capsys):
+    import json
+
+    from insilico_trials.design_cli import execute_design
+
+    monkeypatch.chdir(tmp_path)
+    reports = tmp_path / "reports"
+    code = execute_design(EXAMPLE, replicates=500, workers=2, dask_address=None, reports=reports)
+    assert code == 0
+    (out,) = list((reports / "design-binary-borrowing").iterdir())
+    assert out.name.startswith("design-")
+    doc = json.loads((out / "oc.json").read_text())
+    assert len(doc["operating_characteristics"]) == 12
+    assert (out / "oc.csv").read_text().startswith("method,scenario")
+    text = capsys.readouterr().out
+    assert "batches" in text and "timing summary" in text and "±" in text
+
+
+@pytest.mark.slow
+def test_fast_path_agrees_with_mcmc(tmp_path):
+    """Binary (same model, exact) and TTE (exponential fast path vs Weibull MCMC), 3 replicates each."""
+    pl = design.compile_design(load_protocol(EXAMPLE))
+    binary = design.mcmc_agreement(
+        pl, load_protocol(EXAMPLE), scenario="alternative", replicates=[0, 1, 2], draws=1000
+    )
+    assert binary["converged"].all()
+    assert (binary["difference"].abs() < 0.02).all(), binary
+    proto = load_protocol(_tte_protocol(tmp_path))
+    tp = design.compile_design(proto)
+    tte = design.mcmc_agreement(tp, proto, scenario="null0", replicates=[0, 1, 2], draws=1000)
+    assert tte["converged"].all()
+    # measured: |difference| up to 0.105 (exponential fast path vs Weibull MCMC), see report
+    assert (tte["difference"].abs() < 0.15).all(), tte

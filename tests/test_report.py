@@ -1,0 +1,218 @@
+"""The run report: every section and figure present, summary numbers equal the archive's.
+
+The archive is built without Prefect or MCMC: the tiny protocol is simulated with
+``trial.simulate_chunk`` and the outcome fit is a conjugate Beta-Binomial stand-in (exact
+posterior draws, seed 7), so the report's plumbing is tested in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from insilico_trials import trial
+from insilico_trials.protocol import load_protocol
+from insilico_trials.report import render_report
+from insilico_trials.runs import write_run_outputs
+from tests.conftest import tiny_protocol
+
+
+@dataclass(frozen=True)
+class _ConjugateFit:
+    probability: float
+    decision: str
+    converged: bool
+    diagnostics: dict[str, Any]
+    summary: pd.DataFrame
+    idata: dict[str, Any]
+
+
+def _conjugate_fit(protocol: Any, endpoints: pd.DataFrame) -> _ConjugateFit:
+    rng = np.random.default_rng(7)
+    d = protocol.analysis.decision
+    ctrl = endpoints[endpoints["arm"] == protocol.control_arm.name]["responder"]
+    trt = endpoints[endpoints["arm"] == protocol.treatment_arms[0].name]["responder"]
+    p_c = rng.beta(1 + ctrl.sum(), 1 + len(ctrl) - ctrl.sum(), size=(2, 500))
+    p_t = rng.beta(1 + trt.sum(), 1 + len(trt) - trt.sum(), size=(2, 500))
+    post = {"p_c": p_c, "p_t": p_t, "rate_difference": p_t - p_c}
+    ds = xr.Dataset({k: (("chain", "draw"), v) for k, v in post.items()})
+    prob = float(np.mean(post["rate_difference"] > d.delta))
+    rows = [
+        {"param": k, "mean": float(v.mean()), "sd": float(v.std()),
+         "eti_2.5%": float(np.quantile(v, 0.025)), "eti_97.5%": float(np.quantile(v, 0.975)),
+         "r_hat": 1.0, "ess_bulk": 1000.0}
+        for k, v in post.items()
+    ]  # fmt: skip
+    return _ConjugateFit(
+        probability=prob,
+        decision="go" if prob > d.threshold else "no-go",
+        converged=True,
+        diagnostics={"divergences": 0, "failed": [], "max_rhat": 1.0, "min_ess_bulk": 1000.0},
+        summary=pd.DataFrame(rows),
+        idata={"posterior": SimpleNamespace(to_dataset=lambda: ds)},
+    )
+
+
+def build_archive(root: Path) -> tuple[Path, dict[str, Any]]:
+    """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta."""
+    path = tiny_protocol(root, n=12)
+    protocol = load_protocol(path)
+    cohorts, chunks = {}, []
+    for arm in protocol.arms:
+        cohorts[arm.name] = trial.arm_cohort(protocol, arm)
+        for s, e in trial.chunk_bounds(arm.n, 5):
+            chunks.append(trial.simulate_chunk(protocol, arm.name, cohorts[arm.name].iloc[s:e]))
+    endpoints = trial.concat_chunks(chunks)["endpoints"]
+    outcome = SimpleNamespace(
+        cohorts=cohorts, chunks=chunks, fit=_conjugate_fit(protocol, endpoints)
+    )
+    archive = root / "archive"
+    archive.mkdir()
+    groups = write_run_outputs(archive, protocol, path, outcome)
+    meta = {
+        "run_id": "test-run", "trial_id": protocol.trial_id, "protocol_sha256": protocol.sha256(),
+        "seeds": {"protocol": protocol.seed}, "prefect_flow_run_id": "flow-123",
+        "mlflow_run_id": "mlflow-456", "started_utc": "2026-01-01T00:00:00+00:00",
+        "ended_utc": "2026-01-01T00:01:00+00:00", "package_version": "0.1.0",
+        "git_commit": "abc123", "uv_lock_sha256": "f" * 64, "python": "3.12.1",
+        "libraries": {"numpy": "2"}, "machine": {"cpus": 2}, "outputs": groups["outputs"],
+    }  # fmt: skip
+    return archive, meta
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    archive, meta = build_archive(tmp_path_factory.mktemp("report"))
+    return archive, meta, render_report(archive, meta)
+
+
+def _section(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}"[^>]*>(.*?)</section>', html, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def _figures(html: str) -> list[str]:
+    return re.findall(
+        r'<figure><img alt="[^"]*" src="data:image/png;base64,[^"]+"><figcaption>([^<]+)<', html
+    )
+
+
+SECTIONS = ("summary", "protocol", "cohort", "exposure", "endpoints", "outcome",
+            "synthetic-control", "operating-characteristics", "credibility", "provenance")  # fmt: skip
+
+
+def test_archive_has_report_inputs(report: tuple[Path, dict[str, Any], str]) -> None:
+    archive, meta, _ = report
+    assert {"tumour_sld.parquet", "sensitivity.json"} <= set(meta["outputs"])
+    sld = pd.read_parquet(archive / "tumour_sld.parquet")
+    assert list(sld.columns) == ["arm", "patient", "visit_day", "sld_mm"]
+    sens = json.loads((archive / "sensitivity.json").read_text())
+    names = [p["name"] for p in sens["parameters"]]
+    assert names == ["KL", "KD", "LAMBDA", "CL"]
+    assert len(sens["outputs"]["rate_difference"]["ST"]) == 4
+
+
+def test_every_section_and_figure_present(report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, html = report
+    for sid in SECTIONS:
+        _section(html, sid)
+    caps = _figures(html)
+    for word in ("concentration", "Spider plot", "Waterfall", "progression-free", "overall survival",
+                 "Posterior densities", "Sobol"):  # fmt: skip
+        assert any(word.lower() in c.lower() for c in caps), (word, caps)
+    assert all(len(c) > 40 for c in caps)  # each caption says what the figure shows
+    assert "baseline-table" in _section(html, "cohort") and "target: protocol population" in html
+    cred = _section(html, "credibility")
+    for head in ("Context of use", "Model risk", "Code verification", "Validation against published",
+                 "Global sensitivity", "Uncertainty quantification", "Limitations"):  # fmt: skip
+        assert head.lower() in cred.lower(), head
+    assert "No design was run" in _section(html, "operating-characteristics")
+    assert "No real data cut" in _section(html, "synthetic-control")
+
+
+def test_summary_numbers_equal_archive(report: tuple[Path, dict[str, Any], str]) -> None:
+    archive, meta, html = report
+    summary = json.loads((archive / "summary.json").read_text())
+    head = _section(html, "summary")
+    assert f"Decision: {summary['decision']}" in head
+    assert f'<strong id="probability">{summary["probability"]:.3f}</strong>' in head
+    assert summary["question"] in head
+    assert '<span id="virtual-share">100%</span>' in head
+    n_ctrl = json.loads((archive / "synthetic_control.json").read_text())["n"]
+    assert f"all {n_ctrl} control patients" in head
+    prov = _section(html, "provenance")
+    for key in ("protocol_sha256", "git_commit", "uv_lock_sha256", "prefect_flow_run_id", "mlflow_run_id",
+                "started_utc", "ended_utc"):  # fmt: skip
+        assert str(meta[key]) in prov, key
+
+
+def test_no_external_references(report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, html = report
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"|url\(([^)]*)\)', html)
+    for a, b in refs:
+        ref = (a or b).strip("'\" ")
+        assert ref.startswith(("data:", "#")), ref
+    assert "<script" not in html
+
+
+def test_updates_and_oc_rendered_when_present(
+    report: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    archive, meta, _ = report
+    copy = tmp_path / "copy"
+    shutil.copytree(archive, copy)
+    for cut, (borrowed, n_real) in enumerate([(20.0, 6), (10.0, 12)], start=1):
+        d = copy / "updates" / f"{cut:03d}"
+        d.mkdir(parents=True)
+        (d / "update.json").write_text(json.dumps({
+            "cut": cut, "cut_sha256": f"{cut}" * 64, "method": "robust_mixture",
+            "posterior_mean": 0.1 * cut, "posterior_ci": [0.05, 0.3], "prior_ess": 30.0,
+            "borrowed_virtual": borrowed, "conflict": {"box_p": 0.4}, "vague_weight": 0.2,
+            "n_real": n_real,
+        }))  # fmt: skip
+    (copy / "design").mkdir()
+    pd.DataFrame({"scenario": ["null", "alt"], "p_go": [0.04, 0.83]}).to_csv(
+        copy / "design" / "oc.csv", index=False
+    )
+    html = render_report(copy, meta)
+    sc = _section(html, "synthetic-control")
+    assert "update-history" in sc and "History of the synthetic control" in sc
+    # latest cut: 10 virtual beside 12 real -> 45% virtual
+    assert '<span id="virtual-share">45%</span>' in _section(html, "summary")
+    assert "0.83" in _section(html, "operating-characteristics")
+    assert "1" * 64 in _section(html, "provenance")
+
+
+def test_verification_counts_from_junit(report: tuple[Path, dict[str, Any], str], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    archive, meta, _ = report
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest" timestamp="2026-01-01T00:00:00">'
+        '<testcase classname="tests.test_tumour" name="a"/>'
+        '<testcase classname="tests.test_tumour" name="b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.pk.test_linear" name="c"><skipped/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    monkeypatch.setenv("INSILICO_TEST_RESULTS", str(junit))
+    cred = _section(render_report(archive, meta), "credibility")
+    assert "<strong>1 passed</strong>, 1 failed, 1 skipped" in cred
+    assert "test_linear" in cred
+
+
+def test_figures_are_byte_deterministic(report: tuple[Path, dict[str, Any], str]) -> None:
+    archive, meta, html = report
+    again = render_report(archive, meta)
+    strip = re.compile(r"generated \S+")
+    assert strip.sub("", again) == strip.sub("", html)

@@ -1,0 +1,103 @@
+"""The trial pipeline as plain functions: chunk invariance, dose units, the Zhang path."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from insilico_trials import trial
+from insilico_trials.protocol import ProtocolError, load_protocol
+from tests.conftest import tiny_protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _simulate(protocol, chunk: int) -> dict:
+    chunks = []
+    for arm in protocol.arms:
+        cohort = trial.arm_cohort(protocol, arm)
+        for start, stop in trial.chunk_bounds(len(cohort), chunk):
+            chunks.append(trial.simulate_chunk(protocol, arm.name, cohort.iloc[start:stop]))
+    return trial.concat_chunks(chunks[::-1])  # finishing order must not matter
+
+
+def test_chunking_does_not_change_any_number(tmp_path):
+    protocol = load_protocol(tiny_protocol(tmp_path, n=9))
+    one = _simulate(protocol, 9)
+    for chunk in (1, 4):
+        other = _simulate(protocol, chunk)
+        pd.testing.assert_frame_equal(one["endpoints"], other["endpoints"], check_exact=True)
+        pd.testing.assert_frame_equal(one["exposure"], other["exposure"], check_exact=True)
+        for arm in one["profiles"]:
+            assert np.array_equal(one["profiles"][arm], other["profiles"][arm])
+
+
+def test_chunk_bounds_cover_every_patient_once():
+    assert trial.chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert trial.chunk_bounds(0, 3) == []
+
+
+def test_untreated_arm_has_no_exposure_and_treated_arm_shrinks(tmp_path):
+    protocol = load_protocol(tiny_protocol(tmp_path, n=20))
+    out = _simulate(protocol, 20)
+    ex = out["exposure"].groupby("arm")["auc_last_mg_h_l"].mean()
+    assert ex["control"] == 0.0 and ex["tki200"] > 0
+    # Steady-state AUC over one interval equals dose / CL for linear PK (mass balance):
+    # mean over patients of 200 mg / CL_i, CL in L/h.
+    cohort = trial.arm_cohort(protocol, protocol.arms[1])
+    expected = np.mean(200.0 / cohort["CL"].to_numpy())
+    # The table integrates the protocol's 2 h output grid by trapezoids, which misses part of
+    # the absorption peak (KA ~ 1/h): measured 2.7% low on this cohort, so 5% bounds it. The
+    # exact mass balance of the engine itself is tested in tests/pk.
+    assert ex["tki200"] == pytest.approx(expected, rel=0.05)
+    change = out["endpoints"].groupby("arm")["best_pct_change"].median()
+    assert change["tki200"] < change["control"]
+
+
+def test_weight_based_dose(tmp_path):
+    protocol = load_protocol(ROOT / "protocols" / "onc_phase2_orr.yaml")
+    arm = protocol.arms[1].model_copy(
+        update={
+            "regimen": protocol.arms[1].regimen.model_copy(update={"unit": "mg/kg", "dose": 2.0})
+        }
+    )
+    cohort = pd.DataFrame({"WT": [50.0, 100.0]})
+    assert trial.dose_amounts_mg(arm, cohort).tolist() == [100.0, 200.0]
+
+
+def test_zhang_protocol_runs_paired_and_reports_published_values():
+    protocol = load_protocol(ROOT / "protocols" / "zhang2017_adaptive.yaml")
+    small = protocol.model_copy(
+        update={"arms": [a.model_copy(update={"n": 30}) for a in protocol.arms]}
+    )
+    out = _simulate(small, 7)
+    ep = out["endpoints"]
+    cont = ep[ep["arm"] == "continuous"].reset_index(drop=True)
+    adap = ep[ep["arm"] == "adaptive"].reset_index(drop=True)
+    # Same virtual patients (competition matrices) in both strategies: a paired comparison.
+    assert (cont["zhang_matrix_row"] == adap["zhang_matrix_row"]).all()
+    assert (cont["drug_fraction"] == 1.0).all()
+    assert (adap["drug_fraction"] <= 1.0).all() and adap["drug_fraction"].mean() < 1.0
+    rows = {r["quantity"]: r for r in trial.validation_table(small, ep)}
+    # Published values: Zhang et al. Nat Commun 2017;8:1816 (16.5 months; >= 27 months; 47%).
+    assert rows["median time to PSA progression, continuous (months)"]["published"] == 16.5
+    assert rows["cumulative drug exposure, adaptive / continuous"]["published"] == 0.47
+    assert rows["cumulative drug exposure, adaptive / continuous"]["simulated"] == pytest.approx(
+        adap["drug_fraction"].mean()
+    )
+
+
+def test_adaptive_dosing_needs_a_marker_model(tmp_path):
+    text = (ROOT / "protocols" / "onc_phase2_orr.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        text.replace(
+            "route: oral}", "route: oral, adaptive: {marker: PSA, stop_below_fraction: 0.5}}"
+        )
+    )
+    with pytest.raises(
+        ProtocolError,
+        match=r"arms\[1\]\.regimen\.adaptive: adaptive dosing on PSA needs disease model zhang2017",
+    ):
+        load_protocol(bad)
