@@ -301,8 +301,7 @@ def validation_table(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[d
                 "simulated": float(med) / days_per_month,
                 "published": float(ZHANG2017_PUBLISHED[key]),
                 "source": f"{src}: {note}",
-                "note": "nan = median not reached by the horizon"
-                f" ({protocol.disease.horizon_days} days)",
+                "note": f"Kaplan-Meier median; patients followed {protocol.disease.horizon_days} days",
             }
         )
     if {"continuous", "adaptive"} <= set(by):

@@ -219,13 +219,19 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     def add(section: str, fig: Figure, caption: str) -> None:
         figures.append({"section": section, "src": _png(fig), "caption": caption})
 
-    add(
-        "exposure",
-        _exposure_figure(profiles),
-        "Plasma concentration over the first two weeks of dosing: median (line) and 90% "
-        "prediction interval (5th-95th percentile, shaded) of the virtual patients in each "
-        "treated arm. Untreated arms have no concentration and are not drawn.",
-    )
+    has_profiles = bool(len(profiles)) and float(profiles["p95"].max()) > 0
+    exposure = pd.read_parquet(archive / "exposure.parquet")
+    exposure_summary = (
+        exposure.drop(columns=["patient"]).groupby("arm", sort=False).mean(numeric_only=True)
+    ).reset_index()
+    if has_profiles:
+        add(
+            "exposure",
+            _exposure_figure(profiles),
+            "Plasma concentration over the first two weeks of dosing: median (line) and 90% "
+            "prediction interval (5th-95th percentile, shaded) of the virtual patients in each "
+            "treated arm. Untreated arms have no concentration and are not drawn.",
+        )
     if sld is not None:
         for arm, fig in _spider_figures(sld, endpoints):
             add(
@@ -380,6 +386,8 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         uq_table=_table(pd.DataFrame(uq_rows)) if uq_rows else "",
         verification=verification,
         has_spider=sld is not None,
+        has_profiles=has_profiles,
+        exposure_table=_table(exposure_summary),
         validation=_validation_rows(archive),
         generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
@@ -394,7 +402,9 @@ def _validation_rows(archive: Path) -> list[dict[str, Any]]:
     rows = json.loads(path.read_text(encoding="utf-8"))
     for r in rows:
         sim, pub = r.get("simulated"), r.get("published")
-        ok = isinstance(sim, int | float) and isinstance(pub, int | float) and pub == pub
+        # NaN simulated value: e.g. a Kaplan-Meier median not reached by the horizon.
+        r["simulated_known"] = isinstance(sim, int | float) and sim == sim
+        ok = r["simulated_known"] and isinstance(pub, int | float) and pub == pub
         r["distance"] = sim - pub if ok else None
         r["relative"] = (sim - pub) / abs(pub) if ok and pub else None
     return rows
