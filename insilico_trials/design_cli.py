@@ -133,8 +133,8 @@ def execute_design(
     reports: Path,
 ) -> int:
     """``insilico-trials design``: returns the process exit code (0 ok, 1 failure, 2 bad input)."""
-    from insilico_trials.pipeline import _quiet_prefect, _timing_table
-    from insilico_trials.tracking import MlflowTracker, TrackingError, flatten
+    from insilico_trials.pipeline import _quiet_prefect, _timing_table, reach_tracker
+    from insilico_trials.tracking import flatten
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -160,11 +160,8 @@ def execute_design(
         + f" patients; methods {', '.join(plan.methods)}; {len(plan.scenarios)} scenarios"
     )
     t = time.perf_counter()
-    tracker = MlflowTracker(Path.cwd())
-    try:
-        tracker.check()
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tracker = reach_tracker()
+    if tracker is None:
         return 1
     started = dt.datetime.now(dt.UTC)
     run_name = f"design-{started:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"

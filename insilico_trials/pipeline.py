@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +48,34 @@ def _quiet_prefect() -> None:
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def open_archive(archive: Path) -> dict[str, Any] | None:
+    """The archive's manifest; None (after saying why on stderr) when it cannot be read."""
+    if not archive.is_dir():
+        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
+        return None
+    try:
+        return read_manifest(archive)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def reach_tracker(*, parent_run_id: str | None = None) -> Any:
+    """An MLflow tracker whose store answered; None (after saying why) when it does not.
+
+    Called before any work starts, so an unreachable tracking server costs nothing.
+    """
+    from insilico_trials.tracking import MlflowTracker, TrackingError
+
+    tracker = MlflowTracker(Path.cwd(), parent_run_id=parent_run_id)
+    try:
+        tracker.check()
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return tracker
 
 
 def _timing_table(timings: dict[str, float], total: float) -> str:
@@ -88,6 +117,8 @@ def run_to_archive(
     t = time.perf_counter()
     with staged_directory(final) as stage:
         groups = write_run_outputs(stage, protocol, protocol_path, outcome)
+        design_files = attach_design(stage, protocol, final.parent)
+        groups["inputs"] += design_files
         meta = {
             "run_id": final.name,
             "trial_id": protocol.trial_id,
@@ -121,6 +152,29 @@ def run_to_archive(
     return manifest
 
 
+def attach_design(stage: Path, protocol: TrialProtocol, trial_dir: Path) -> list[str]:
+    """Copy the latest ``design`` results of this exact protocol into the archive.
+
+    ``insilico-trials design`` writes ``<trial_dir>/design-<time>Z-<protocol sha8>/``; the run
+    takes the newest such folder whose protocol hash matches, so the report (built from the
+    archive alone) shows the operating characteristics of the design that was run. Returns
+    the archived names (``design/oc.csv`` ...), hashed in the manifest as inputs.
+    """
+    sha8 = protocol.sha256()[:8]
+    found = sorted(p for p in trial_dir.glob(f"design-*Z-{sha8}") if (p / "oc.csv").is_file())
+    if not found:
+        return []
+    source = found[-1]
+    (stage / "design").mkdir()
+    names = []
+    for name in ("oc.csv", "calibration.csv", "oc.json", "oc.md"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, stage / "design" / name)
+            names.append(f"design/{name}")
+    _say(f"design: operating characteristics from {source.name} attached to the archive")
+    return names
+
+
 def execute_run(
     protocol_path: Path,
     *,
@@ -131,7 +185,7 @@ def execute_run(
 ) -> int:
     """``insilico-trials run``: returns the process exit code."""
     from insilico_trials.runs import new_run_id
-    from insilico_trials.tracking import MlflowTracker, TrackingError, flatten
+    from insilico_trials.tracking import flatten
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -142,11 +196,8 @@ def execute_run(
         return 2
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
     t = time.perf_counter()
-    tracker = MlflowTracker(Path.cwd())
-    try:
-        tracker.check()
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    tracker = reach_tracker()
+    if tracker is None:
         return 1
     run_id = new_run_id(protocol)
     final = reports / protocol.trial_id / run_id
@@ -212,13 +263,8 @@ def execute_rerun(
     from insilico_trials.runs import write_run_outputs
 
     t_all = time.perf_counter()
-    if not archive.is_dir():
-        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
-        return 2
-    try:
-        manifest = read_manifest(archive)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    manifest = open_archive(archive)
+    if manifest is None:
         return 2
     problems = verify_archive(archive)
     if problems:
@@ -260,10 +306,8 @@ def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = Fal
     """
     from insilico_trials.report import render_report
 
-    try:
-        manifest = read_manifest(archive)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    manifest = open_archive(archive)
+    if manifest is None:
         return 2
     documents = {"report.html", "report.pdf"}
     problems = [p for p in verify_archive(archive) if p.file not in documents]
@@ -310,7 +354,6 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
     from insilico_trials import trial
     from insilico_trials.realdata import DataCutError, check_append_only, endpoint_frame, load_cut
     from insilico_trials.runs import environment_provenance
-    from insilico_trials.tracking import MlflowTracker, TrackingError
     from insilico_trials.updates import (
         ArchiveBusyError,
         UpdatePlan,
@@ -322,13 +365,8 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    if not archive.is_dir():
-        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
-        return 2
-    try:
-        manifest = read_manifest(archive)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    manifest = open_archive(archive)
+    if manifest is None:
         return 2
     try:
         with archive_lock(archive):
@@ -379,11 +417,8 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
                 f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
             )
             t = time.perf_counter()
-            tracker = MlflowTracker(Path.cwd(), parent_run_id=manifest.get("mlflow_run_id") or None)
-            try:
-                tracker.check()
-            except TrackingError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
+            if tracker is None:
                 return 1
             timings["tracking (MLflow)"] = time.perf_counter() - t
             t = time.perf_counter()
