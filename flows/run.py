@@ -10,17 +10,62 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from insilico_trials import trial
 from insilico_trials.protocol import TrialProtocol
 
-__all__ = ["RunOutcome", "make_task_runner", "run_trial"]
+__all__ = ["RunCache", "RunOutcome", "make_task_runner", "run_trial"]
+
+
+@dataclass(frozen=True)
+class RunCache:
+    """Where a run keeps its stage results, and whether it may take them from there.
+
+    Every stage result (a cohort, a chunk, the fit) is persisted under ``root/tag`` with a key
+    that names what it computed (``cohort-<arm>``, ``chunk-<arm>-<first>-<last>``, ``fit``);
+    ``tag`` hashes the protocol and the code, so a changed protocol or a changed program never
+    reuses a result. A normal run refreshes the entries; ``--resume`` takes finished ones.
+    """
+
+    root: str
+    tag: str
+    resume: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.tag
+
+    def options(self, key_fn: Any) -> dict[str, Any]:
+        return {
+            "cache_policy": CacheKeyFnPolicy(cache_key_fn=key_fn),
+            "persist_result": True,
+            "result_storage": self.folder,
+            "refresh_cache": not self.resume,
+        }
+
+
+def _cohort_key(context: Any, params: dict[str, Any]) -> str:
+    return f"cohort-{params['arm_name']}"
+
+
+def _chunk_key(context: Any, params: dict[str, Any]) -> str:
+    patient = params["rows"]["patient"]
+    return f"chunk-{params['arm_name']}-{int(patient.iloc[0])}-{int(patient.iloc[-1])}"
+
+
+def _fit_key(context: Any, params: dict[str, Any]) -> str:
+    return "fit"
+
+
+def _from_cache(futures: list[Any]) -> int:
+    return sum(1 for f in futures if f.state.name == "Cached")
 
 
 @dataclass
@@ -73,9 +118,17 @@ def _say(msg: str) -> None:
 
 
 @flow(name="insilico-trial-run", log_prints=False, persist_result=False)
-def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOutcome:
+def trial_flow(
+    protocol: TrialProtocol, chunk_size: int | None = None, cache: RunCache | None = None
+) -> RunOutcome:
     """Cohort per arm -> simulation chunks (Dask tasks) -> endpoints -> outcome fit."""
     from prefect.runtime import flow_run
+
+    cohort_t, simulate_t, fit_t = cohort_task, simulate_task, fit_task
+    if cache is not None:
+        cohort_t = cohort_task.with_options(**cache.options(_cohort_key))
+        simulate_t = simulate_task.with_options(**cache.options(_chunk_key))
+        fit_t = fit_task.with_options(**cache.options(_fit_key))
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -83,8 +136,10 @@ def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOut
     _say(
         f"[1/3] cohort: sampling {sum(a.n for a in protocol.arms)} virtual patients in {len(protocol.arms)} arms"
     )
-    cohort_futures = {a.name: cohort_task.submit(protocol, a.name) for a in protocol.arms}
+    cohort_futures = {a.name: cohort_t.submit(protocol, a.name) for a in protocol.arms}
     cohorts = {name: f.result() for name, f in cohort_futures.items()}
+    if cached := _from_cache(list(cohort_futures.values())):
+        _say(f"      {cached} cohort(s) taken from the task cache")
     for name, table in cohorts.items():
         screened = table.attrs.get("screened", len(table))
         _say(f"      {name}: {len(table)} enrolled of {screened} screened")
@@ -95,7 +150,7 @@ def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOut
     for arm in protocol.arms:
         table = cohorts[arm.name]
         for start, stop in trial.chunk_bounds(len(table), size):
-            futures.append(simulate_task.submit(protocol, arm.name, table.iloc[start:stop]))
+            futures.append(simulate_t.submit(protocol, arm.name, table.iloc[start:stop]))
     _say(f"[2/3] simulate: {len(futures)} chunks of <= {size} patients (PK, tumour, endpoints)")
     chunks = []
     step = max(1, len(futures) // 10)
@@ -103,6 +158,8 @@ def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOut
         chunks.append(fut.result())
         if done % step == 0 or done == len(futures):
             _say(f"      {done}/{len(futures)} chunks done ({time.perf_counter() - t1:.1f} s)")
+    if cached := _from_cache(futures):
+        _say(f"      {cached}/{len(futures)} chunks taken from the task cache")
     timings["simulate"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -112,7 +169,10 @@ def trial_flow(protocol: TrialProtocol, chunk_size: int | None = None) -> RunOut
         f"[3/3] fit: {a.model} outcome model on {a.endpoint} "
         f"({a.mcmc.chains} chains x {a.mcmc.draws} draws, first compile is slow)"
     )
-    fit = fit_task.submit(protocol, joined["endpoints"]).result()
+    fit_future = fit_t.submit(protocol, joined["endpoints"])
+    fit = fit_future.result()
+    if _from_cache([fit_future]):
+        _say("      fit taken from the task cache")
     timings["fit"] = time.perf_counter() - t2
     return RunOutcome(
         cohorts=cohorts, chunks=chunks, fit=fit, flow_run_id=str(flow_run.id), timings=timings
@@ -125,7 +185,12 @@ def run_trial(
     workers: int | None = None,
     dask_address: str | None = None,
     chunk_size: int | None = None,
+    cache: RunCache | None = None,
 ) -> RunOutcome:
-    """Run :func:`trial_flow` on Dask (LocalCluster of ``workers`` or ``dask_address``)."""
+    """Run :func:`trial_flow` on Dask (LocalCluster of ``workers`` or ``dask_address``).
+
+    With ``cache``, stage results are persisted (and, with ``cache.resume``, reused); the
+    cache folder must be reachable from the Dask workers (always true for a LocalCluster).
+    """
     runner = make_task_runner(workers=workers, dask_address=dask_address)
-    return trial_flow.with_options(task_runner=runner)(protocol, chunk_size)
+    return trial_flow.with_options(task_runner=runner)(protocol, chunk_size, cache)

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--reports", type=Path, default=Path("reports"), help="archive root (default: reports/)"
     )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="take the stages an interrupted run of this protocol finished from the task cache",
+    )
 
     d = sub.add_parser(
         "design", help="operating characteristics of the protocol's design scenarios"
@@ -140,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         dask_address=args.dask_address,
         chunk_size=args.chunk_size,
+        resume=args.resume,
     )
 
 

@@ -84,7 +84,7 @@ def _beta_moments(a: float, b: float) -> tuple[float, float]:
 
 
 def sobol_sensitivity(
-    protocol: Any, *, n_base: int = 32, seed: int | None = None
+    protocol: Any, *, n_base: int = 32, seed: int | None = None, max_patients: int = 500
 ) -> dict[str, Any] | None:
     """First-order and total Sobol indices of the decision quantity to the typical values.
 
@@ -100,6 +100,8 @@ def sobol_sensitivity(
         Saltelli base sample size (a power of 2); ``n_base * (D + 2)`` model evaluations.
     seed
         Sampler and bootstrap seed; defaults to the protocol seed.
+    max_patients
+        Virtual patients per arm used (the first ones of each arm).
 
     Returns
     -------
@@ -137,7 +139,9 @@ def sobol_sensitivity(
     cohorts = {a.name: trial.arm_cohort(protocol, a) for a in protocol.arms}
     per_arm: dict[str, list[pd.DataFrame]] = {}
     for arm in protocol.arms:
-        base = cohorts[arm.name]
+        # Cost grows with arm size x evaluations; the first patients (a random sample, as
+        # patient order is random) keep it to seconds for any trial size.
+        base = cohorts[arm.name].iloc[:max_patients]
         n_pat = len(base)
         per_batch = max(1, _BATCH_PATIENTS // max(n_pat, 1))
         parts = []
@@ -177,6 +181,7 @@ def sobol_sensitivity(
         "parameters": params,
         "outputs": outputs,
         "n_base": n_base,
+        "patients_per_arm": {a.name: min(a.n, max_patients) for a in protocol.arms},
         "n_evaluations": len(factors),
         "seed": seed,
         "default_rse": DEFAULT_RSE,

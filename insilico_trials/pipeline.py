@@ -27,7 +27,19 @@ from insilico_trials.archive import (
 )
 from insilico_trials.protocol import ProtocolError, TrialProtocol, load_protocol
 
-__all__ = ["execute_rerun", "execute_run", "execute_update", "rebuild_report", "run_to_archive"]
+
+class ArchiveWriteError(RuntimeError):
+    """The archive could not be written (disk full, permission denied); nothing was left."""
+
+
+__all__ = [
+    "ArchiveWriteError",
+    "execute_rerun",
+    "execute_run",
+    "execute_update",
+    "rebuild_report",
+    "run_to_archive",
+]
 
 
 def _say(msg: str) -> None:
@@ -96,25 +108,77 @@ def run_to_archive(
     chunk_size: int | None,
     tracker: Any,
     timings: dict[str, float],
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run the flow and write the complete archive at ``final`` (atomically). Returns the manifest."""
-    from insilico_trials.report import render_report
-    from insilico_trials.runs import environment_provenance, write_run_outputs
+    """Run the flow and write the complete archive at ``final`` (atomically). Returns the manifest.
+
+    Raises
+    ------
+    ArchiveWriteError
+        When the archive cannot be written (disk full, permission denied).
+    """
+    from insilico_trials.archive import sha256_bytes
+    from insilico_trials.runs import code_sha256
 
     t = time.perf_counter()
     _quiet_prefect()
-    from flows.run import run_trial
+    from flows.run import RunCache, run_trial
 
     timings["import prefect"] = time.perf_counter() - t
     started = dt.datetime.now(dt.UTC)
     t = time.perf_counter()
-    outcome = run_trial(protocol, workers=workers, dask_address=dask_address, chunk_size=chunk_size)
+    cache = RunCache(
+        root=str((Path.cwd() / ".insilico" / "cache").resolve()),
+        tag=sha256_bytes(f"{protocol.sha256()}:{code_sha256()}".encode())[:24],
+        resume=resume,
+    )
+    outcome = run_trial(
+        protocol, workers=workers, dask_address=dask_address, chunk_size=chunk_size, cache=cache
+    )
     flow_total = time.perf_counter() - t
     timings["flow"] = flow_total
     timings["  start Prefect API and Dask cluster"] = flow_total - sum(outcome.timings.values())
     for k, v in outcome.timings.items():
         timings[f"  {k}"] = v
     t = time.perf_counter()
+    try:
+        manifest = _write_archive(
+            protocol,
+            protocol_path,
+            final,
+            outcome,
+            tracker,
+            started,
+            workers,
+            dask_address,
+            chunk_size,
+        )
+    except OSError as exc:
+        raise ArchiveWriteError(
+            f"cannot write the archive {final}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; nothing was written and earlier archives are untouched"
+        ) from exc
+    timings["archive and report"] = time.perf_counter() - t
+    # The run is archived: its stage results are no longer needed for a resume.
+    shutil.rmtree(cache.folder, ignore_errors=True)
+    return manifest
+
+
+def _write_archive(
+    protocol: TrialProtocol,
+    protocol_path: Path,
+    final: Path,
+    outcome: Any,
+    tracker: Any,
+    started: dt.datetime,
+    workers: int | None,
+    dask_address: str | None,
+    chunk_size: int | None,
+) -> dict[str, Any]:
+    from insilico_trials.report import render_report
+    from insilico_trials.runs import environment_provenance, write_run_outputs
+
     with staged_directory(final) as stage:
         groups = write_run_outputs(stage, protocol, protocol_path, outcome)
         design_files = attach_design(stage, protocol, final.parent)
@@ -148,7 +212,6 @@ def run_to_archive(
             documents=["report.html"],
             meta=meta,
         )
-    timings["archive and report"] = time.perf_counter() - t
     return manifest
 
 
@@ -182,8 +245,13 @@ def execute_run(
     workers: int | None = None,
     dask_address: str | None = None,
     chunk_size: int | None = None,
+    resume: bool = False,
 ) -> int:
-    """``insilico-trials run``: returns the process exit code."""
+    """``insilico-trials run``: returns the process exit code.
+
+    ``resume`` takes the stages that an interrupted run of the same protocol (and the same
+    code) finished from the task cache instead of computing them again.
+    """
     from insilico_trials.runs import new_run_id
     from insilico_trials.tracking import flatten
 
@@ -214,7 +282,7 @@ def execute_run(
     try:
         manifest = run_to_archive(
             protocol, protocol_path, final, workers=workers, dask_address=dask_address,
-            chunk_size=chunk_size, tracker=tracker, timings=timings,
+            chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
         )  # fmt: skip
         t = time.perf_counter()
         tracker.log_params(flatten(protocol.model_dump(mode="json")))
@@ -222,6 +290,9 @@ def execute_run(
         tracker.log_artifacts(final, artifact_path="archive")
         status = "FINISHED"
         timings["tracking (MLflow)"] += time.perf_counter() - t
+    except ArchiveWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         tracker.end(status=status)
     summary = _read_json(final / "summary.json")
@@ -442,14 +513,23 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
                 "cut_content_sha256": new_cut.content_hash,
                 **environment_provenance(),
             }
-            folder, record = write_update(
-                archive,
-                UpdatePlan(
-                    number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
-                ),
-                result,
-                meta=meta,
-            )
+            try:
+                folder, record = write_update(
+                    archive,
+                    UpdatePlan(
+                        number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
+                    ),
+                    result,
+                    meta=meta,
+                )
+            except OSError as exc:
+                tracker.end(status="FAILED")
+                print(
+                    f"error: cannot write update {number:03d} into {archive}: "
+                    f"{exc.strerror or exc}; nothing was written and earlier updates are untouched",
+                    file=sys.stderr,
+                )
+                return 1
             metrics = {
                 "posterior_mean": record["posterior_mean"],
                 "prior_ess": record["prior_ess"],

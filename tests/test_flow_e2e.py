@@ -281,3 +281,91 @@ def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):
         assert main(["update", str(archive), "--data", str(cut)]) == 1
     assert "another update is running on this archive" in capsys.readouterr().err
     assert not (archive / "updates").exists()
+
+
+def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, capsys, monkeypatch):
+    """ENOSPC in the middle of writing: a clear error, exit 1, nothing partial, nothing lost."""
+    import errno
+
+    from insilico_trials import runs as runs_module
+    from insilico_trials import updates as updates_module
+    from insilico_trials.archive import verify_archive
+
+    monkeypatch.chdir(runs["tmp"])
+    real_write = runs_module.atomic_write_bytes
+    calls = []
+
+    def full_disk(path, data):
+        calls.append(path)
+        if len(calls) == 3:  # the third file of the archive
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(runs_module, "atomic_write_bytes", full_disk)
+    reports = runs["tmp"] / "reports"
+    before = sorted(p.name for p in (reports / "tiny-orr").iterdir())
+    assert main(["run", str(runs["protocol"]), "--reports", str(reports), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write the archive" in err and "No space left on device" in err
+    assert "nothing was written and earlier archives are untouched" in err
+    assert sorted(p.name for p in (reports / "tiny-orr").iterdir()) == before
+    assert verify_archive(runs["one"]) == []
+
+    archive = tmp_path / "archive"
+    shutil.copytree(runs["one"], archive)
+    assert (
+        main(["update", str(archive), "--data", str(_cut(tmp_path / "c1", ["U1", "U2"], {"U1"}))])
+        == 0
+    )
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(updates_module, "write_manifest", no_space)
+    assert main(["update", str(archive), "--data", str(_cut(tmp_path / "c2", ["U3"], set()))]) == 1
+    assert "cannot write update 002" in capsys.readouterr().err
+    assert [p.name for p in (archive / "updates").iterdir()] == ["001"]
+    assert verify_archive(archive) == []
+
+
+def test_killed_run_resumes_from_the_task_cache(runs, tmp_path):
+    """SIGKILL a run after some chunks finished; `run --resume` takes them from the cache and
+    gives the numbers of the uninterrupted run."""
+    import os
+    import signal
+
+    protocol = tiny_protocol(tmp_path, chunk=1)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "insilico_trials.cli", "run", str(protocol), "--workers", "2"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        for line in proc.stdout:
+            if "chunks done" in line or time.time() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGKILL)  # the run, its Prefect API and its Dask workers
+    finally:
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    cached = list((tmp_path / ".insilico" / "cache").rglob("*"))
+    assert any(p.is_file() for p in cached), "the killed run left no stage results"
+    leftovers = (
+        [p for p in (tmp_path / "reports").rglob("manifest.json")]
+        if (tmp_path / "reports").exists()
+        else []
+    )
+    assert leftovers == []  # no archive from the killed run
+
+    out = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "taken from the task cache" in out.stdout
+    (manifest,) = (tmp_path / "reports").rglob("manifest.json")
+    resumed = json.loads(manifest.read_text())
+    reference = json.loads((runs["one"] / "manifest.json").read_text())
+    assert resumed["outputs"] == reference["outputs"]
+    assert not any(p.is_file() for p in (tmp_path / ".insilico" / "cache").rglob("*"))

@@ -28,6 +28,7 @@ from insilico_trials.cohort import baseline_table
 __all__ = ["chromium_flags", "render_pdf", "render_report"]
 
 _TEMPLATES = Path(__file__).with_name("templates")
+_WATERFALL_MAX = 500
 
 
 def _png(fig: Figure) -> str:
@@ -246,16 +247,22 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     for arm, grp in endpoints.groupby("arm", sort=False):
         if not has_bpc:
             break
+        # One bar per patient stops being readable (and fast) past a few hundred; patient
+        # indices are already in random order, so the first ones are a random sample.
+        shown = grp.iloc[:_WATERFALL_MAX]
+        sample = (
+            "" if len(grp) <= _WATERFALL_MAX else f" (the first {_WATERFALL_MAX} of {len(grp)})"
+        )
         add(
             "tumour",
             plots_tumour.waterfall_plot(
-                grp["best_pct_change"].to_numpy(dtype=float),
-                best_response=grp["best_response"].to_numpy(),
+                shown["best_pct_change"].to_numpy(dtype=float),
+                best_response=shown["best_response"].to_numpy(),
                 title=f"Best percent change in SLD: {arm}",
             ),
             f"Waterfall plot, arm {arm}: best percentage change from baseline in the sum of "
-            "longest diameters, one bar per virtual patient, sorted, coloured by best response. "
-            "Dashed lines: +20% (progression) and -30% (response).",
+            f"longest diameters, one bar per virtual patient{sample}, sorted, coloured by best "
+            "response. Dashed lines: +20% (progression) and -30% (response).",
         )
     for tcol, ecol, label in (
         ("pfs_days", "pfs_event", "Progression-free survival"),
