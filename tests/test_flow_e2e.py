@@ -369,3 +369,15 @@ def test_killed_run_resumes_from_the_task_cache(runs, tmp_path):
     reference = json.loads((runs["one"] / "manifest.json").read_text())
     assert resumed["outputs"] == reference["outputs"]
     assert not any(p.is_file() for p in (tmp_path / ".insilico" / "cache").rglob("*"))
+
+
+def test_deployable_entry_flow_gives_the_cli_numbers(runs, monkeypatch):
+    """flows/entry.py:run_protocol (what prefect.yaml deploys) runs the same trial."""
+    from flows.entry import run_protocol
+
+    monkeypatch.chdir(runs["tmp"])
+    reports = runs["tmp"] / "entry-reports"
+    run_protocol(str(runs["protocol"]), workers=1, reports=str(reports))
+    (manifest,) = reports.rglob("manifest.json")
+    reference = json.loads((runs["one"] / "manifest.json").read_text())
+    assert json.loads(manifest.read_text())["outputs"] == reference["outputs"]
