@@ -231,7 +231,8 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
             _exposure_figure(profiles),
             "Plasma concentration over the first two weeks of dosing: median (line) and 90% "
             "prediction interval (5th-95th percentile, shaded) of the virtual patients in each "
-            "treated arm. Untreated arms have no concentration and are not drawn.",
+            "treated arm (the first 1,000 of a larger arm). Untreated arms have no "
+            "concentration and are not drawn.",
         )
     if sld is not None:
         for arm, fig in _spider_figures(sld, endpoints):
