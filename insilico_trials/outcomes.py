@@ -16,6 +16,8 @@ parameters refer to a patient with average covariates):
     ``p_c ~ prior`` (beta mixture, default Beta(1, 1)), ``p_t ~ Beta(1, 1)``,
     ``gamma_j ~ Normal(0, 2.5)``. Derived: ``rate_difference = p_t - p_c``,
     ``odds_ratio = [p_t / (1 - p_t)] / [p_c / (1 - p_c)]``, ``risk_ratio = p_t / p_c``.
+    Without covariates the likelihood is taken in its sufficient form,
+    ``x_arm ~ Binomial(n_arm, p_arm)`` (the same posterior, at a cost independent of n).
     Without covariates ``p_c`` and ``p_t`` are conjugate: the posteriors are
     ``Beta(a + x, b + n - x)`` (mixtures: see :func:`insilico_trials.borrowing.beta_mixture_posterior`).
 ``continuous``
@@ -366,7 +368,10 @@ def _build(key: tuple, init: dict[str, np.ndarray]):
             p_c = _control_prior_rv(pm, "p_c", "beta", d["prior_w"], d["prior_a"], d["prior_b"])
             p_t = pm.Beta("p_t", *VAGUE_BETA)
             logit_p = pt.switch(pt.eq(trt, 1), pm.math.logit(p_t), pm.math.logit(p_c)) + lin
-            pm.Bernoulli("y", logit_p=logit_p, observed=d["y_data"], shape=d["y_data"].shape)
+            if extra == "counts":
+                pm.Binomial("y", n=d["n_data"], logit_p=logit_p, observed=d["y_data"], shape=2)
+            else:
+                pm.Bernoulli("y", logit_p=logit_p, observed=d["y_data"], shape=d["y_data"].shape)
             pm.Deterministic("rate_difference", p_t - p_c)
             log_or = pm.math.logit(p_t) - pm.math.logit(p_c)
             pm.Deterministic("log_odds_ratio", log_or)
@@ -647,7 +652,17 @@ def fit_outcome(
     if prep.z.shape[1]:
         init["z"] = prep.z
     extra: Any = None
-    if model in ("binary", "continuous"):
+    if model == "binary" and not prep.z.shape[1]:
+        # Without covariates the responder counts per arm are sufficient statistics: a
+        # Binomial on two counts has exactly the posterior of the n Bernoulli terms, at a cost
+        # that does not grow with the number of patients (a 1,000,000-patient trial fits in
+        # seconds instead of many minutes).
+        y = prep.values["y"]
+        init["trt"] = np.array([0, 1], dtype=np.int64)
+        init["y_data"] = np.array([y[prep.trt == 0].sum(), y[prep.trt == 1].sum()], dtype=np.int64)
+        init["n_data"] = np.array([prep.n_control, prep.n_treatment], dtype=np.int64)
+        extra = "counts"
+    elif model in ("binary", "continuous"):
         init["y_data"] = prep.values["y"]
         if model == "continuous" and sigma is not None:
             if not sigma > 0:
