@@ -133,7 +133,12 @@ def execute_design(
     reports: Path,
 ) -> int:
     """``insilico-trials design``: returns the process exit code (0 ok, 1 failure, 2 bad input)."""
-    from insilico_trials.pipeline import _quiet_prefect, _timing_table, reach_tracker
+    from insilico_trials.pipeline import (
+        _quiet_prefect,
+        _timing_table,
+        reach_prefect_api,
+        reach_tracker,
+    )
     from insilico_trials.tracking import flatten
 
     t_all = time.perf_counter()
@@ -160,6 +165,8 @@ def execute_design(
         + f" patients; methods {', '.join(plan.methods)}; {len(plan.scenarios)} scenarios"
     )
     t = time.perf_counter()
+    if not reach_prefect_api():
+        return 1
     tracker = reach_tracker()
     if tracker is None:
         return 1

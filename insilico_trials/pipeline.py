@@ -74,6 +74,33 @@ def open_archive(archive: Path) -> dict[str, Any] | None:
         return None
 
 
+def reach_prefect_api(*, timeout_s: float = 10.0) -> bool:
+    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts.
+
+    Without the variable the embedded ephemeral API is used and there is nothing to check.
+    Returns False (after saying why on stderr) when the server does not answer.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return True
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return True
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    print(
+        f"error: the Prefect API at PREFECT_API_URL={url} cannot be reached ({reason}); nothing "
+        "was run. Start that server, or unset PREFECT_API_URL to use the embedded ephemeral API.",
+        file=sys.stderr,
+    )
+    return False
+
+
 def reach_tracker(*, parent_run_id: str | None = None) -> Any:
     """An MLflow tracker whose store answered; None (after saying why) when it does not.
 
@@ -264,6 +291,8 @@ def execute_run(
         return 2
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
     t = time.perf_counter()
+    if not reach_prefect_api():
+        return 1
     tracker = reach_tracker()
     if tracker is None:
         return 1
@@ -488,6 +517,8 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
                 f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
             )
             t = time.perf_counter()
+            if not reach_prefect_api():
+                return 1
             tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
             if tracker is None:
                 return 1

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from insilico_trials.pipeline import attach_design
 from insilico_trials.protocol import load_protocol
 
@@ -47,3 +49,20 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "MLflow tracking store http://127.0.0.1:9 cannot be reached" in err
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "design"])
+def test_unreachable_prefect_server_fails_before_any_work(tmp_path, monkeypatch, capsys, command):
+    from insilico_trials.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there
+    name = "onc_phase2_orr.yaml" if command == "run" else "design_binary_borrowing.yaml"
+    args = [command, str(ROOT / "protocols" / name), "--reports", "reports"]
+    if command == "design":
+        args += ["--replicates", "10"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "the Prefect API at PREFECT_API_URL=http://127.0.0.1:9/api cannot be reached" in err
+    assert not (tmp_path / "reports").exists()
+    assert not (tmp_path / ".insilico").exists()  # not even the tracking store was touched
