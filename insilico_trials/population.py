@@ -543,6 +543,23 @@ class CategoricalCovariate(BaseModel):
 Covariate = ContinuousCovariate | CategoricalCovariate
 
 
+def _distinct_names(v: list[str], what: str) -> list[str]:
+    if len(set(v)) != len(v) or len(v) < 2:
+        raise ValueError(f"must be at least 2 distinct {what} (got {v})")
+    return v
+
+
+def _square_symmetric(names: list[str], matrix: list[list[float]], *, atol: float) -> np.ndarray:
+    """The matrix as an array, checked to be ``len(names)`` square and symmetric."""
+    k = len(names)
+    m = np.asarray(matrix, dtype=float) if matrix else np.zeros((0, 0))
+    if m.shape != (k, k):
+        raise ValueError(f"matrix must be {k}x{k} for names {names} (got {m.shape})")
+    if not np.allclose(m, m.T, atol=atol, rtol=0):
+        raise ValueError("matrix must be symmetric")
+    return m
+
+
 class CorrelationSpec(BaseModel):
     """Correlation matrix of the Gaussian copula over ``names``."""
 
@@ -553,18 +570,11 @@ class CorrelationSpec(BaseModel):
     @field_validator("names")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v) or len(v) < 2:
-            raise ValueError(f"must be at least 2 distinct names (got {v})")
-        return v
+        return _distinct_names(v, "names")
 
     @model_validator(mode="after")
     def _pd(self) -> CorrelationSpec:
-        k = len(self.names)
-        m = np.asarray(self.matrix, dtype=float) if self.matrix else np.zeros((0, 0))
-        if m.shape != (k, k):
-            raise ValueError(f"matrix must be {k}x{k} for names {self.names} (got {m.shape})")
-        if not np.allclose(m, m.T, atol=1e-9, rtol=0):
-            raise ValueError("matrix must be symmetric")
+        m = _square_symmetric(self.names, self.matrix, atol=1e-9)
         if not np.allclose(np.diag(m), 1.0, atol=1e-12, rtol=0):
             raise ValueError(f"matrix diagonal must be 1 (got {np.diag(m).tolist()})")
         if np.any(np.abs(m) > 1):
@@ -711,18 +721,11 @@ class OmegaBlock(BaseModel):
     @field_validator("names")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v) or len(v) < 2:
-            raise ValueError(f"must be at least 2 distinct parameter names (got {v})")
-        return v
+        return _distinct_names(v, "parameter names")
 
     @model_validator(mode="after")
     def _pd(self) -> OmegaBlock:
-        k = len(self.names)
-        m = np.asarray(self.matrix, dtype=float) if self.matrix else np.zeros((0, 0))
-        if m.shape != (k, k):
-            raise ValueError(f"matrix must be {k}x{k} for names {self.names} (got {m.shape})")
-        if not np.allclose(m, m.T, atol=1e-12, rtol=0):
-            raise ValueError("matrix must be symmetric")
+        m = _square_symmetric(self.names, self.matrix, atol=1e-12)
         _check_pd(m, "omega_block matrix")
         return self
 
