@@ -25,6 +25,7 @@ __all__ = [
     "ArchiveProblem",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable",
     "compare_outputs",
     "read_manifest",
     "sha256_bytes",
@@ -71,6 +72,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot take new files, or None when it can.
+
+    A pre-flight check: a run or an update asks before any work, so a folder it may not write
+    (permission denied, read-only file system) costs seconds, not a whole run. A missing folder
+    is checked at its nearest existing ancestor (where it would be created); nothing is left.
+    """
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing}: not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = exc.filename or folder
+        return f"{where}: {exc.strerror or exc}"
+    return None
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from insilico_trials.archive import atomic_write_text, staged_directory
+from insilico_trials.archive import atomic_write_text, check_writable, staged_directory
 from insilico_trials.protocol import ProtocolError, ProtocolIssue, TrialProtocol, load_protocol
 
 __all__ = ["execute_design", "oc_markdown"]
@@ -124,6 +124,41 @@ def _metrics(oc: pd.DataFrame, calibration: pd.DataFrame | None) -> dict[str, fl
     return metrics
 
 
+def _write_design(
+    final: Path, protocol: Any, plan: Any, oc: Any, cal: Any, table: str, outcome: Any,
+    tracker: Any, started: dt.datetime, *, replicates: int, workers: int | None,
+    dask_address: str | None,
+) -> None:  # fmt: skip
+    """Write the design folder atomically (staged, then renamed into place)."""
+    spec = protocol.design
+    with staged_directory(final) as stage:
+        atomic_write_text(stage / "oc.csv", oc.to_csv(index=False))
+        if cal is not None:
+            atomic_write_text(stage / "calibration.csv", cal.to_csv(index=False))
+        atomic_write_text(stage / "oc.md", table)
+        doc = {
+            "trial_id": protocol.trial_id,
+            "protocol_sha256": protocol.sha256(),
+            "seed": protocol.seed,
+            "replicates": replicates,
+            "batch_size": spec.batch_size,
+            "design": spec.model_dump(mode="json"),
+            "looks": [lk.__dict__ for lk in plan.looks],
+            "methods": list(plan.methods),
+            "success_threshold": plan.success,
+            "operating_characteristics": json.loads(oc.to_json(orient="records")),
+            "calibration": None if cal is None else json.loads(cal.to_json(orient="records")),
+            "prefect_flow_run_id": outcome.flow_run_id,
+            "mlflow_run_id": tracker.run_id or "",
+            "started_utc": started.isoformat(timespec="seconds"),
+            "ended_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "execution": {"workers": workers, "dask_address": dask_address or "LocalCluster"},
+        }
+        atomic_write_text(
+            stage / "oc.json", json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+        )
+
+
 def execute_design(
     protocol_path: Path,
     *,
@@ -152,6 +187,13 @@ def execute_design(
         for issue in issues:
             print(issue, file=sys.stderr)
         return 2
+    if problem := check_writable(reports / protocol.trial_id):
+        print(
+            f"error: cannot write the design folder ({problem}); nothing was run. "
+            "Choose another folder with --reports, or make this one writable.",
+            file=sys.stderr,
+        )
+        return 1
     from insilico_trials import design
 
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
@@ -214,32 +256,19 @@ def execute_design(
         timings["summarise and calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
         table = oc_markdown(oc, cal, len(plan.looks))
-        with staged_directory(final) as stage:
-            atomic_write_text(stage / "oc.csv", oc.to_csv(index=False))
-            if cal is not None:
-                atomic_write_text(stage / "calibration.csv", cal.to_csv(index=False))
-            atomic_write_text(stage / "oc.md", table)
-            doc = {
-                "trial_id": protocol.trial_id,
-                "protocol_sha256": protocol.sha256(),
-                "seed": protocol.seed,
-                "replicates": replicates,
-                "batch_size": spec.batch_size,
-                "design": spec.model_dump(mode="json"),
-                "looks": [lk.__dict__ for lk in plan.looks],
-                "methods": list(plan.methods),
-                "success_threshold": plan.success,
-                "operating_characteristics": json.loads(oc.to_json(orient="records")),
-                "calibration": None if cal is None else json.loads(cal.to_json(orient="records")),
-                "prefect_flow_run_id": outcome.flow_run_id,
-                "mlflow_run_id": tracker.run_id or "",
-                "started_utc": started.isoformat(timespec="seconds"),
-                "ended_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "execution": {"workers": workers, "dask_address": dask_address or "LocalCluster"},
-            }
-            atomic_write_text(
-                stage / "oc.json", json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
+        try:
+            _write_design(
+                final, protocol, plan, oc, cal, table, outcome, tracker, started,
+                replicates=replicates, workers=workers, dask_address=dask_address,
+            )  # fmt: skip
+        except OSError as exc:
+            print(
+                f"error: cannot write the design folder {final}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+                + "; nothing was written and earlier results are untouched",
+                file=sys.stderr,
             )
+            return 1
         timings["write report"] = time.perf_counter() - t
         t = time.perf_counter()
         tracker.log_params(flatten({"design": spec.model_dump(mode="json")}))

@@ -18,6 +18,7 @@ from typing import Any
 
 from insilico_trials.archive import (
     atomic_write_text,
+    check_writable,
     compare_outputs,
     read_manifest,
     sha256_file,
@@ -290,6 +291,13 @@ def execute_run(
         print(exc, file=sys.stderr)
         return 2
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
+    if problem := check_writable(reports / protocol.trial_id):
+        print(
+            f"error: cannot write the archive folder ({problem}); nothing was run. "
+            "Choose another folder with --reports, or make this one writable.",
+            file=sys.stderr,
+        )
+        return 1
     t = time.perf_counter()
     if not reach_prefect_api():
         return 1
@@ -468,6 +476,13 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
     manifest = open_archive(archive)
     if manifest is None:
         return 2
+    if problem := check_writable(archive):
+        print(
+            f"error: cannot write updates into the archive ({problem}); nothing was written "
+            "and the archive is unchanged.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         with archive_lock(archive):
             problems = verify_archive(archive)
