@@ -266,3 +266,24 @@ def test_mixture_prior_validation():
         MixturePrior("beta", (0.5, 0.6), (1.0, 1.0), (1.0, 1.0))
     with pytest.raises(ValueError, match="must be > 0"):
         MixturePrior("gamma", (1.0,), (0.0,), (1.0,))
+
+
+@pytest.mark.parametrize("n", [1000, 100_000])
+def test_binary_fit_without_control_responders_does_not_diverge(n):
+    """0 control responders (an untreated arm whose tumours grow): the log-odds posterior has a
+    steep wall; at the default target acceptance of 0.8 seeds 0 and 9 (n=1,000) and 3, 5, 7, 8,
+    9 (n=100,000) gave divergent transitions and failed the convergence gate."""
+    from insilico_trials.outcomes import fit_outcome
+
+    treated = int(0.385 * n)
+    data = pd.DataFrame(
+        {"arm": ["control"] * n + ["treatment"] * n,
+         "response": np.r_[np.zeros(n), np.zeros(n - treated), np.ones(treated)].astype(int)}
+    )  # fmt: skip
+    for seed in (0, 3, 5, 9):
+        fit = fit_outcome(
+            data, "binary", decision={"quantity": "rate_difference", "delta": 0.1, "threshold": 0.9},
+            draws=1000, tune=1000, chains=2, seed=seed,
+        )  # fmt: skip
+        assert fit.diagnostics["divergences"] == 0, (seed, fit.diagnostics)
+        assert fit.converged and fit.decision == "go"
