@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
+from insilico_trials import spool as spool_mod
 from insilico_trials import trial
 from insilico_trials.protocol import TrialProtocol
 
@@ -73,7 +74,7 @@ class RunOutcome:
     """What the flow hands back to the caller (the CLI writes the archive from it)."""
 
     cohorts: dict[str, Any]
-    chunks: list[trial.ChunkResult]
+    spooled: spool_mod.Spooled  # chunk tables on disk, analysis columns in memory
     fit: Any
     flow_run_id: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -104,8 +105,12 @@ def cohort_task(protocol: TrialProtocol, arm_name: str) -> Any:
 
 
 @task(name="simulate-chunk", cache_policy=NO_CACHE, retries=2)
-def simulate_task(protocol: TrialProtocol, arm_name: str, rows: Any) -> trial.ChunkResult:
-    return trial.simulate_chunk(protocol, arm_name, rows)
+def simulate_task(
+    protocol: TrialProtocol, arm_name: str, rows: Any, spool: str
+) -> spool_mod.ChunkDigest:
+    """Simulate one chunk on a worker, write its tables to the spool, return its digest."""
+    chunk = trial.simulate_chunk(protocol, arm_name, rows)
+    return spool_mod.spool_chunk(spool, chunk, keep=trial.summary_columns(protocol))
 
 
 @task(name="fit-outcome", cache_policy=NO_CACHE)
@@ -119,9 +124,12 @@ def _say(msg: str) -> None:
 
 @flow(name="insilico-trial-run", log_prints=False, persist_result=False)
 def trial_flow(
-    protocol: TrialProtocol, chunk_size: int | None = None, cache: RunCache | None = None
+    protocol: TrialProtocol,
+    chunk_size: int | None = None,
+    cache: RunCache | None = None,
+    spool: str = "",
 ) -> RunOutcome:
-    """Cohort per arm -> simulation chunks (Dask tasks) -> endpoints -> outcome fit."""
+    """Cohort per arm -> simulation chunks (Dask tasks, streamed to ``spool``) -> outcome fit."""
     from prefect.runtime import flow_run
 
     cohort_t, simulate_t, fit_t = cohort_task, simulate_task, fit_task
@@ -146,36 +154,44 @@ def trial_flow(
     timings["cohort (first tasks also warm the workers)"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    if not spool:
+        raise ValueError("trial_flow needs a spool folder for the chunk tables")
     futures = []
     for arm in protocol.arms:
         table = cohorts[arm.name]
         for start, stop in trial.chunk_bounds(len(table), size):
-            futures.append(simulate_t.submit(protocol, arm.name, table.iloc[start:stop]))
-    _say(f"[2/3] simulate: {len(futures)} chunks of <= {size} patients (PK, tumour, endpoints)")
-    chunks = []
-    step = max(1, len(futures) // 10)
+            futures.append(simulate_t.submit(protocol, arm.name, table.iloc[start:stop], spool))
+    total = len(futures)
+    _say(
+        f"[2/3] simulate: {total} chunks of <= {size} patients (PK, tumour, endpoints), "
+        f"streamed to {spool}"
+    )
+    digests, cached = [], 0
+    step = max(1, total // 10)
     for done, fut in enumerate(as_completed(futures), start=1):
-        chunks.append(fut.result())
-        if done % step == 0 or done == len(futures):
-            _say(f"      {done}/{len(futures)} chunks done ({time.perf_counter() - t1:.1f} s)")
-    if cached := _from_cache(futures):
-        _say(f"      {cached}/{len(futures)} chunks taken from the task cache")
+        digests.append(fut.result())
+        cached += fut.state.name == "Cached"
+        if done % step == 0 or done == total:
+            _say(f"      {done}/{total} chunks done ({time.perf_counter() - t1:.1f} s)")
+    del futures  # the digests are all the flow keeps; Dask may drop its copies
+    if cached:
+        _say(f"      {cached}/{total} chunks taken from the task cache")
+    spooled = spool_mod.Spooled.collect(spool, digests)
     timings["simulate"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    joined = trial.concat_chunks(chunks)
     a = protocol.analysis
     _say(
         f"[3/3] fit: {a.model} outcome model on {a.endpoint} "
         f"({a.mcmc.chains} chains x {a.mcmc.draws} draws, first compile is slow)"
     )
-    fit_future = fit_t.submit(protocol, joined["endpoints"])
+    fit_future = fit_t.submit(protocol, spooled.summary)
     fit = fit_future.result()
     if _from_cache([fit_future]):
         _say("      fit taken from the task cache")
     timings["fit"] = time.perf_counter() - t2
     return RunOutcome(
-        cohorts=cohorts, chunks=chunks, fit=fit, flow_run_id=str(flow_run.id), timings=timings
+        cohorts=cohorts, spooled=spooled, fit=fit, flow_run_id=str(flow_run.id), timings=timings
     )
 
 
@@ -186,11 +202,20 @@ def run_trial(
     dask_address: str | None = None,
     chunk_size: int | None = None,
     cache: RunCache | None = None,
+    spool: str | Path | None = None,
 ) -> RunOutcome:
     """Run :func:`trial_flow` on Dask (LocalCluster of ``workers`` or ``dask_address``).
 
-    With ``cache``, stage results are persisted (and, with ``cache.resume``, reused); the
-    cache folder must be reachable from the Dask workers (always true for a LocalCluster).
+    With ``cache``, stage results are persisted (and, with ``cache.resume``, reused) and the
+    chunk tables are spooled to ``<cache folder>/parts``; otherwise to ``spool``, which is
+    then required. Either folder must be reachable from the Dask workers (always true for a
+    LocalCluster); the caller removes it once the archive is written.
     """
+    if spool is None:
+        if cache is None:
+            raise ValueError("run_trial needs a cache or a spool folder")
+        spool = cache.folder / "parts"
     runner = make_task_runner(workers=workers, dask_address=dask_address)
-    return trial_flow.with_options(task_runner=runner)(protocol, chunk_size, cache)
+    return trial_flow.with_options(task_runner=runner)(
+        protocol, chunk_size, cache, str(Path(spool).resolve())
+    )

@@ -389,10 +389,18 @@ def execute_rerun(
     _quiet_prefect()
     from flows.run import run_trial
 
-    outcome = run_trial(protocol, workers=workers, dask_address=dask_address)
-    with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
-        write_run_outputs(Path(tmp), protocol, archive / "protocol.yaml", outcome)
-        rows = compare_outputs(manifest["outputs"], Path(tmp))
+    # Chunk tables are spooled where the workers can reach them (beside the task cache),
+    # and removed whatever happens.
+    spool_root = Path.cwd() / ".insilico" / "spool"
+    spool_root.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root))
+    try:
+        outcome = run_trial(protocol, workers=workers, dask_address=dask_address, spool=spool)
+        with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
+            write_run_outputs(Path(tmp), protocol, archive / "protocol.yaml", outcome)
+            rows = compare_outputs(manifest["outputs"], Path(tmp))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     width = max(len(name) for name, _, _ in rows)
     for name, same, detail in rows:
         _say(

@@ -90,17 +90,23 @@ def write_run_outputs(
 ) -> dict[str, list[str]]:
     """Write the protocol and every numeric output of a run into ``stage``.
 
+    ``outcome.spooled`` holds the chunk tables on disk; they are merged table by table into
+    fixed-size row groups, so memory stays bounded by a row group whatever the trial size.
     Returns the file names grouped as ``inputs`` and ``outputs`` for the manifest.
     """
+    from insilico_trials.spool import RowGroupWriter
+
     shutil.copyfile(protocol_source, stage / "protocol.yaml")
-    cohort = pd.concat([outcome.cohorts[a.name] for a in protocol.arms], ignore_index=True)
-    joined = trial.concat_chunks(outcome.chunks)
-    atomic_write_bytes(stage / "cohort.parquet", parquet_bytes(cohort))
-    atomic_write_bytes(stage / "endpoints.parquet", parquet_bytes(joined["endpoints"]))
-    atomic_write_bytes(stage / "exposure.parquet", parquet_bytes(joined["exposure"]))
+    spooled = outcome.spooled
+    cohort = RowGroupWriter(stage / "cohort.parquet")
+    for arm in protocol.arms:
+        cohort.write(outcome.cohorts[arm.name])
+    cohort.close()
+    spooled.merge("endpoints", stage / "endpoints.parquet")
+    spooled.merge("exposure", stage / "exposure.parquet")
     atomic_write_bytes(
         stage / "profiles.parquet",
-        parquet_bytes(_profile_quantiles(joined["profile_times_h"], joined["profiles"])),
+        parquet_bytes(_profile_quantiles(spooled.profile_times_h, spooled.profiles)),
     )
     screening = {
         a.name: {"enrolled": len(outcome.cohorts[a.name]),
@@ -111,17 +117,16 @@ def write_run_outputs(
     write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
     write_json(
         stage / "synthetic_control.json",
-        trial.virtual_control_summary(protocol, joined["endpoints"]),
+        trial.virtual_control_summary(protocol, spooled.summary),
     )
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
     extra = []
-    validation = trial.validation_table(protocol, joined["endpoints"])
+    validation = trial.validation_table(protocol, spooled.summary)
     if validation:  # published values this run can be compared with (credibility section)
         write_json(stage / "validation.json", validation)
         extra.append("validation.json")
-    sld = _sld_table(outcome.chunks)
-    if sld is not None:  # for the report's spider plot
-        atomic_write_bytes(stage / "tumour_sld.parquet", parquet_bytes(sld))
+    if spooled.has("tumour_sld"):  # true SLD per visit, for the report's spider plot
+        spooled.merge("tumour_sld", stage / "tumour_sld.parquet")
         extra.append("tumour_sld.parquet")
     from insilico_trials.credibility import sobol_sensitivity
 
@@ -136,25 +141,6 @@ def write_run_outputs(
             "summary.json", "synthetic_control.json", "posterior.parquet", *extra,
         ],
     }  # fmt: skip
-
-
-def _sld_table(chunks: list[Any]) -> pd.DataFrame | None:
-    """True SLD (mm) per patient and visit, long: ``arm, patient, visit_day, sld_mm``."""
-    chunks = sorted(chunks, key=lambda c: (c.arm, c.start))
-    if not chunks or any(getattr(c, "sld", None) is None for c in chunks):
-        return None
-    rows = []
-    for c in chunks:
-        n, k = c.sld.shape
-        patient = c.endpoints["patient"].to_numpy(dtype=np.int64)
-        rows.append(
-            pd.DataFrame(
-                {"arm": c.arm, "patient": np.repeat(patient, k),
-                 "visit_day": np.tile(np.asarray(c.visit_days, dtype=float), n),
-                 "sld_mm": c.sld.reshape(-1)}
-            )
-        )  # fmt: skip
-    return pd.concat(rows, ignore_index=True)
 
 
 def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ __all__ = [
     "concat_chunks",
     "dose_amounts_mg",
     "simulate_chunk",
+    "summary_columns",
     "virtual_control_summary",
 ]
 
@@ -358,6 +359,17 @@ def concat_chunks(chunks: list[ChunkResult]) -> dict[str, Any]:
         "profiles": profiles,
         "profile_times_h": times,
     }
+
+
+def summary_columns(protocol: TrialProtocol) -> list[str]:
+    """The endpoint columns a run keeps in memory (the rest is streamed to Parquet).
+
+    Enough for the outcome fit, the synthetic control's summary and the validation table.
+    """
+    cols = ["arm", "patient", *_ANALYSIS_COLUMNS[protocol.analysis.endpoint]]
+    if protocol.disease.model == "zhang2017":
+        cols += ["ttp_days", "ttp_event", "drug_fraction"]
+    return list(dict.fromkeys(cols))
 
 
 def analysis_frame(protocol: TrialProtocol, endpoints: pd.DataFrame) -> pd.DataFrame:

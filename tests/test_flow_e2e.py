@@ -287,27 +287,28 @@ def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, ca
     """ENOSPC in the middle of writing: a clear error, exit 1, nothing partial, nothing lost."""
     import errno
 
-    from insilico_trials import runs as runs_module
+    from insilico_trials import spool as spool_module
     from insilico_trials import updates as updates_module
     from insilico_trials.archive import verify_archive
 
     monkeypatch.chdir(runs["tmp"])
-    real_write = runs_module.atomic_write_bytes
+    real_merge = spool_module.merge_parts
     calls = []
 
-    def full_disk(path, data):
-        calls.append(path)
-        if len(calls) == 3:  # the third file of the archive
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real_write(path, data)
+    def full_disk(folder, dest, counts, **kwargs):
+        calls.append(dest)
+        if len(calls) == 2:  # endpoints.parquet is in the staging folder; exposure.parquet fails
+            raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+        return real_merge(folder, dest, counts, **kwargs)
 
-    monkeypatch.setattr(runs_module, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(spool_module, "merge_parts", full_disk)
     reports = runs["tmp"] / "reports"
     before = sorted(p.name for p in (reports / "tiny-orr").iterdir())
     assert main(["run", str(runs["protocol"]), "--reports", str(reports), "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert "cannot write the archive" in err and "No space left on device" in err
     assert "nothing was written and earlier archives are untouched" in err
+    assert len(calls) == 2 and calls[1].name == "exposure.parquet"
     assert sorted(p.name for p in (reports / "tiny-orr").iterdir()) == before
     assert verify_archive(runs["one"]) == []
 

@@ -76,8 +76,10 @@ def _readable(path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["run", "design"])
 def test_run_and_design_into_a_read_only_folder(open_tmp, command):
-    protocol = ROOT / "protocols" / (
-        "onc_phase2_orr.yaml" if command == "run" else "design_binary_borrowing.yaml"
+    protocol = (
+        ROOT
+        / "protocols"
+        / ("onc_phase2_orr.yaml" if command == "run" else "design_binary_borrowing.yaml")
     )
     local = open_tmp / protocol.name
     shutil.copyfile(protocol, local)
@@ -118,4 +120,3 @@ def test_update_into_a_read_only_archive(open_tmp):
     assert {p.name: sha256_file(p) for p in archive.iterdir() if p.is_file()} == before
     assert not (archive / "updates").exists()
     assert verify_archive(archive) == []
-

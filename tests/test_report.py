@@ -24,6 +24,7 @@ from insilico_trials import trial
 from insilico_trials.protocol import load_protocol
 from insilico_trials.report import render_report
 from insilico_trials.runs import write_run_outputs
+from insilico_trials.spool import Spooled, spool_chunk
 from tests.conftest import tiny_protocol
 
 
@@ -67,14 +68,16 @@ def build_archive(root: Path) -> tuple[Path, dict[str, Any]]:
     """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta."""
     path = tiny_protocol(root, n=12)
     protocol = load_protocol(path)
-    cohorts, chunks = {}, []
+    cohorts, digests = {}, []
+    keep = trial.summary_columns(protocol)
     for arm in protocol.arms:
         cohorts[arm.name] = trial.arm_cohort(protocol, arm)
         for s, e in trial.chunk_bounds(arm.n, 5):
-            chunks.append(trial.simulate_chunk(protocol, arm.name, cohorts[arm.name].iloc[s:e]))
-    endpoints = trial.concat_chunks(chunks)["endpoints"]
+            chunk = trial.simulate_chunk(protocol, arm.name, cohorts[arm.name].iloc[s:e])
+            digests.append(spool_chunk(root / "spool", chunk, keep=keep))
+    spooled = Spooled.collect(root / "spool", digests)
     outcome = SimpleNamespace(
-        cohorts=cohorts, chunks=chunks, fit=_conjugate_fit(protocol, endpoints)
+        cohorts=cohorts, spooled=spooled, fit=_conjugate_fit(protocol, spooled.summary)
     )
     archive = root / "archive"
     archive.mkdir()
