@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from flows.run import make_task_runner
+from flows.api import api_and_cluster
 from insilico_trials import design
 
 __all__ = ["DesignOutcome", "design_flow", "run_design"]
@@ -89,5 +89,7 @@ def run_design(
     dask_address: str | None = None,
 ) -> DesignOutcome:
     """Run :func:`design_flow` on Dask (LocalCluster of ``workers``, or ``dask_address``)."""
-    runner = make_task_runner(workers=workers, dask_address=dask_address)
-    return design_flow.with_options(task_runner=runner)(plan, replicates, batch_size)
+    with api_and_cluster(
+        workers=workers, dask_address=dask_address, warm=("insilico_trials.design",)
+    ) as runner:
+        return design_flow.with_options(task_runner=runner)(plan, replicates, batch_size)

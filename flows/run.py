@@ -7,7 +7,6 @@ archive writer. Imported lazily by the CLI, because importing Prefect costs ~7 s
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,13 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.futures import as_completed
-from prefect_dask import DaskTaskRunner
 
+from flows.api import api_and_cluster
 from insilico_trials import spool as spool_mod
 from insilico_trials import trial
 from insilico_trials.protocol import TrialProtocol
 
-__all__ = ["RunCache", "RunOutcome", "make_task_runner", "run_trial"]
+__all__ = ["RunCache", "RunOutcome", "run_trial"]
 
 
 @dataclass(frozen=True)
@@ -80,20 +79,12 @@ class RunOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def make_task_runner(*, workers: int | None, dask_address: str | None) -> DaskTaskRunner:
-    """A runner on an existing Dask scheduler, or on a LocalCluster of ``workers`` processes."""
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
-    n = workers or max(1, os.cpu_count() or 1)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": n,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",  # a free port: a fixed 8787 clashes between clusters
-        },
-    )
+# What the simulation tasks import: the workers load it while the Prefect API starts.
+WARM = (
+    "insilico_trials.trial", "insilico_trials.cohort", "insilico_trials.pk",
+    "insilico_trials.tumour", "insilico_trials.endpoints", "insilico_trials.spool",
+    "insilico_trials.outcomes", "pymc", "nutpie",
+)  # fmt: skip
 
 
 # Inputs are protocols and DataFrames: hashing them for Prefect's default cache key costs time
@@ -215,7 +206,7 @@ def run_trial(
         if cache is None:
             raise ValueError("run_trial needs a cache or a spool folder")
         spool = cache.folder / "parts"
-    runner = make_task_runner(workers=workers, dask_address=dask_address)
-    return trial_flow.with_options(task_runner=runner)(
-        protocol, chunk_size, cache, str(Path(spool).resolve())
-    )
+    with api_and_cluster(workers=workers, dask_address=dask_address, warm=WARM) as runner:
+        return trial_flow.with_options(task_runner=runner)(
+            protocol, chunk_size, cache, str(Path(spool).resolve())
+        )
