@@ -113,11 +113,12 @@ class ConvergenceGates:
     max_divergences: int = 0
 
 
-# NUTS target acceptance. Stan's default of 0.8 left one or two divergent transitions in 2,000
-# draws in 7 of 20 seeds of a binary fit with no control responders (0/1,000 or 0/100,000):
-# the log-odds posterior then has a steep exp(x) wall on one side. At 0.9 none of the 20 seeds
-# diverged, for a few more leapfrog steps per draw.
-TARGET_ACCEPT = 0.9
+# NUTS target acceptance per model (others: 0.8, Stan's default). At 0.8 a binary fit with no
+# control responders (0/1,000 or 0/100,000) left one or two divergent transitions in 2,000
+# draws in 7 of 20 seeds: its log-odds posterior has a steep exp(x) wall on one side. At 0.9
+# none of the 20 seeds diverged. (0.9 for the Weibull model lowered its mixing in
+# tests/test_outcomes.py: R-hat 1.011, so it stays at 0.8.)
+TARGET_ACCEPT = {"binary": 0.9}
 
 
 GATES = ConvergenceGates()
@@ -696,7 +697,7 @@ def fit_outcome(
         cores=min(int(chains), os.cpu_count() or 1),
         seed=int(seed),
         progress_bar=False,
-        target_accept=TARGET_ACCEPT,
+        target_accept=TARGET_ACCEPT.get(model, 0.8),
         # Weibull log-scale and shape are strongly correlated; a low-rank mass matrix adapts
         # to that where a diagonal one mixes slowly.
         adaptation="low_rank" if model == "tte_weibull" else "diag",
