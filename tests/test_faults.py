@@ -1,10 +1,14 @@
-"""Faults: a Dask worker killed mid-run, two updates at once, a run killed by SIGKILL.
+"""Faults: a run killed by SIGKILL and resumed, a Dask worker killed mid-run, two updates at once.
 
-Real processes on 127.0.0.1: a `dask scheduler` and two `dask worker` processes (each in its
-own process group, so one can be killed whole), and `insilico-trials` commands as subprocesses
-on the embedded Prefect API and MLflow store (working folder in tmp). Every process started
-here carries a marker in its environment; whatever is left of them (LocalCluster workers,
-ephemeral Prefect servers of a killed command) is killed by pid at the end.
+Real processes on 127.0.0.1: `insilico-trials` commands as subprocesses, a `dask scheduler` and
+two `dask worker` processes (each in its own process group, so one can be killed whole), and
+the session's `prefect server`. The killed and the resumed run use the embedded defaults
+(ephemeral Prefect API, LocalCluster, SQLite MLflow in the working folder): the resumed run is
+the suite's fully embedded `run` from a fresh process. Every numeric output is compared with
+the session's uninterrupted reference run (tests/conftest.py), which has the same protocol.
+Every process started here carries a marker in its environment; whatever is left of them
+(LocalCluster workers, ephemeral Prefect servers of a killed command) is killed by pid at the
+end.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_protocol
+from tests.conftest import clean_env, free_port, reference_protocol
 from tests.test_flow_e2e import _cut
 
 pytestmark = pytest.mark.slow
@@ -38,28 +42,8 @@ DEADLINE_S = 600
 CHUNKS_DONE = re.compile(r"^\s*(\d+)/(\d+) chunks done")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(home: Path, marker: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "INSILICO_", "DASK_"))
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        {
-            "PREFECT_HOME": str(home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PYTHONUNBUFFERED": "1",
-            MARKER: marker,
-        }
-    )
-    return env
+    return {**clean_env(home), MARKER: marker}
 
 
 def _kill_marked(marker: str) -> None:
@@ -191,22 +175,27 @@ def marker():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, marker):
+def work(tmp_path_factory, marker, prefect_server):
     tmp = tmp_path_factory.mktemp("faults")
-    protocol = tiny_protocol(tmp, n=20, chunk=1, draws=300)
-    return {"tmp": tmp, "protocol": protocol, "env": _env(tmp / "prefect-home", marker)}
+    env = _env(tmp / "prefect-home", marker)
+    return {
+        "tmp": tmp,
+        "protocol": reference_protocol(tmp),
+        "env": env,  # embedded defaults
+        "server_env": {**env, "PREFECT_API_URL": prefect_server},
+    }
 
 
 @pytest.fixture(scope="module")
-def killed_then_fresh(work, marker):
-    """A run SIGKILLed (whole process group) at a random point after its first chunks, then
-    a fresh run of the same protocol into the same reports folder."""
+def killed_then_resumed(work, marker):
+    """A run (chunks of one patient) SIGKILLed as a whole process group at a random moment
+    after its first chunks finished, then `run --resume` in the same folder."""
     tmp, env = work["tmp"], work["env"]
+    args = ["run", str(work["protocol"]), "--workers", "1", "--chunk-size", "1", "--reports", "reports"]  # fmt: skip
     seed = random.randrange(1 << 30)
-    delay = random.Random(seed).uniform(0.0, 25.0)
-    cmd = Streamed(
-        ["run", str(work["protocol"]), "--workers", "1", "--reports", "reports"], env=env, cwd=tmp
-    )
+    # The chunks take a few seconds and the fit ~10 s more: most kills land in one of them.
+    delay = random.Random(seed).uniform(0.0, 8.0)
+    cmd = Streamed(args, env=env, cwd=tmp)
     try:
         deadline = time.monotonic() + DEADLINE_S
         first = cmd.wait_for(CHUNKS_DONE, deadline)
@@ -226,6 +215,7 @@ def killed_then_fresh(work, marker):
         _kill_marked(marker)  # its LocalCluster workers and ephemeral Prefect server
     trial_dir = tmp / "reports" / "tiny-orr"
     left = sorted(p.name for p in trial_dir.iterdir()) if trial_dir.exists() else []
+    cached = sorted(p for p in (tmp / ".insilico" / "cache").rglob("*") if p.is_file())
     killed = {
         "seed": seed,
         "delay": delay,
@@ -233,20 +223,19 @@ def killed_then_fresh(work, marker):
         "lines": list(cmd.lines),
         "exited_before_kill": exited_before_kill,
         "left": left,
+        "cached_files": len(cached),
         "trial_dir": trial_dir,
     }
     time.sleep(1.1)  # run ids carry the second
-    out = _run_ok(
-        ["run", str(work["protocol"]), "--workers", "1", "--reports", "reports"], env=env, cwd=tmp
-    )
-    return {"killed": killed, "fresh": _archive_from(out, tmp), "fresh_out": out}
+    out = _run_ok([*args, "--resume"], env=env, cwd=tmp)
+    return {"killed": killed, "resumed": _archive_from(out, tmp), "resumed_out": out}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, work):
     """A `dask scheduler` and two `dask worker --nworkers 1` processes, each its own group."""
     tmp = tmp_path_factory.mktemp("cluster")
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
 
@@ -301,19 +290,24 @@ def cluster(tmp_path_factory, work):
             _killpg(p)
 
 
-def test_sigkilled_run_leaves_no_archive_and_a_fresh_run_succeeds(killed_then_fresh):
+def test_sigkilled_run_leaves_no_archive_and_resumes_identically(
+    killed_then_resumed, reference_runs, work
+):
     from insilico_trials.archive import verify_archive
 
-    k = killed_then_fresh["killed"]
+    k = killed_then_resumed["killed"]
+    out = killed_then_resumed["resumed_out"]
     context = (
         f"killed {k['delay']:.1f} s after {k['first']!r} (seed {k['seed']}); "
-        f"exit before kill: {k['exited_before_kill']}; left: {k['left']}; output:\n"
-        + "\n".join(k["lines"])
-    )
+        f"exit before kill: {k['exited_before_kill']}; left: {k['left']}; "
+        f"cache files: {k['cached_files']}; output:\n" + "\n".join(k["lines"])
+        + "\nresumed run:\n" + out
+    )  # fmt: skip
     done = [CHUNKS_DONE.search(line) for line in k["lines"]]
     first = next(m for m in done if m)
     assert int(first.group(1)) < int(first.group(2)), context
     # What the kill left: only hidden staging folders, or archives complete and verified.
+    complete = []
     for name in k["left"]:
         if name.startswith("."):
             assert name.endswith(".partial"), context
@@ -321,24 +315,35 @@ def test_sigkilled_run_leaves_no_archive_and_a_fresh_run_succeeds(killed_then_fr
         folder = k["trial_dir"] / name
         assert (folder / "manifest.json").is_file(), context
         assert verify_archive(folder) == [], context
+        complete.append(name)
     if k["exited_before_kill"] is None:  # really killed: the run never printed its archive
         assert not any(line.startswith("archive: ") for line in k["lines"]), context
+    if not complete:
+        # Killed before its archive: the finished stages were on disk and were reused.
+        assert k["cached_files"] > 0, context
+        assert re.search(r"\d+/40 chunks taken from the task cache", out), context
 
-    fresh = killed_then_fresh["fresh"]
-    assert fresh.parent == k["trial_dir"]
-    assert fresh.name not in k["left"]
-    assert verify_archive(fresh) == []
-    assert "decision: " in killed_then_fresh["fresh_out"]
+    resumed = killed_then_resumed["resumed"]
+    assert resumed.parent == k["trial_dir"] and resumed.name not in k["left"]
+    assert verify_archive(resumed) == []
+    assert "decision: " in out
+    reference = _manifest(reference_runs["one"])
+    assert _manifest(resumed)["protocol_sha256"] == reference["protocol_sha256"]
+    assert _manifest(resumed)["outputs"] == reference["outputs"], context
+    # The archive is written: the stage results (and chunk parts) are gone.
+    assert not [p for p in (work["tmp"] / ".insilico" / "cache").rglob("*") if p.is_file()]
 
 
-def test_worker_killed_mid_simulation(cluster, killed_then_fresh, work):
-    """SIGKILL one of two `dask worker` process groups while chunks are running."""
+def test_worker_killed_mid_simulation(killed_then_resumed, cluster, reference_runs, work):
+    """SIGKILL one of two `dask worker` process groups while chunks are running.
+
+    (After the killed run: its clean-up kills every marked process, the cluster's included.)"""
     client = cluster["client"]
     reports = work["tmp"] / "reports-cluster"
     cmd = Streamed(
         ["run", str(work["protocol"]), "--dask-address", cluster["address"],
          "--chunk-size", "1", "--reports", str(reports)],
-        env=work["env"], cwd=work["tmp"],
+        env=work["server_env"], cwd=work["tmp"],
     )  # fmt: skip
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -365,22 +370,22 @@ def test_worker_killed_mid_simulation(cluster, killed_then_fresh, work):
     assert f"{total}/{total} chunks done" in out
     assert len(client.scheduler_info()["workers"]) == 1
     m_run = _manifest(_archive_from(out, work["tmp"]))
-    m_ref = _manifest(killed_then_fresh["fresh"])
+    m_ref = _manifest(reference_runs["one"])
     assert m_run["execution"]["dask_address"] == cluster["address"]
     assert m_run["execution"]["chunk_size"] == 1
     assert m_run["outputs"] == m_ref["outputs"]
 
 
-def test_two_updates_at_once(killed_then_fresh, work):
+def test_two_updates_at_once(reference_runs, work):
     from insilico_trials.archive import verify_archive
 
     tmp = work["tmp"]
     archive = tmp / "concurrent" / "archive"
-    shutil.copytree(killed_then_fresh["fresh"], archive)
+    shutil.copytree(reference_runs["one"], archive)
     ids = [f"C{i:02d}" for i in range(8)]
     cuts = [_cut(tmp / "concurrent" / f"cut{j}", ids, {ids[1]}) for j in (1, 2)]
     cmds = [
-        Streamed(["update", str(archive), "--data", str(cut)], env=work["env"], cwd=tmp)
+        Streamed(["update", str(archive), "--data", str(cut)], env=work["server_env"], cwd=tmp)
         for cut in cuts
     ]
     try:

@@ -2,6 +2,8 @@
 
 Real components: Prefect's API (harness started once per session), a Dask LocalCluster, a
 real Dask scheduler with two worker processes on 127.0.0.1, MLflow on a SQLite store, PyMC/nutpie.
+The reference runs are session fixtures (tests/conftest.py); a run killed and resumed is in
+tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -18,39 +20,15 @@ from pathlib import Path
 import pytest
 
 from insilico_trials.cli import main
-from tests.conftest import tiny_protocol
+from tests.conftest import free_port, run_in_process
 
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path: Path, protocol: Path, *extra: str) -> Path:
-    before = (
-        set((tmp_path / "reports").rglob("manifest.json"))
-        if (tmp_path / "reports").exists()
-        else set()
-    )
-    assert main(["run", str(protocol), "--reports", str(tmp_path / "reports"), *extra]) == 0
-    after = set((tmp_path / "reports").rglob("manifest.json"))
-    (new,) = after - before
-    return new.parent
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, prefect_api):
-    """Two runs of the tiny protocol: 1 worker and 2 workers with another chunk size."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp)  # the embedded MLflow store lands in tmp/.insilico
-    try:
-        protocol = tiny_protocol(tmp)
-        one = _run(tmp, protocol, "--workers", "1")
-        time.sleep(1.1)  # run ids carry the second
-        two = _run(tmp, protocol, "--workers", "2", "--chunk-size", "3")
-        yield {"tmp": tmp, "protocol": protocol, "one": one, "two": two}
-    finally:
-        os.chdir(cwd)
+def runs(reference_runs):
+    """The session's reference runs (tests/conftest.py): 1 worker, and 2 workers with chunks of 3."""
+    return reference_runs
 
 
 def test_archive_layout_and_manifest(runs):
@@ -123,15 +101,9 @@ def test_report_rebuilt_from_copied_archive(runs, tmp_path):
     assert verify_archive(copy) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_dask_cluster_matches_localcluster(runs, monkeypatch):
     """A `dask scheduler` and two `dask worker` processes on 127.0.0.1, bit-for-bit equal."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
     procs = [
@@ -182,7 +154,7 @@ def test_real_dask_cluster_matches_localcluster(runs, monkeypatch):
             client.wait_for_workers(2, timeout=120)
             assert len(client.scheduler_info()["workers"]) == 2
         monkeypatch.chdir(runs["tmp"])
-        remote = _run(runs["tmp"], runs["protocol"], "--dask-address", address)
+        remote = run_in_process(runs["tmp"], runs["protocol"], "--dask-address", address)
         m_local = json.loads((runs["one"] / "manifest.json").read_text())
         m_remote = json.loads((remote / "manifest.json").read_text())
         assert m_remote["execution"]["dask_address"] == address
@@ -327,49 +299,6 @@ def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, ca
     assert "cannot write update 002" in capsys.readouterr().err
     assert [p.name for p in (archive / "updates").iterdir()] == ["001"]
     assert verify_archive(archive) == []
-
-
-def test_killed_run_resumes_from_the_task_cache(runs, tmp_path):
-    """SIGKILL a run after some chunks finished; `run --resume` takes them from the cache and
-    gives the numbers of the uninterrupted run."""
-    import os
-    import signal
-
-    protocol = tiny_protocol(tmp_path, chunk=1)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [sys.executable, "-m", "insilico_trials.cli", "run", str(protocol), "--workers", "2"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        for line in proc.stdout:
-            if "chunks done" in line or time.time() > deadline:
-                break
-        os.killpg(proc.pid, signal.SIGKILL)  # the run, its Prefect API and its Dask workers
-    finally:
-        proc.wait(timeout=60)
-        proc.stdout.close()
-    cached = list((tmp_path / ".insilico" / "cache").rglob("*"))
-    assert any(p.is_file() for p in cached), "the killed run left no stage results"
-    leftovers = (
-        [p for p in (tmp_path / "reports").rglob("manifest.json")]
-        if (tmp_path / "reports").exists()
-        else []
-    )
-    assert leftovers == []  # no archive from the killed run
-
-    out = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "taken from the task cache" in out.stdout
-    (manifest,) = (tmp_path / "reports").rglob("manifest.json")
-    resumed = json.loads(manifest.read_text())
-    reference = json.loads((runs["one"] / "manifest.json").read_text())
-    assert resumed["outputs"] == reference["outputs"]
-    assert not any(p.is_file() for p in (tmp_path / ".insilico" / "cache").rglob("*"))
 
 
 def test_deployable_entry_flow_gives_the_cli_numbers(runs, monkeypatch):

@@ -1,15 +1,15 @@
 """The same commands on real services and on the embedded defaults give the same numbers.
 
 Real, on 127.0.0.1, each in its own process: a Dask scheduler with two `dask worker`
-processes, a Prefect server (`prefect server start`) and an MLflow tracking server
-(`mlflow server`, SQLite backend, proxied artifact store). `run`, `design` and `update` go to
-those services (`--dask-address`, `PREFECT_API_URL`, `MLFLOW_TRACKING_URI`); the same commands
-also run on the embedded defaults (ephemeral Prefect API, LocalCluster, SQLite MLflow store in
-the working folder). The numeric outputs must be identical, and the Prefect flow run and the
-MLflow run named in each archive must exist on the servers, with the archive as artifacts.
-
-One set of services per module; each service command is run at the same time as its embedded
-twin (two processes), to keep the module within a few minutes on a 2-core machine.
+processes, a Prefect server (`prefect server start`, shared with the fault tests) and an MLflow
+tracking server (`mlflow server`, SQLite backend, proxied artifact store). `run`, `design` and
+`update` go to those services (`--dask-address`, `PREFECT_API_URL`, `MLFLOW_TRACKING_URI`) as
+subprocesses. Their twins on the embedded defaults (LocalCluster, SQLite MLflow store in the
+working folder) are the session's reference run (tests/conftest.py), `design` in the test
+process and `update` as a subprocess. The numeric outputs
+must be identical, and the Prefect flow run and the MLflow run named in each archive must exist
+on the servers, with the archive as artifacts. (tests/test_faults.py checks that a fresh
+process on the ephemeral Prefect API gives the reference run's numbers too.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny_protocol
+from tests.conftest import ROOT, clean_env, free_port
 from tests.test_flow_e2e import _cut
 
 pytestmark = pytest.mark.slow
@@ -37,26 +37,6 @@ BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "insilico_trials.cli"]
 START_DEADLINE_S = 240  # services on a loaded 2-core machine take 30-60 s
 COMMAND_DEADLINE_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _clean_env(home: Path) -> dict[str, str]:
-    """This process's environment without any service setting, and a private Prefect home."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "INSILICO_", "DASK_"))
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    env["PREFECT_HOME"] = str(home)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _start(cmd: list[str], *, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -153,14 +133,6 @@ class Command:
             self.proc.wait(timeout=30)
 
 
-def _pair(service: Command, embedded: Command) -> tuple[str, str]:
-    try:
-        return service.check(), embedded.check()
-    finally:
-        service.kill()
-        embedded.kill()
-
-
 def _only(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     assert len(found) == 1, f"{folder}: expected one {pattern}, found {found}"
@@ -168,24 +140,25 @@ def _only(folder: Path, pattern: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Start the services, run run/design/update on them and embedded; yield every result."""
+def world(tmp_path_factory, prefect_server, reference_runs):
+    """Start Dask and MLflow, run run/design/update on the services and their embedded twins;
+    yield every result."""
+    from insilico_trials.cli import main
+
     tmp = tmp_path_factory.mktemp("services")
     svc_dir, emb_dir, logs_dir = tmp / "service", tmp / "embedded", tmp / "logs"
     for d in (svc_dir, emb_dir, logs_dir):
         d.mkdir()
-    protocol = tiny_protocol(tmp, draws=300)
+    protocol = reference_runs["protocol"]
     design_protocol = ROOT / "protocols" / "design_binary_borrowing.yaml"
 
-    p_dask, p_prefect, p_mlflow = _free_port(), _free_port(), _free_port()
+    p_dask, p_mlflow = free_port(), free_port()
     dask_address = f"tcp://127.0.0.1:{p_dask}"
-    prefect_api = f"http://127.0.0.1:{p_prefect}/api"
     mlflow_uri = f"http://127.0.0.1:{p_mlflow}"
-    server_env = _clean_env(tmp / "prefect-server-home")
-    emb_env = _clean_env(tmp / "prefect-embedded-home")
+    server_env = clean_env(tmp / "server-home")
     svc_env = {
-        **_clean_env(tmp / "prefect-client-home"),
-        "PREFECT_API_URL": prefect_api,
+        **clean_env(tmp / "prefect-client-home"),
+        "PREFECT_API_URL": prefect_server,
         "MLFLOW_TRACKING_URI": mlflow_uri,
     }
 
@@ -199,18 +172,6 @@ def world(tmp_path_factory):
         logs.append(log)
 
     try:
-        # The embedded `run` needs no service: start it while the services boot.
-        emb_run = Command(
-            ["run", str(protocol), "--workers", "1", "--reports", "reports"],
-            env=emb_env,
-            cwd=emb_dir,
-            name="run-embedded",
-        )
-        commands.append(emb_run)
-        start(
-            "prefect",
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(p_prefect)],
-        )  # fmt: skip
         start(
             "mlflow",
             [
@@ -241,7 +202,6 @@ def world(tmp_path_factory):
                     "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
                 ],
             )  # fmt: skip
-        _wait_until(lambda: _http_ok(f"{prefect_api}/health"), "prefect server", procs, logs)
         _wait_until(lambda: _http_ok(f"{mlflow_uri}/health"), "mlflow server", procs, logs)
 
         from distributed import Client
@@ -250,32 +210,28 @@ def world(tmp_path_factory):
             client.wait_for_workers(2, timeout=START_DEADLINE_S)
             n_workers = len(client.scheduler_info()["workers"])
 
-        svc_run = Command(
+        def service(args: list[str], name: str) -> str:
+            cmd = Command(args, env=svc_env, cwd=svc_dir, name=name)
+            commands.append(cmd)
+            try:
+                return cmd.check()
+            finally:
+                cmd.kill()
+
+        service(
             ["run", str(protocol), "--dask-address", dask_address, "--reports", "reports"],
-            env=svc_env,
-            cwd=svc_dir,
-            name="run-service",
+            "run-service",
         )
-        commands.append(svc_run)
-        _pair(svc_run, emb_run)
         svc_archive = _only(svc_dir / "reports" / "tiny-orr", "2*Z-*")
-        emb_archive = _only(emb_dir / "reports" / "tiny-orr", "2*Z-*")
+        emb_archive = reference_runs["one"]
 
         replicates = "20"
-        svc_design = Command(
+        service(
             ["design", str(design_protocol), "--replicates", replicates,
              "--dask-address", dask_address, "--reports", "reports"],
-            env=svc_env, cwd=svc_dir, name="design-service",
+            "design-service",
         )  # fmt: skip
-        emb_design = Command(
-            ["design", str(design_protocol), "--replicates", replicates,
-             "--workers", "1", "--reports", "reports"],
-            env=emb_env, cwd=emb_dir, name="design-embedded",
-        )  # fmt: skip
-        commands += [svc_design, emb_design]
-        _pair(svc_design, emb_design)
         svc_oc = _only(svc_dir / "reports" / "design-binary-borrowing", "design-*")
-        emb_oc = _only(emb_dir / "reports" / "design-binary-borrowing", "design-*")
 
         # `update` on copies of each archive with the same cut (the originals stay pristine).
         ids = [f"R{i:02d}" for i in range(10)]
@@ -283,26 +239,33 @@ def world(tmp_path_factory):
         svc_copy, emb_copy = svc_dir / "updated", emb_dir / "updated"
         shutil.copytree(svc_archive, svc_copy)
         shutil.copytree(emb_archive, emb_copy)
-        svc_update = Command(
-            ["update", str(svc_copy), "--data", str(cut)],
-            env=svc_env,
-            cwd=svc_dir,
-            name="update-service",
-        )
+        # The embedded update in its own process, at the same time: in this test process, where
+        # other tests' fits ran before, its MCMC draws came out different (see the closing note
+        # of issue 9); a fresh command process matches the service run.
         emb_update = Command(
             ["update", str(emb_copy), "--data", str(cut)],
-            env=emb_env,
-            cwd=emb_dir,
-            name="update-embedded",
-        )
-        commands += [svc_update, emb_update]
-        _pair(svc_update, emb_update)
+            env=clean_env(tmp / "prefect-embedded-home"), cwd=emb_dir, name="update-embedded",
+        )  # fmt: skip
+        commands.append(emb_update)
+        service(["update", str(svc_copy), "--data", str(cut)], "update-service")
+        emb_update.check()
+
+        # The embedded twins, in this process (the session's Prefect API, a LocalCluster and
+        # a SQLite MLflow store in emb_dir).
+        cwd = os.getcwd()
+        os.chdir(emb_dir)
+        try:
+            assert main(["design", str(design_protocol), "--replicates", replicates,
+                         "--workers", "1", "--reports", "reports"]) == 0  # fmt: skip
+        finally:
+            os.chdir(cwd)
+        emb_oc = _only(emb_dir / "reports" / "design-binary-borrowing", "design-*")
 
         yield {
             "tmp": tmp,
             "n_workers": n_workers,
             "dask_address": dask_address,
-            "prefect_api": prefect_api,
+            "prefect_api": prefect_server,
             "mlflow_uri": mlflow_uri,
             "run": (svc_archive, emb_archive),
             "design": (svc_oc, emb_oc),
@@ -345,7 +308,7 @@ def test_run_on_services_equals_embedded(world):
     assert m_emb["execution"]["dask_address"] == "LocalCluster"
     assert m_svc["mlflow_tracking_uri"] == world["mlflow_uri"]
     assert m_emb["mlflow_tracking_uri"].startswith("sqlite:///")
-    assert m_emb["mlflow_tracking_uri"].endswith("/embedded/.insilico/mlflow.db")
+    assert m_emb["mlflow_tracking_uri"].endswith("/.insilico/mlflow.db")
     assert set(m_svc["outputs"]) >= {"cohort.parquet", "endpoints.parquet", "summary.json"}
     assert m_svc["outputs"] == m_emb["outputs"]
     assert m_svc["inputs"] == m_emb["inputs"]
@@ -357,7 +320,7 @@ def test_run_recorded_on_prefect_server(world):
         "insilico-trial-run",
         "COMPLETED",
     )
-    # The embedded run's flow run lives in its ephemeral API, not on the server.
+    # The embedded run's flow run lives in its own Prefect API, not on the server.
     emb_id = _manifest(emb)["prefect_flow_run_id"]
     with pytest.raises(urllib.error.HTTPError) as info:
         _get_json(f"{world['prefect_api']}/flow_runs/{emb_id}")
