@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from insilico_trials.archive import atomic_write_text, check_writable, staged_directory
+from insilico_trials.archive import atomic_write_text, staged_directory
 from insilico_trials.protocol import ProtocolError, ProtocolIssue, TrialProtocol, load_protocol
 
 __all__ = ["execute_design", "oc_markdown"]
@@ -173,6 +173,7 @@ def execute_design(
         _timing_table,
         reach_prefect_api,
         reach_tracker,
+        reports_writable,
     )
     from insilico_trials.tracking import flatten
 
@@ -187,12 +188,7 @@ def execute_design(
         for issue in issues:
             print(issue, file=sys.stderr)
         return 2
-    if problem := check_writable(reports / protocol.trial_id):
-        print(
-            f"error: cannot write the design folder ({problem}); nothing was run. "
-            "Choose another folder with --reports, or make this one writable.",
-            file=sys.stderr,
-        )
+    if not reports_writable(reports / protocol.trial_id, "design"):
         return 1
     from insilico_trials import design
 

@@ -75,6 +75,18 @@ def open_archive(archive: Path) -> dict[str, Any] | None:
         return None
 
 
+def reports_writable(folder: Path, what: str) -> bool:
+    """Whether ``folder`` takes new files; if not, say why (stderr) before any work is done."""
+    if problem := check_writable(folder):
+        print(
+            f"error: cannot write the {what} folder ({problem}); nothing was run. "
+            "Choose another folder with --reports, or make this one writable.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def reach_prefect_api(*, timeout_s: float = 10.0) -> bool:
     """When ``PREFECT_API_URL`` names a server, check it answers before any work starts.
 
@@ -291,12 +303,7 @@ def execute_run(
         print(exc, file=sys.stderr)
         return 2
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
-    if problem := check_writable(reports / protocol.trial_id):
-        print(
-            f"error: cannot write the archive folder ({problem}); nothing was run. "
-            "Choose another folder with --reports, or make this one writable.",
-            file=sys.stderr,
-        )
+    if not reports_writable(reports / protocol.trial_id, "archive"):
         return 1
     t = time.perf_counter()
     if not reach_prefect_api():
