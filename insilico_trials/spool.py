@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 from insilico_trials.archive import atomic_write_bytes
 
 __all__ = [
-    "PART_TABLES",
     "ROWS_PER_GROUP",
     "ChunkDigest",
     "RowGroupWriter",
@@ -39,7 +38,6 @@ __all__ = [
     "spool_chunk",
 ]
 
-PART_TABLES = ("endpoints", "exposure", "tumour_sld")
 ROWS_PER_GROUP = 65_536  # rows per Parquet row group in archived tables
 
 
@@ -53,7 +51,6 @@ class ChunkDigest:
     summary: pd.DataFrame  # the endpoint columns kept in memory (trial.summary_columns)
     profile_times_h: np.ndarray
     profiles: np.ndarray = field(repr=False)  # (m, T) float32, patients < PROFILE_PATIENTS
-    tables: tuple[str, ...] = ()  # the part tables written for this chunk
 
 
 def sld_frame(chunk: Any) -> pd.DataFrame | None:
@@ -101,7 +98,6 @@ def spool_chunk(folder: str | Path, chunk: Any, *, keep: list[str]) -> ChunkDige
         summary=chunk.endpoints[[c for c in keep if c in chunk.endpoints]].reset_index(drop=True),
         profile_times_h=chunk.profile_times_h,
         profiles=chunk.profiles,
-        tables=tuple(tables),
     )
 
 
