@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from insilico_trials.cohort import sample_cohort
-from insilico_trials.population import Population
-from insilico_trials.rng import patient_normals
+from insilico_trials.sim.cohort import sample_cohort
+from insilico_trials.sim.rng import patient_normals
+from insilico_trials.spec.population import Population
 
 N = 1_000_000
 NAMES = ["WT", "HT", "AGE", "SCR", "ALB", "LDH", "NLR", "SLD", "HB", "PLT"]

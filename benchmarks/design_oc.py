@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from insilico_trials import borrowing, design
-from insilico_trials.protocol import load_protocol
+from insilico_trials.infer import borrowing, design
+from insilico_trials.spec.protocol import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 

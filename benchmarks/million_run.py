@@ -41,7 +41,7 @@ def protocol_text(per_arm: int) -> str:
 def run(per_arm: int, folder: Path) -> dict[str, float | str]:
     path = folder / f"scale_{per_arm}.yaml"
     path.write_text(protocol_text(per_arm))
-    cmd = [sys.executable, "-m", "insilico_trials.cli", "run", str(path), "--workers", "2"]
+    cmd = [sys.executable, "-m", "insilico_trials.app.cli", "run", str(path), "--workers", "2"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

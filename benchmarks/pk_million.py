@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from insilico_trials.pk import simulate_regimen
+from insilico_trials.sim.pk import simulate_regimen
 
 TIMES = np.arange(0.0, 8760.0 + 1.0, 24.0)
 

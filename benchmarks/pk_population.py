@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy.integrate import solve_ivp
 
-from insilico_trials.pk import simulate_regimen
-from insilico_trials.pk.models import MODELS
-from insilico_trials.pk.ode import linear_matrix
+from insilico_trials.models.pk import MODELS
+from insilico_trials.sim.pk import simulate_regimen
+from insilico_trials.sim.pk.ode import linear_matrix
 
 N = 2000
 N_BASELINE = 20

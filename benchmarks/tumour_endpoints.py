@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from insilico_trials.endpoints import derive_endpoints, km_median, response_rates
-from insilico_trials.rng import patient_normals
-from insilico_trials.tumour import CLARET2009_FU, simulate_tumour, zhang_comparison
+from insilico_trials.sim.endpoints import derive_endpoints, km_median, response_rates
+from insilico_trials.sim.rng import patient_normals
+from insilico_trials.sim.tumour import CLARET2009_FU, simulate_tumour, zhang_comparison
 
 CLARET_FU = {k: CLARET2009_FU[k] for k in ("KL", "KD", "LAMBDA")}  # per week
 CLARET_FU_OMEGA2 = CLARET2009_FU["omega2"]
@@ -139,7 +139,7 @@ def run(n: int, seed: int = 2024) -> None:
         f"{km_median(ep.os_days.to_numpy(), ep.os_event.to_numpy()):.0f} days"
     )
     try:
-        from insilico_trials.pk import simulate_regimen
+        from insilico_trials.sim.pk import simulate_regimen
     except ImportError:
         return
     k = min(10_000, n)

@@ -61,7 +61,7 @@ def clean_env(home: Path) -> dict[str, str]:
 
 def run_in_process(folder: Path, protocol: Path, *extra: str) -> Path:
     """``insilico-trials run`` in this process (reports under ``folder``); the new archive."""
-    from insilico_trials.cli import main
+    from insilico_trials.app.cli import main
 
     reports = folder / "reports"
     before = set(reports.rglob("manifest.json")) if reports.exists() else set()

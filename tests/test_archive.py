@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from insilico_trials.archive import (
+from insilico_trials.io.archive import (
     atomic_write_text,
     compare_outputs,
     sha256_file,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from insilico_trials.borrowing import (
+from insilico_trials.infer.borrowing import (
     BorrowingError,
     beta_mixture_posterior,
     control_prior,
@@ -25,7 +25,7 @@ from insilico_trials.borrowing import (
     robustify,
     update_control,
 )
-from insilico_trials.outcomes import MixturePrior
+from insilico_trials.infer.outcomes import MixturePrior
 
 
 def binary_arm(x: int, n: int) -> pd.DataFrame:

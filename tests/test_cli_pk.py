@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from insilico_trials.cli import main
+from insilico_trials.app.cli import main
 
 GOOD = """ID,TIME,EVID,AMT,CMT,II,ADDL,RATE,SS,CL,V1,Q,V2,KA
 1,0,1,100,1,24,2,0,0,1,20,2,10,1

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from insilico_trials.cohort import (
+from insilico_trials.sim.cohort import (
     CalibrationError,
     EnrolmentError,
     baseline_table,
@@ -20,7 +20,7 @@ from insilico_trials.cohort import (
     sample_cohort,
     write_cohort,
 )
-from insilico_trials.population import Population
+from insilico_trials.spec.population import Population
 
 Z = 4.5  # bounds are Z standard errors: a false alarm has probability < 1e-5 per check
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from insilico_trials import borrowing, design, outcomes
-from insilico_trials.protocol import ProtocolError, load_protocol
+from insilico_trials.infer import borrowing, design, outcomes
+from insilico_trials.spec.protocol import ProtocolError, load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "protocols" / "design_binary_borrowing.yaml"
@@ -278,7 +278,7 @@ def test_tte_design_runs_and_is_sensible(tmp_path):
 
 
 def test_execute_design_bad_input_writes_nothing(tmp_path, capsys):
-    from insilico_trials.design_cli import execute_design
+    from insilico_trials.app.design_cmd import execute_design
 
     bad = _protocol(tmp_path, {"method: robust_mixture": "method: commensurate\n  tau_scale: 1.0"})
     reports = tmp_path / "reports"
@@ -291,7 +291,7 @@ def test_execute_design_bad_input_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_flow_identical_for_any_worker_count(prefect_api, plan):
-    from flows.design import run_design
+    from insilico_trials.adapters.prefect_design import run_design
 
     one = run_design(plan, replicates=400, batch_size=400, workers=1)
     two = run_design(plan, replicates=400, batch_size=90, workers=2)
@@ -311,7 +311,7 @@ def test_flow_identical_for_any_worker_count(prefect_api, plan):
 def test_execute_design_end_to_end(prefect_api, tmp_path, monkeypatch, capsys):
     import json
 
-    from insilico_trials.design_cli import execute_design
+    from insilico_trials.app.design_cmd import execute_design
 
     monkeypatch.chdir(tmp_path)
     reports = tmp_path / "reports"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insilico_trials.endpoints import (
+from insilico_trials.sim.endpoints import (
     NE,
     PD,
     PR,
@@ -206,7 +206,7 @@ def test_report_plots_render_without_pyplot_state() -> None:
 
     import matplotlib.pyplot as plt
 
-    from insilico_trials.plots_tumour import kaplan_meier_plot, spider_plot, waterfall_plot
+    from insilico_trials.report.plots_tumour import kaplan_meier_plot, spider_plot, waterfall_plot
 
     sld = np.array([c[1] for c in CASES], dtype=float)
     ep = derive_endpoints(sld, VISITS, seed=0, measurement_cv=0.0)
@@ -228,7 +228,7 @@ def test_report_plots_render_without_pyplot_state() -> None:
 
 
 def test_psa_progression_pcwg2_hand_built() -> None:
-    from insilico_trials.endpoints import psa_progression
+    from insilico_trials.sim.endpoints import psa_progression
 
     days = np.array([0.0, 28.0, 56.0, 84.0, 112.0])
     psa = np.array(

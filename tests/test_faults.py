@@ -36,7 +36,7 @@ from tests.test_flow_e2e import _cut
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-CLI = [sys.executable, "-m", "insilico_trials.cli"]
+CLI = [sys.executable, "-m", "insilico_trials.app.cli"]
 MARKER = "INSILICO_FAULT_TEST"
 DEADLINE_S = 600
 CHUNKS_DONE = re.compile(r"^\s*(\d+)/(\d+) chunks done")
@@ -293,7 +293,7 @@ def cluster(tmp_path_factory, work):
 def test_sigkilled_run_leaves_no_archive_and_resumes_identically(
     killed_then_resumed, reference_runs, work
 ):
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io.archive import verify_archive
 
     k = killed_then_resumed["killed"]
     out = killed_then_resumed["resumed_out"]
@@ -377,7 +377,7 @@ def test_worker_killed_mid_simulation(killed_then_resumed, cluster, reference_ru
 
 
 def test_two_updates_at_once(reference_runs, work):
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io.archive import verify_archive
 
     tmp = work["tmp"]
     archive = tmp / "concurrent" / "archive"

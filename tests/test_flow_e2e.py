@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from insilico_trials.cli import main
+from insilico_trials.app.cli import main
 from tests.conftest import free_port, run_in_process
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_report_rebuilt_from_copied_archive(runs, tmp_path):
         return re.sub(r"generated \S+", "generated X", html)
 
     assert strip(rebuilt) == strip(original)
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io.archive import verify_archive
 
     assert verify_archive(copy) == []
 
@@ -188,7 +188,7 @@ def _cut(folder: Path, ids: list[str], responders: set[str], arm: str = "control
 
 
 def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkeypatch):
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io.archive import verify_archive
 
     monkeypatch.chdir(runs["tmp"])
     archive = tmp_path / "archive"
@@ -215,7 +215,7 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     assert all(0.0 < r["posterior_mean"] < 1.0 for r in records)
     assert verify_archive(archive) == []
     # Chained manifests: update 2 records the hash of update 1's manifest.
-    from insilico_trials.archive import sha256_file
+    from insilico_trials.io.archive import sha256_file
 
     m2 = json.loads((archive / "updates" / "002" / "manifest.json").read_text())
     assert m2["previous_update_manifest_sha256"] == sha256_file(
@@ -244,7 +244,7 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
 
 
 def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):
-    from insilico_trials.updates import archive_lock
+    from insilico_trials.io.updates import archive_lock
 
     archive = tmp_path / "archive"
     shutil.copytree(runs["one"], archive)
@@ -259,9 +259,9 @@ def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, ca
     """ENOSPC in the middle of writing: a clear error, exit 1, nothing partial, nothing lost."""
     import errno
 
-    from insilico_trials import spool as spool_module
-    from insilico_trials import updates as updates_module
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io import spool as spool_module
+    from insilico_trials.io import updates as updates_module
+    from insilico_trials.io.archive import verify_archive
 
     monkeypatch.chdir(runs["tmp"])
     real_merge = spool_module.merge_parts
@@ -303,7 +303,7 @@ def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, ca
 
 def test_deployable_entry_flow_gives_the_cli_numbers(runs, monkeypatch):
     """flows/entry.py:run_protocol (what prefect.yaml deploys) runs the same trial."""
-    from flows.entry import run_protocol
+    from insilico_trials.adapters.deploy import run_protocol
 
     monkeypatch.chdir(runs["tmp"])
     reports = runs["tmp"] / "entry-reports"

@@ -15,14 +15,14 @@ import pytest
 import xarray as xr
 from scipy import integrate, stats
 
-from insilico_trials.outcomes import (
+from insilico_trials.infer.outcomes import (
     ConvergenceGates,
     MixturePrior,
     OutcomeDataError,
     fit_outcome,
     mixture_component_weights,
 )
-from insilico_trials.outcomes import _gates as gates_of  # unit-tested without sampling
+from insilico_trials.infer.outcomes import _gates as gates_of  # unit-tested without sampling
 
 # 12/40 responders on control, 20/40 on treatment.
 X_C, N_C, X_T, N_T = 12, 40, 20, 40
@@ -273,7 +273,7 @@ def test_binary_fit_without_control_responders_does_not_diverge(n):
     """0 control responders (an untreated arm whose tumours grow): the log-odds posterior has a
     steep wall; at the default target acceptance of 0.8 seeds 0 and 9 (n=1,000) and 3, 5, 7, 8,
     9 (n=100,000) gave divergent transitions and failed the convergence gate."""
-    from insilico_trials.outcomes import fit_outcome
+    from insilico_trials.infer.outcomes import fit_outcome
 
     treated = int(0.385 * n)
     data = pd.DataFrame(

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from insilico_trials.archive import sha256_file, verify_archive
+from insilico_trials.io.archive import sha256_file, verify_archive
 from tests.conftest import ROOT
 
 NOBODY = 65534
 DRIVER = textwrap.dedent(
     """
     import os, sys
-    import insilico_trials.cli, insilico_trials.pipeline, insilico_trials.design_cli
-    import insilico_trials.runs, insilico_trials.tracking, insilico_trials.realdata
-    import insilico_trials.updates
+    import insilico_trials.app.cli, insilico_trials.app.commands, insilico_trials.app.design_cmd
+    import insilico_trials.io.outputs, insilico_trials.adapters.mlflow_tracker
+    import insilico_trials.io.realdata, insilico_trials.io.updates
     if os.geteuid() == 0:
         os.setegid({nobody})
         os.seteuid({nobody})
-    sys.exit(insilico_trials.cli.main(sys.argv[1:]))
+    sys.exit(insilico_trials.app.cli.main(sys.argv[1:]))
     """
 ).format(nobody=NOBODY)
 
@@ -104,7 +104,7 @@ def test_update_into_a_read_only_archive(open_tmp):
 
     archive, _ = build_archive(open_tmp)
     # build_archive writes no manifest; a real archive has one (the same writer as `run`).
-    from insilico_trials.archive import write_manifest
+    from insilico_trials.io.archive import write_manifest
 
     outputs = sorted(p.name for p in archive.iterdir() if p.suffix in (".parquet", ".json"))
     write_manifest(archive, inputs=["protocol.yaml"], outputs=outputs, documents=[], meta={})

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from insilico_trials.pipeline import attach_design
-from insilico_trials.protocol import load_protocol
+from insilico_trials.app.commands import attach_design
+from insilico_trials.spec.protocol import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_no_design_attaches_nothing(tmp_path):
 
 
 def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch, capsys):
-    from insilico_trials.cli import main
+    from insilico_trials.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     # Nothing listens on port 9 of loopback; no retries so the test is quick.
@@ -53,7 +53,7 @@ def test_unreachable_tracking_server_fails_before_any_work(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("command", ["run", "design"])
 def test_unreachable_prefect_server_fails_before_any_work(tmp_path, monkeypatch, capsys, command):
-    from insilico_trials.cli import main
+    from insilico_trials.app.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens there

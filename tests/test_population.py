@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from insilico_trials import population as population_module
-from insilico_trials.population import Expression, ExpressionError, Population
+from insilico_trials.spec import population as population_module
+from insilico_trials.spec.population import Expression, ExpressionError, Population
 
 
 def doc_example() -> dict:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from insilico_trials.cli import main
-from insilico_trials.protocol import ProtocolError, load_protocol
+from insilico_trials.app.cli import main
+from insilico_trials.spec.protocol import ProtocolError, load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "protocols").glob("*.yaml"))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from insilico_trials.realdata import (
+from insilico_trials.io.realdata import (
     Cut,
     DataCutError,
     check_append_only,
@@ -188,7 +188,7 @@ def test_endpoint_frame(tmp_path):
 @pytest.mark.slow
 def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
     # Control arm exponential times; two cuts (the second re-sends cut 1's subjects unchanged).
-    from insilico_trials.borrowing import update_control
+    from insilico_trials.infer.borrowing import update_control
 
     rng = np.random.default_rng(8)
     n = 60

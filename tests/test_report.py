@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from insilico_trials import trial
-from insilico_trials.protocol import load_protocol
+from insilico_trials.io.outputs import write_run_outputs
+from insilico_trials.io.spool import Spooled, spool_chunk
 from insilico_trials.report import render_report
-from insilico_trials.runs import write_run_outputs
-from insilico_trials.spool import Spooled, spool_chunk
+from insilico_trials.sim import trial
+from insilico_trials.spec.protocol import load_protocol
 from tests.conftest import tiny_protocol
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from insilico_trials.rng import key_int, patient_normals, patient_uniforms, stream
+from insilico_trials.sim.rng import key_int, patient_normals, patient_uniforms, stream
 
 
 def test_string_keys_are_stable_across_processes():

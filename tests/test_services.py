@@ -34,7 +34,7 @@ from tests.test_flow_e2e import _cut
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-CLI = [sys.executable, "-m", "insilico_trials.cli"]
+CLI = [sys.executable, "-m", "insilico_trials.app.cli"]
 START_DEADLINE_S = 240  # services on a loaded 2-core machine take 30-60 s
 COMMAND_DEADLINE_S = 600
 
@@ -143,7 +143,7 @@ def _only(folder: Path, pattern: str) -> Path:
 def world(tmp_path_factory, prefect_server, reference_runs):
     """Start Dask and MLflow, run run/design/update on the services and their embedded twins;
     yield every result."""
-    from insilico_trials.cli import main
+    from insilico_trials.app.cli import main
 
     tmp = tmp_path_factory.mktemp("services")
     svc_dir, emb_dir, logs_dir = tmp / "service", tmp / "embedded", tmp / "logs"
@@ -364,7 +364,7 @@ def test_design_on_services_equals_embedded(world, tmp_path):
 
 
 def test_update_on_services_equals_embedded(world, tmp_path):
-    from insilico_trials.archive import verify_archive
+    from insilico_trials.io.archive import verify_archive
 
     svc, emb = world["update"]
     rec_svc = json.loads((svc / "updates" / "001" / "update.json").read_text())

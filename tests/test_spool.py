@@ -7,10 +7,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from insilico_trials import trial
-from insilico_trials.archive import sha256_file
-from insilico_trials.protocol import load_protocol
-from insilico_trials.spool import RowGroupWriter, Spooled, merge_parts, spool_chunk
+from insilico_trials.io.archive import sha256_file
+from insilico_trials.io.spool import RowGroupWriter, Spooled, merge_parts, spool_chunk
+from insilico_trials.sim import trial
+from insilico_trials.spec.protocol import load_protocol
 from tests.conftest import tiny_protocol
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from insilico_trials import trial
-from insilico_trials.protocol import ProtocolError, load_protocol
+from insilico_trials.sim import trial
+from insilico_trials.spec.protocol import ProtocolError, load_protocol
 from tests.conftest import tiny_protocol
 
 ROOT = Path(__file__).resolve().parents[1]

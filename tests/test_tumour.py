@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insilico_trials.tumour import (
+from insilico_trials.sim.tumour import (
     TUMOUR_MODELS,
     AdaptiveRule,
     DoseHoldRule,
@@ -273,7 +273,7 @@ def test_simulate_tumour_zhang_schedule_equals_continuous() -> None:
 
 
 def test_apply_dose_rule_holds_and_resumes_inside_the_simulation() -> None:
-    from insilico_trials.tumour import apply_dose_rule
+    from insilico_trials.sim.tumour import apply_dose_rule
 
     # Toy marker with a known answer: ANC = 2 - 0.1 x (exposure summed over the last 7 days).
     def anc(t: np.ndarray, e: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from insilico_trials import plots_tumour
-from insilico_trials.cohort import baseline_table
+from insilico_trials.report import plots_tumour
+from insilico_trials.sim.cohort import baseline_table
 
 __all__ = ["chromium_flags", "render_pdf", "render_report"]
 
@@ -83,8 +83,8 @@ def _table(frame: pd.DataFrame, *, floatfmt: str = "{:.3g}") -> str:
 
 def _baseline(protocol: Any, cohort: pd.DataFrame, summary: dict[str, Any]) -> tuple[str, str]:
     """Baseline table (``cohort.baseline_table``) with the target population beside the arms."""
-    from insilico_trials.cohort import Cohort, population_draw
-    from insilico_trials.population import Target, TargetCovariate
+    from insilico_trials.sim.cohort import Cohort, population_draw
+    from insilico_trials.spec.population import Target, TargetCovariate
 
     pop = protocol.population
     covs = tuple(pop.covariates)
@@ -178,7 +178,7 @@ def _updates_figure(updates: list[dict[str, Any]]) -> Figure:
 
 
 def _verification() -> dict[str, Any] | None:
-    from insilico_trials.credibility import read_test_results, recorded_test_results
+    from insilico_trials.infer.sensitivity import read_test_results, recorded_test_results
 
     return read_test_results(recorded_test_results())
 
@@ -197,7 +197,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     Optional archive files (``tumour_sld.parquet``, ``sensitivity.json``, ``updates/*/update.json``,
     ``oc.csv``) add their figures and tables when present; the section says so when absent.
     """
-    from insilico_trials.protocol import load_protocol
+    from insilico_trials.spec.protocol import load_protocol
 
     archive = Path(archive)
     summary = json.loads((archive / "summary.json").read_text(encoding="utf-8"))

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy.integrate import simpson
 
-from insilico_trials.pk import PKInputError, simulate_regimen
-from insilico_trials.pk.cli import simulate_csv
-from insilico_trials.pk.events import simulate_records
+from insilico_trials.app.pk_cli import simulate_csv
+from insilico_trials.sim.pk import PKInputError, simulate_regimen
+from insilico_trials.sim.pk.events import simulate_records
 
 PARAMS = {
     "pk1cmt": {"CL": 1.3, "V": 15.0, "KA": 0.9},

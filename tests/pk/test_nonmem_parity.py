@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from insilico_trials.pk.cli import simulate_csv
-from insilico_trials.pk.events import simulate_records
+from insilico_trials.app.pk_cli import simulate_csv
+from insilico_trials.sim.pk.events import simulate_records
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "nmtests"
 pytestmark = pytest.mark.skipif(

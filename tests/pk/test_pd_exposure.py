@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insilico_trials.pk import add_residual_error, simulate_regimen
-from insilico_trials.pk import exposure as ex
-from insilico_trials.pk import pd as pkpd
+from insilico_trials.sim.pk import add_residual_error, simulate_regimen
+from insilico_trials.sim.pk import exposure as ex
+from insilico_trials.sim.pk import pd as pkpd
 
 T = np.arange(0.0, 97.0, 1.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from insilico_trials.pk import MODELS, PKInputError, simulate_regimen
+from insilico_trials.sim.pk import MODELS, PKInputError, simulate_regimen
 
 TIMES = np.arange(0.0, 97.0, 0.5)
 

@@ -1,0 +1,217 @@
+"""The ``insilico-trials`` command.
+
+Exit codes: 0 success; 1 the work ran but its result is a failure (``rerun`` found a difference,
+the archive was tampered with, a service failed); 2 bad input (protocol, data set, archive
+path, arguments), reported before any work starts and with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep its message short
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _workers(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="insilico-trials", description="Orchestrated in-silico clinical trials.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    v = sub.add_parser("validate", help="check protocol files; exit 2 listing every error")
+    v.add_argument("protocols", nargs="+", type=Path)
+
+    def services(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--workers",
+            type=_workers,
+            default=None,
+            help="LocalCluster worker processes (default: CPUs)",
+        )
+        sp.add_argument(
+            "--dask-address",
+            default=os.environ.get("INSILICO_DASK_ADDRESS"),
+            help="attach to an existing Dask scheduler, e.g. tcp://host:8786 (env INSILICO_DASK_ADDRESS)",
+        )
+
+    r = sub.add_parser("run", help="run a whole in-silico trial and archive it")
+    r.add_argument("protocol", type=Path)
+    services(r)
+    r.add_argument(
+        "--chunk-size",
+        type=_workers,
+        default=None,
+        help="patients per Dask task (no effect on numbers)",
+    )
+    r.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="archive root (default: reports/)"
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="take the stages an interrupted run of this protocol finished from the task cache",
+    )
+
+    d = sub.add_parser(
+        "design", help="operating characteristics of the protocol's design scenarios"
+    )
+    d.add_argument("protocol", type=Path)
+    d.add_argument(
+        "--replicates", type=_workers, required=True, help="simulated trials per scenario"
+    )
+    services(d)
+    d.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="output root (default: reports/)"
+    )
+
+    rr = sub.add_parser("rerun", help="re-execute an archived run and compare every numeric output")
+    rr.add_argument("archive", type=Path)
+    services(rr)
+
+    rp = sub.add_parser(
+        "report", help="rebuild the HTML report of an archive from the archive alone"
+    )
+    rp.add_argument("archive", type=Path)
+    rp.add_argument(
+        "--pdf", action="store_true", help="also print it to report.pdf (headless Chromium)"
+    )
+
+    up = sub.add_parser("update", help="update the synthetic control arm with a real data cut")
+    up.add_argument("archive", type=Path)
+    up.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="folder with adsl, adtte[, adrs] (CSV, Parquet or .xpt)",
+    )
+    up.add_argument(
+        "--control-arm",
+        default=None,
+        help="ARM value of the control arm in the real data (default: the protocol's control arm name)",
+    )
+
+    pk = sub.add_parser("pk", help="PK engine tools for pharmacometricians")
+    pks = pk.add_subparsers(dest="pk_command", required=True, parser_class=_Parser)
+    sim = pks.add_parser("simulate", help="simulate a NONMEM-style data set")
+    sim.add_argument("data", type=Path)
+    sim.add_argument("--model", required=True)
+    sim.add_argument("-o", "--output", type=Path, required=True)
+    sim.add_argument("--covariate-timing", choices=["nocb", "locf"], default="nocb")
+    return p
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from insilico_trials.spec.protocol import validate_files
+
+    issues = validate_files(args.protocols)
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    bad = {i.file for i in issues}
+    for path in args.protocols:
+        if str(path) not in bad:
+            print(f"{path}: valid")
+    return EXIT_BAD_INPUT if issues else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from insilico_trials.app.commands import execute_run
+
+    return execute_run(
+        args.protocol,
+        reports=args.reports,
+        workers=args.workers,
+        dask_address=args.dask_address,
+        chunk_size=args.chunk_size,
+        resume=args.resume,
+    )
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    from insilico_trials.app.design_cmd import execute_design
+
+    return execute_design(
+        args.protocol,
+        replicates=args.replicates,
+        workers=args.workers,
+        dask_address=args.dask_address,
+        reports=args.reports,
+    )
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from insilico_trials.app.commands import execute_rerun
+
+    return execute_rerun(args.archive, workers=args.workers, dask_address=args.dask_address)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from insilico_trials.app.commands import rebuild_report
+
+    return rebuild_report(args.archive, pdf=args.pdf)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from insilico_trials.app.commands import execute_update
+
+    return execute_update(args.archive, args.data, control_arm=args.control_arm)
+
+
+def cmd_pk(args: argparse.Namespace) -> int:
+    from insilico_trials.app.pk_cli import simulate_csv
+    from insilico_trials.sim.pk import PKInputError
+
+    t0 = time.perf_counter()
+    try:
+        rows = simulate_csv(
+            args.data,
+            model=args.model,
+            out_path=args.output,
+            covariate_timing=args.covariate_timing,
+        )
+    except PKInputError as exc:
+        return _fail(f"error: {exc}")
+    except FileNotFoundError as exc:
+        return _fail(f"error: {exc.filename or args.data}: file not found")
+    print(f"{args.output}: {rows} rows ({time.perf_counter() - t0:.2f} s)")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "validate": cmd_validate,
+        "run": cmd_run,
+        "design": cmd_design,
+        "rerun": cmd_rerun,
+        "report": cmd_report,
+        "update": cmd_update,
+        "pk": cmd_pk,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

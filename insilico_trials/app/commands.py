@@ -1,0 +1,639 @@
+"""What the CLI's ``run``, ``rerun`` and ``report`` do, end to end.
+
+The edge of the system: it validates input before any work, starts tracking, calls the Prefect
+flow (imported lazily), writes the archive atomically and prints progress and a timing summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from insilico_trials.io.archive import (
+    atomic_write_text,
+    check_writable,
+    compare_outputs,
+    read_manifest,
+    sha256_file,
+    staged_directory,
+    verify_archive,
+    write_manifest,
+)
+from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
+
+
+class ArchiveWriteError(RuntimeError):
+    """The archive could not be written (disk full, permission denied); nothing was left."""
+
+
+__all__ = [
+    "ArchiveWriteError",
+    "execute_rerun",
+    "execute_run",
+    "execute_update",
+    "rebuild_report",
+    "run_to_archive",
+]
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _quiet_prefect() -> None:
+    # Our own progress lines are the user's view; Prefect's INFO logs would drown them.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API takes ~25 s to start on a loaded 2-core machine; Prefect's default
+    # wait is 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Dask's INFO lines (workers starting and closing) are noise to a trial statistician;
+    # the variable reaches the worker processes too.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def open_archive(archive: Path) -> dict[str, Any] | None:
+    """The archive's manifest; None (after saying why on stderr) when it cannot be read."""
+    if not archive.is_dir():
+        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
+        return None
+    try:
+        return read_manifest(archive)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def reports_writable(folder: Path, what: str) -> bool:
+    """Whether ``folder`` takes new files; if not, say why (stderr) before any work is done."""
+    if problem := check_writable(folder):
+        print(
+            f"error: cannot write the {what} folder ({problem}); nothing was run. "
+            "Choose another folder with --reports, or make this one writable.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def reach_prefect_api(*, timeout_s: float = 10.0) -> bool:
+    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts.
+
+    Without the variable the embedded ephemeral API is used and there is nothing to check.
+    Returns False (after saying why on stderr) when the server does not answer.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return True
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return True
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    print(
+        f"error: the Prefect API at PREFECT_API_URL={url} cannot be reached ({reason}); nothing "
+        "was run. Start that server, or unset PREFECT_API_URL to use the embedded ephemeral API.",
+        file=sys.stderr,
+    )
+    return False
+
+
+def reach_tracker(*, parent_run_id: str | None = None) -> Any:
+    """An MLflow tracker whose store answered; None (after saying why) when it does not.
+
+    Called before any work starts, so an unreachable tracking server costs nothing.
+    """
+    from insilico_trials.adapters.mlflow_tracker import MlflowTracker, TrackingError
+
+    tracker = MlflowTracker(Path.cwd(), parent_run_id=parent_run_id)
+    try:
+        tracker.check()
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return tracker
+
+
+def _timing_table(timings: dict[str, float], total: float) -> str:
+    width = max(len(k) for k in timings) if timings else 5
+    lines = ["timing summary:"]
+    lines += [f"  {k:<{width}}  {v:7.1f} s" for k, v in timings.items()]
+    lines.append(f"  {'total':<{width}}  {total:7.1f} s")
+    return "\n".join(lines)
+
+
+def run_to_archive(
+    protocol: TrialProtocol,
+    protocol_path: Path,
+    final: Path,
+    *,
+    workers: int | None,
+    dask_address: str | None,
+    chunk_size: int | None,
+    tracker: Any,
+    timings: dict[str, float],
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run the flow and write the complete archive at ``final`` (atomically). Returns the manifest.
+
+    Raises
+    ------
+    ArchiveWriteError
+        When the archive cannot be written (disk full, permission denied).
+    """
+    from insilico_trials.io.archive import sha256_bytes
+    from insilico_trials.io.outputs import code_sha256
+
+    t = time.perf_counter()
+    _quiet_prefect()
+    from insilico_trials.adapters.prefect_run import RunCache, run_trial
+
+    timings["import prefect"] = time.perf_counter() - t
+    started = dt.datetime.now(dt.UTC)
+    t = time.perf_counter()
+    cache = RunCache(
+        root=str((Path.cwd() / ".insilico" / "cache").resolve()),
+        tag=sha256_bytes(f"{protocol.sha256()}:{code_sha256()}".encode())[:24],
+        resume=resume,
+    )
+    outcome = run_trial(
+        protocol, workers=workers, dask_address=dask_address, chunk_size=chunk_size, cache=cache
+    )
+    flow_total = time.perf_counter() - t
+    timings["flow"] = flow_total
+    timings["  start Prefect API and Dask cluster"] = flow_total - sum(outcome.timings.values())
+    for k, v in outcome.timings.items():
+        timings[f"  {k}"] = v
+    t = time.perf_counter()
+    try:
+        manifest = _write_archive(
+            protocol,
+            protocol_path,
+            final,
+            outcome,
+            tracker,
+            started,
+            workers,
+            dask_address,
+            chunk_size,
+        )
+    except OSError as exc:
+        raise ArchiveWriteError(
+            f"cannot write the archive {final}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; nothing was written and earlier archives are untouched"
+        ) from exc
+    timings["archive and report"] = time.perf_counter() - t
+    # The run is archived: its stage results are no longer needed for a resume.
+    shutil.rmtree(cache.folder, ignore_errors=True)
+    return manifest
+
+
+def _write_archive(
+    protocol: TrialProtocol,
+    protocol_path: Path,
+    final: Path,
+    outcome: Any,
+    tracker: Any,
+    started: dt.datetime,
+    workers: int | None,
+    dask_address: str | None,
+    chunk_size: int | None,
+) -> dict[str, Any]:
+    from insilico_trials.io.outputs import environment_provenance, write_run_outputs
+    from insilico_trials.report import render_report
+
+    with staged_directory(final) as stage:
+        groups = write_run_outputs(stage, protocol, protocol_path, outcome)
+        design_files = attach_design(stage, protocol, final.parent)
+        groups["inputs"] += design_files
+        meta = {
+            "run_id": final.name,
+            "trial_id": protocol.trial_id,
+            "protocol_sha256": protocol.sha256(),
+            "protocol_file_sha256": sha256_file(protocol_path),
+            "seeds": {"protocol": protocol.seed},
+            "prefect_flow_run_id": outcome.flow_run_id,
+            "mlflow_run_id": tracker.run_id or "",
+            "mlflow_tracking_uri": getattr(tracker, "uri", ""),
+            "started_utc": started.isoformat(timespec="seconds"),
+            "ended_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "execution": {
+                "workers": workers,
+                "dask_address": dask_address or "LocalCluster",
+                "chunk_size": chunk_size or protocol.execution.chunk_size,
+            },
+            **environment_provenance(),
+        }
+        # The report shows provenance as the manifest stores it (sorted JSON), so a rebuild
+        # from the manifest renders the same text.
+        meta = json.loads(json.dumps(meta, sort_keys=True))
+        atomic_write_text(stage / "report.html", render_report(stage, meta))
+        manifest = write_manifest(
+            stage,
+            inputs=groups["inputs"],
+            outputs=groups["outputs"],
+            documents=["report.html"],
+            meta=meta,
+        )
+    return manifest
+
+
+def attach_design(stage: Path, protocol: TrialProtocol, trial_dir: Path) -> list[str]:
+    """Copy the latest ``design`` results of this exact protocol into the archive.
+
+    ``insilico-trials design`` writes ``<trial_dir>/design-<time>Z-<protocol sha8>/``; the run
+    takes the newest such folder whose protocol hash matches, so the report (built from the
+    archive alone) shows the operating characteristics of the design that was run. Returns
+    the archived names (``design/oc.csv`` ...), hashed in the manifest as inputs.
+    """
+    sha8 = protocol.sha256()[:8]
+    found = sorted(p for p in trial_dir.glob(f"design-*Z-{sha8}") if (p / "oc.csv").is_file())
+    if not found:
+        return []
+    source = found[-1]
+    (stage / "design").mkdir()
+    names = []
+    for name in ("oc.csv", "calibration.csv", "oc.json", "oc.md"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, stage / "design" / name)
+            names.append(f"design/{name}")
+    _say(f"design: operating characteristics from {source.name} attached to the archive")
+    return names
+
+
+def execute_run(
+    protocol_path: Path,
+    *,
+    reports: Path,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    chunk_size: int | None = None,
+    resume: bool = False,
+) -> int:
+    """``insilico-trials run``: returns the process exit code.
+
+    ``resume`` takes the stages that an interrupted run of the same protocol (and the same
+    code) finished from the task cache instead of computing them again.
+    """
+    from insilico_trials.adapters.mlflow_tracker import flatten
+    from insilico_trials.io.outputs import new_run_id
+
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        protocol = load_protocol(protocol_path)
+    except ProtocolError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
+    if not reports_writable(reports / protocol.trial_id, "archive"):
+        return 1
+    t = time.perf_counter()
+    if not reach_prefect_api():
+        return 1
+    tracker = reach_tracker()
+    if tracker is None:
+        return 1
+    run_id = new_run_id(protocol)
+    final = reports / protocol.trial_id / run_id
+    tracker.start(
+        protocol.trial_id,
+        run_name=run_id,
+        tags={
+            "insilico.trial_id": protocol.trial_id,
+            "insilico.protocol_sha256": protocol.sha256(),
+        },
+    )
+    timings["tracking (MLflow)"] = time.perf_counter() - t
+    status = "FAILED"
+    try:
+        manifest = run_to_archive(
+            protocol, protocol_path, final, workers=workers, dask_address=dask_address,
+            chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
+        )  # fmt: skip
+        t = time.perf_counter()
+        tracker.log_params(flatten(protocol.model_dump(mode="json")))
+        tracker.log_metrics(_run_metrics(final))
+        tracker.log_artifacts(final, artifact_path="archive")
+        status = "FINISHED"
+        timings["tracking (MLflow)"] += time.perf_counter() - t
+    except ArchiveWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        tracker.end(status=status)
+    summary = _read_json(final / "summary.json")
+    _say(
+        f"decision: {summary['decision']}  ({summary['criterion']}: "
+        f"{summary['probability']:.3f}; converged: {summary['converged']})"
+    )
+    _say(_timing_table(timings, time.perf_counter() - t_all))
+    _say(f"archive: {final}")
+    _say(f"report:  {final / 'report.html'}")
+    _say(f"mlflow run: {manifest['mlflow_run_id']} ({tracker.uri})")
+    return 0
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _run_metrics(archive: Path) -> dict[str, float]:
+    summary = _read_json(archive / "summary.json")
+    metrics = {"probability": summary["probability"], "converged": float(summary["converged"])}
+    for row in summary["posterior"]:
+        name = str(row.get("param", "")).replace("[", "_").replace("]", "")
+        if name and isinstance(row.get("mean"), int | float):
+            metrics[f"posterior_mean.{name}"] = row["mean"]
+    return metrics
+
+
+def _print_problems(archive: Path, problems: list[Any]) -> None:
+    print(f"{archive}: archive does not match its manifest:", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def execute_rerun(
+    archive: Path, *, workers: int | None = None, dask_address: str | None = None
+) -> int:
+    """``insilico-trials rerun``: verify the archive, re-execute it, compare every numeric output."""
+    from insilico_trials.io.outputs import write_run_outputs
+
+    t_all = time.perf_counter()
+    manifest = open_archive(archive)
+    if manifest is None:
+        return 2
+    problems = verify_archive(archive)
+    if problems:
+        _print_problems(archive, problems)
+        return 1
+    _say(
+        f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified)"
+    )
+    try:
+        protocol = load_protocol(archive / "protocol.yaml")
+    except ProtocolError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _quiet_prefect()
+    from insilico_trials.adapters.prefect_run import run_trial
+
+    # Chunk tables are spooled where the workers can reach them (beside the task cache),
+    # and removed whatever happens.
+    spool_root = Path.cwd() / ".insilico" / "spool"
+    spool_root.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root))
+    try:
+        outcome = run_trial(protocol, workers=workers, dask_address=dask_address, spool=spool)
+        with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
+            write_run_outputs(Path(tmp), protocol, archive / "protocol.yaml", outcome)
+            rows = compare_outputs(manifest["outputs"], Path(tmp))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    width = max(len(name) for name, _, _ in rows)
+    for name, same, detail in rows:
+        _say(
+            f"  {name:<{width}}  {'identical' if same else 'DIFFERENT'}{'  ' + detail if detail else ''}"
+        )
+    n_diff = sum(not same for _, same, _ in rows)
+    _say(
+        f"rerun: {len(rows) - n_diff}/{len(rows)} numeric outputs identical "
+        f"({time.perf_counter() - t_all:.1f} s)"
+    )
+    return 0 if n_diff == 0 else 1
+
+
+def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = False) -> int:
+    """``insilico-trials report``: re-render the report from the archive's files alone.
+
+    The rebuilt report replaces ``report.html`` and its hash in the manifest's ``documents``
+    (numeric outputs are never touched; a tampered numeric file stops the rebuild).
+    """
+    from insilico_trials.report import render_report
+
+    manifest = open_archive(archive)
+    if manifest is None:
+        return 2
+    documents = {"report.html", "report.pdf"}
+    problems = [p for p in verify_archive(archive) if p.file not in documents]
+    if problems:
+        _print_problems(archive, problems)
+        return 1
+    meta = {
+        k: v for k, v in manifest.items() if k not in ("inputs", "outputs", "documents", "format")
+    }
+    html = render_report(archive, meta)
+    target = output or archive / "report.html"
+    atomic_write_text(target, html)
+    written = [target]
+    if pdf:
+        from insilico_trials.report import render_pdf
+
+        pdf_target = target.with_suffix(".pdf")
+        try:
+            render_pdf(target, pdf_target)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        written.append(pdf_target)
+    if output is None:
+        for path in written:
+            manifest["documents"][path.name] = sha256_file(path)
+        atomic_write_text(
+            archive / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        )
+    for path in written:
+        _say(f"report: {path}")
+    return 0
+
+
+def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = None) -> int:
+    """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
+
+    Everything is checked before anything is written: the archive's integrity, the cut's
+    schema and content (exit 2 naming file, row and column), and the update lock (another
+    update running: exit 1 at once). Cuts already ingested are re-read from the archive; a
+    subject re-sent with different content is flagged (printed and recorded), and its latest
+    record is used.
+    """
+    from insilico_trials.io.outputs import environment_provenance
+    from insilico_trials.io.realdata import (
+        DataCutError,
+        check_append_only,
+        endpoint_frame,
+        load_cut,
+    )
+    from insilico_trials.io.updates import (
+        ArchiveBusyError,
+        UpdatePlan,
+        archive_lock,
+        borrowing_arguments,
+        existing_updates,
+        write_update,
+    )
+    from insilico_trials.sim import trial
+
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    manifest = open_archive(archive)
+    if manifest is None:
+        return 2
+    if problem := check_writable(archive):
+        print(
+            f"error: cannot write updates into the archive ({problem}); nothing was written "
+            "and the archive is unchanged.",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        with archive_lock(archive):
+            problems = verify_archive(archive)
+            if problems:
+                _print_problems(archive, problems)
+                return 1
+            try:
+                protocol = load_protocol(archive / "protocol.yaml")
+                new_cut = load_cut(cut_dir)
+            except ProtocolError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            except DataCutError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except FileNotFoundError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
+            flags = [str(i) for i in check_append_only(previous, new_cut)]
+            for flag in flags:
+                print(f"flagged: {flag}", file=sys.stderr)
+            number = len(previous) + 1
+            arm_name = control_arm or protocol.control_arm.name
+            args = borrowing_arguments(protocol)
+            frames = [
+                endpoint_frame(
+                    c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
+                )
+                for c in [*previous, new_cut]
+            ]
+            real = pd_concat_latest(frames)
+            real.attrs["cut_id"] = f"{number:03d}"
+            if real.empty:
+                print(
+                    f"error: {cut_dir}: no subject of arm {arm_name!r} with endpoint "
+                    f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
+                    file=sys.stderr,
+                )
+                return 2
+            endpoints = _read_parquet(archive / "endpoints.parquet")
+            frame = trial.analysis_frame(protocol, endpoints)
+            virtual = frame[frame["arm"] == protocol.control_arm.name].reset_index(drop=True)
+            real = real.assign(arm=protocol.control_arm.name)
+            _say(
+                f"update {number:03d}: {len(real)} real control patients after this cut "
+                f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
+            )
+            t = time.perf_counter()
+            if not reach_prefect_api():
+                return 1
+            tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
+            if tracker is None:
+                return 1
+            timings["tracking (MLflow)"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _quiet_prefect()
+            from insilico_trials.adapters.prefect_update import update_flow
+
+            seed = args.pop("seed")
+            result, flow_run_id = update_flow(virtual, real, {**args, "seed": seed})
+            timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
+            t = time.perf_counter()
+            tracker.start(
+                protocol.trial_id,
+                run_name=f"{manifest['run_id']}-update-{number:03d}",
+                tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
+            )
+            meta = {
+                "run_id": manifest["run_id"],
+                "trial_id": protocol.trial_id,
+                "prefect_flow_run_id": flow_run_id,
+                "mlflow_run_id": tracker.run_id or "",
+                "cut_content_sha256": new_cut.content_hash,
+                **environment_provenance(),
+            }
+            try:
+                folder, record = write_update(
+                    archive,
+                    UpdatePlan(
+                        number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
+                    ),
+                    result,
+                    meta=meta,
+                )
+            except OSError as exc:
+                tracker.end(status="FAILED")
+                print(
+                    f"error: cannot write update {number:03d} into {archive}: "
+                    f"{exc.strerror or exc}; nothing was written and earlier updates are untouched",
+                    file=sys.stderr,
+                )
+                return 1
+            metrics = {
+                "posterior_mean": record["posterior_mean"],
+                "prior_ess": record["prior_ess"],
+                "borrowed_virtual": record["borrowed_virtual"],
+                "n_real": record["n_real"],
+                **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
+            }
+            tracker.log_metrics(metrics)
+            tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
+            tracker.end()
+            timings["archive and tracking"] = time.perf_counter() - t
+    except ArchiveBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    vw = record["vague_weight"]
+    _say(
+        f"control {record['parameter']}: posterior mean {record['posterior_mean']:.4g} "
+        f"(95% CI {record['posterior_ci'][0]:.4g} to {record['posterior_ci'][1]:.4g}); "
+        f"prior ESS {record['prior_ess']:.1f}; virtual patients borrowed {record['borrowed_virtual']:.1f}"
+        + (f"; vague-component weight {vw:.3f}" if vw is not None else "")
+        + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
+    )
+    _say(_timing_table(timings, time.perf_counter() - t_all))
+    _say(f"update: {folder}")
+    return 0
+
+
+def pd_concat_latest(frames: list[Any]) -> Any:
+    """Real control patients over all cuts; a subject re-sent later keeps its latest record."""
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    if "usubjid" in df.columns:
+        df = df.drop_duplicates("usubjid", keep="last").reset_index(drop=True)
+    return df
+
+
+def _read_parquet(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(path)

@@ -1,0 +1,78 @@
+"""CSV interface for pharmacometricians: NONMEM-style records in, one output row per record out.
+
+The lead wires :func:`simulate_csv` into ``insilico-trials pk simulate DATA.csv --model M -o OUT``;
+a :class:`~insilico_trials.pk.errors.PKInputError` there means exit code 2 and no output file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from insilico_trials.models.pk import get_model
+from insilico_trials.sim.pk.errors import PKInputError
+from insilico_trials.sim.pk.events import COVARIATE_TIMINGS, prepare_records, simulate_records
+
+__all__ = ["simulate_csv"]
+
+
+def simulate_csv(
+    data_path: Path, *, model: str, out_path: Path, covariate_timing: str = "nocb"
+) -> int:
+    """Simulate a NONMEM-style CSV and write ID, TIME, EVID, CP, A1..An per input row.
+
+    Parameters
+    ----------
+    data_path
+        Input CSV: ID, TIME, optional AMT, EVID, CMT, II, ADDL, RATE, SS, the model's parameter
+        columns and optional ALAGn, Fn, Rn, Dn (names case-insensitive; C and DV ignored).
+    model
+        Model name (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``).
+    out_path
+        Output CSV, written atomically (a temporary file in the same folder, then ``os.replace``).
+    covariate_timing
+        ``"nocb"`` (NONMEM) or ``"locf"``.
+
+    Returns
+    -------
+    int
+        Number of rows written.
+
+    Raises
+    ------
+    PKInputError
+        Before anything is written, naming the file, the row (1-based data row), the value and
+        what is allowed.
+    """
+    data_path, out_path = Path(data_path), Path(out_path)
+    name = data_path.name
+    get_model(model)
+    if covariate_timing not in COVARIATE_TIMINGS:
+        raise PKInputError(
+            f"covariate_timing must be one of {', '.join(COVARIATE_TIMINGS)}, "
+            f"got {covariate_timing!r}"
+        )
+    try:
+        # strings first: NONMEM's "." and the C column must not break type inference
+        data = pd.read_csv(data_path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise PKInputError(f"{data_path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise PKInputError(f"{name}: not a readable CSV ({exc})") from None
+    if data.empty:
+        raise PKInputError(f"{name}: no records")
+    records = prepare_records(data, model=model, source=name)
+    out = simulate_records(records, covariate_timing=covariate_timing)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            out.to_csv(fh, index=False, float_format="%.17g")
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(out)

@@ -1,0 +1,1135 @@
+"""Trial design: replicate trials, interim decisions, operating characteristics, calibration.
+
+A design is evaluated by simulating ``R`` complete trials per *scenario* (true parameters of the
+real control and treatment arms) and applying the protocol's Bayesian decision rule at each
+look. Everything here is a pure function of the protocol and the replicate indices: replicate
+``r`` of scenario ``s`` draws only from keys ``("design", s, ...)`` at index ``r``
+(:func:`insilico_trials.rng.patient_uniforms`), so batches can run in any order, on any number
+of workers, and give identical numbers.
+
+Why no MCMC and no patient-level PK/PD here
+-------------------------------------------
+An operating-characteristic loop needs 10^4 trials per scenario and design. The decision only
+depends on each arm's sufficient statistics, whose sampling distribution is known exactly given
+the scenario's true parameters:
+
+``binary``
+    responders among the incremental patients of each arm between looks are
+    ``Binomial(n_inc, p_arm)`` (statistically exact for the endpoint). The posterior
+    probability of the decision, ``P(p_t - p_c > delta | x_c, x_t)``, only depends on the
+    integer counts, so it is tabulated once per look on the lattice
+    ``x_c = 0..n_c, x_t = 0..n_t`` (Gauss-Legendre quadrature of
+    ``sum_k w_k' int Beta(p; a_k', b_k') S_t(p + delta) dp``, ``S_t`` the Beta survival function
+    of ``p_t``) and every replicate is a table look-up: exact up to quadrature error (< 1e-8).
+``continuous``
+    the arm means between looks are ``Normal(mu_arm, sigma^2 / n_inc)`` with the declared
+    per-patient ``sigma`` treated as known; posterior of ``mu_t`` normal (vague prior), of
+    ``mu_c`` a normal mixture, and
+    ``P(mu_t - mu_c > delta) = sum_k w_k' Phi((m_t - m_k' - delta) / sqrt(s_t^2 + s_k'^2))``.
+``tte``
+    fast approximation: exponential (constant hazard) model on each arm's events ``d`` and
+    exposure ``E`` (months). ``lambda_c`` has the gamma-mixture prior from the virtual arm,
+    ``lambda_t ~ Gamma(1, 0.01)``; with ``X ~ F(2 a_t, 2 a_k)``,
+    ``P(lambda_t / lambda_c < h) = sum_k w_k' F_cdf(h b_t a_k / (a_t b_k); 2 a_t, 2 a_k)``.
+    Patients enter uniformly at the protocol's accrual rate, event times are exponential with
+    the scenario's median, dropout exponential at ``endpoints.dropout_per_year``, and look ``j``
+    is at calendar time ``f_j (T_accrual + follow_up)``. The protocol's own model
+    (``tte_weibull`` / ``tte_pwexp``) is fitted by MCMC in :func:`mcmc_agreement` on a few
+    replicates to check the approximation.
+
+Why a declared virtual-arm summary
+----------------------------------
+The prior of the real control arm is built (by :func:`insilico_trials.borrowing.control_prior`)
+from the virtual control arm. Simulating the virtual arm through PK/PD for every replicate would
+cost minutes each and add nothing to the design question, which is how the decision rule
+behaves when the real control arm agrees with, or drifts from, what the virtual arm predicts.
+So the design takes the virtual arm as a fixed summary (``design.virtual_control``: the size
+and the rate, mean or median that the ``run`` flow's simulated control arm produced), and drift
+scenarios set the real control arm's true parameter away from it.
+
+Borrowing methods (``synthetic_control.method``, plus ``design.compare_borrowing``, all run on
+the *same* simulated data): ``none`` (vague), ``full``, ``power`` (``a0``) and
+``robust_mixture`` (borrowing.py's ``robust``; weight ``vague_weight``).
+
+Operating characteristics per (method, scenario), each with its Monte Carlo standard error
+(MCSE): probability of success (type I error when the true effect does not satisfy the
+criterion, power otherwise), expected sample size and its 5/50/95 % quantiles, probability of
+stopping for efficacy and for futility at each look, and bias, RMSE and 95 % credible-interval
+coverage of the effect estimate (the posterior mean at the look where the trial stopped, so
+early-stopping selection bias is included; binary: rate difference; continuous: mean
+difference; tte: log hazard ratio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import special, stats
+
+from insilico_trials.sim.rng import patient_uniforms, stream
+
+if TYPE_CHECKING:  # outcomes/borrowing import ArviZ; protocol.py imports this module
+    from insilico_trials.infer.outcomes import MixturePrior
+
+# Stated here (equal to insilico_trials.outcomes) so that loading a protocol does not import
+# ArviZ; tests/test_design.py checks they agree.
+DAYS_PER_MONTH = 30.4375
+VAGUE_BETA = (1.0, 1.0)
+VAGUE_GAMMA = (1.0, 0.01)
+
+__all__ = [
+    "BatchResult",
+    "Calibration",
+    "DesignError",
+    "DesignPlan",
+    "DesignSpec",
+    "Scenario",
+    "VirtualControl",
+    "binary_decision_table",
+    "calibrate",
+    "compile_design",
+    "design_problems",
+    "exact_binary_oc",
+    "mcmc_agreement",
+    "merge_batches",
+    "operating_characteristics",
+    "replicate_batches",
+    "simulate_batch",
+    "simulate_design",
+]
+
+Endpoint = Literal["binary", "continuous", "tte"]
+Method = Literal["none", "full", "power", "robust_mixture"]
+Prob = Annotated[float, Field(gt=0, lt=1)]
+_BORROW = {"none": "none", "full": "full", "power": "power", "robust_mixture": "robust"}
+_ENDPOINT_OF_MODEL = {
+    "binary": "binary",
+    "continuous": "continuous",
+    "tte_weibull": "tte",
+    "tte_pwexp": "tte",
+}
+
+
+class DesignError(ValueError):
+    """A design request that cannot be evaluated: names the field, the value and the fix."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _D(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VirtualControl(_D):
+    """Summary of the virtual (simulated) control arm, the source of the borrowed prior.
+
+    binary: ``n``, ``rate`` (responders ``round(n rate)``); continuous: ``n``, ``mean``, ``sd``
+    (the per-patient sd, also used as the known sigma of the real arms); tte: ``n``,
+    ``median_months`` (exponential, every virtual patient followed to the event: ``n`` events
+    in ``n median / ln 2`` months of exposure).
+    """
+
+    n: int = Field(ge=1, le=1_000_000)
+    rate: Prob | None = None
+    mean: float | None = None
+    sd: Annotated[float, Field(gt=0)] | None = None
+    median_months: Annotated[float, Field(gt=0)] | None = None
+
+
+class Scenario(_D):
+    """True parameters of the real arms: rates (binary), means (continuous, units of the
+    endpoint) or median times to event in months (tte)."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$", max_length=40)
+    control: float
+    treatment: float
+    description: str = ""
+
+
+class Calibration(_D):
+    """Find the final-look success threshold giving ``target`` type I error in ``scenario``."""
+
+    target: Prob = 0.025
+    scenario: str | None = Field(
+        default=None, description="default: the first null scenario without drift"
+    )
+    bootstrap: int = Field(default=200, ge=20, le=10_000)
+
+
+class DesignSpec(_D):
+    """The ``design:`` section of a protocol (see the module docstring of design.py)."""
+
+    endpoint: Endpoint
+    virtual_control: VirtualControl
+    scenarios: list[Scenario] = Field(min_length=1)
+    interim_fractions: list[Prob] = Field(
+        default_factory=list, description="interim looks as fractions of each arm's n"
+    )
+    interim_patients: list[int] = Field(
+        default_factory=list, description="interim looks at total enrolled patients"
+    )
+    efficacy_threshold: Prob | list[Prob] = Field(
+        default=0.99, description="stop for efficacy at an interim when P(criterion) > this"
+    )
+    futility_threshold: Prob | list[Prob] | None = Field(
+        default=None, description="stop for futility at an interim when P(criterion) < this"
+    )
+    success_threshold: Prob | None = Field(
+        default=None, description="final look; default analysis.decision.threshold"
+    )
+    compare_borrowing: list[Method] = Field(default_factory=list)
+    calibration: Calibration | None = Calibration()
+    replicates: int = Field(default=1000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=2500, ge=1, le=10_000_000)
+    quadrature_nodes: int = Field(default=2000, ge=50, le=20_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DesignSpec:
+        vc = self.virtual_control
+        need = {"binary": ("rate",), "continuous": ("mean", "sd"), "tte": ("median_months",)}
+        missing = [k for k in need[self.endpoint] if getattr(vc, k) is None]
+        if missing:
+            raise ValueError(f"endpoint {self.endpoint} needs virtual_control.{', '.join(missing)}")
+        if self.interim_fractions and self.interim_patients:
+            raise ValueError("give interim_fractions or interim_patients, not both")
+        for name in ("interim_fractions", "interim_patients"):
+            v = getattr(self, name)
+            if any(b <= a for a, b in itertools.pairwise(v)):
+                raise ValueError(f"{name} must be strictly increasing, got {v}")
+        n_int = len(self.interim_fractions or self.interim_patients)
+        for name in ("efficacy_threshold", "futility_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, list) and len(v) != n_int:
+                raise ValueError(f"{name}: need one value per interim look ({n_int}), got {v}")
+        names = [s.name for s in self.scenarios]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"scenario names must be unique, repeated: {', '.join(dupes)}")
+        for s in self.scenarios:
+            for arm in ("control", "treatment"):
+                v = getattr(s, arm)
+                if self.endpoint == "binary" and not 0.0 < v < 1.0:
+                    raise ValueError(f"scenario {s.name}: {arm} rate must be in (0, 1), got {v}")
+                if self.endpoint == "tte" and not v > 0.0:
+                    raise ValueError(f"scenario {s.name}: {arm} median must be > 0, got {v}")
+        cal = self.calibration
+        if cal is not None and cal.scenario is not None and cal.scenario not in names:
+            raise ValueError(
+                f"calibration.scenario {cal.scenario!r} is not a scenario: {', '.join(names)}"
+            )
+        return self
+
+
+def design_problems(protocol: Any) -> list[tuple[tuple[str | int, ...], Any, str]]:
+    """Cross-section checks of a protocol's design: ``[(field path, value, message)]``.
+
+    The design endpoint must match ``analysis.model``, ``synthetic_control.method`` must have a
+    conjugate form, interim patient counts must be below the total sample size.
+    """
+    d = protocol.design
+    out: list[tuple[tuple[str | int, ...], Any, str]] = []
+    if d is None:
+        return [(("design",), None, "the protocol has no design section")]
+    want = _ENDPOINT_OF_MODEL[protocol.analysis.model]
+    if d.endpoint != want:
+        out.append(
+            (
+                ("design", "endpoint"),
+                d.endpoint,
+                f"analysis.model {protocol.analysis.model} needs {want}",
+            )
+        )
+    method = protocol.synthetic_control.method
+    if method not in _BORROW:
+        out.append(
+            (
+                ("synthetic_control", "method"),
+                method,
+                "design has conjugate fast paths for none, full, power, robust_mixture only",
+            )
+        )
+    total = protocol.control_arm.n + _treatment_arm(protocol).n
+    for i, k in enumerate(d.interim_patients):
+        if not 0 < k < total:
+            out.append(
+                (("design", "interim_patients", i), k, f"must be in (0, {total}) total patients")
+            )
+    return out
+
+
+def _treatment_arm(protocol: Any) -> Any:
+    name = protocol.analysis.treatment
+    arms = protocol.treatment_arms
+    return next((a for a in arms if a.name == name), arms[0])
+
+
+# --------------------------------------------------------------------------- compiled plan
+
+
+@dataclass(frozen=True)
+class Look:
+    """One analysis: cumulative patients per arm (and calendar month for tte)."""
+
+    n_control: int
+    n_treatment: int
+    fraction: float
+    month: float = float("nan")
+
+
+@dataclass(frozen=True)
+class DesignPlan:
+    """Everything a batch needs: looks, rules, priors per method and (binary) decision tables.
+
+    ``efficacy[j]`` / ``futility[j]`` are the interim thresholds (``futility`` ``0`` means
+    none); the last look uses ``success``. ``side`` is ``"greater"`` (difference > delta) or
+    ``"less"`` (hazard ratio < delta).
+    """
+
+    endpoint: Endpoint
+    seed: int
+    scenarios: tuple[Scenario, ...]
+    looks: tuple[Look, ...]
+    efficacy: tuple[float, ...]
+    futility: tuple[float, ...]
+    success: float
+    delta: float
+    side: str
+    methods: tuple[str, ...]
+    priors: Mapping[str, MixturePrior]
+    sigma: float = float("nan")
+    accrual_per_month: float = float("nan")
+    follow_up_months: float = float("nan")
+    dropout_per_month: float = 0.0
+    virtual_parameter: float = float("nan")
+    tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    true_tables: Mapping[tuple[str, str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    mean_tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def true_effect(self, scenario: Scenario) -> float:
+        """Difference (binary, continuous) or log hazard ratio (tte: log(median_c / median_t))."""
+        if self.endpoint == "tte":
+            return math.log(scenario.control / scenario.treatment)
+        return scenario.treatment - scenario.control
+
+    def is_null(self, scenario: Scenario) -> bool:
+        """The true effect does not satisfy the criterion: success there is a type I error."""
+        if self.endpoint == "tte":
+            return not scenario.control / scenario.treatment < self.delta
+        return not self.true_effect(scenario) > self.delta
+
+    def scenario(self, name: str) -> Scenario:
+        return next(s for s in self.scenarios if s.name == name)
+
+
+def _virtual_frame(endpoint: Endpoint, vc: VirtualControl) -> pd.DataFrame:
+    if endpoint == "binary":
+        x = round(vc.n * float(vc.rate))
+        return pd.DataFrame({"response": np.r_[np.ones(x), np.zeros(vc.n - x)]})
+    if endpoint == "continuous":
+        return pd.DataFrame({"value": np.full(vc.n, float(vc.mean))})
+    mean_months = float(vc.median_months) / math.log(2.0)
+    return pd.DataFrame(
+        {"time": np.full(vc.n, mean_months * DAYS_PER_MONTH), "event": np.ones(vc.n)}
+    )
+
+
+def method_prior(
+    endpoint: Endpoint,
+    vc: VirtualControl,
+    method: str,
+    *,
+    a0: float | None = None,
+    vague_weight: float | None = None,
+) -> MixturePrior:
+    """Prior on the control parameter from the virtual-arm summary (borrowing.control_prior)."""
+    from insilico_trials.infer.borrowing import control_prior
+
+    params: dict[str, Any] = {}
+    if method == "power":
+        params["a0"] = a0 if a0 is not None else 1.0
+    if method == "robust_mixture":
+        params["weight"] = vague_weight if vague_weight is not None else 0.2
+    return control_prior(
+        _virtual_frame(endpoint, vc),
+        method=_BORROW[method],
+        endpoint=endpoint,
+        params=params,
+        sigma=vc.sd if endpoint == "continuous" else None,
+    )
+
+
+def _looks(protocol: Any, d: DesignSpec) -> tuple[Look, ...]:
+    n_c, n_t = protocol.control_arm.n, _treatment_arm(protocol).n
+    fr = list(d.interim_fractions) or [k / (n_c + n_t) for k in d.interim_patients]
+    fr.append(1.0)
+    looks = []
+    for f in fr:
+        looks.append(Look(max(1, round(f * n_c)), max(1, round(f * n_t)), float(f)))
+    return tuple(looks)
+
+
+def compile_design(
+    protocol: Any,
+    *,
+    replicates: int | None = None,
+    methods: Sequence[str] | None = None,
+    success_threshold: float | None = None,
+) -> DesignPlan:
+    """Turn a validated protocol with a ``design`` section into a :class:`DesignPlan`.
+
+    Raises
+    ------
+    DesignError
+        When :func:`design_problems` finds a problem.
+    """
+    problems = design_problems(protocol)
+    if problems:
+        raise DesignError(
+            "; ".join(f"{'.'.join(map(str, p))}: {m} (got {v!r})" for p, v, m in problems)
+        )
+    d: DesignSpec = protocol.design
+    sc = protocol.synthetic_control
+    if methods is None:
+        methods = [sc.method] + [m for m in d.compare_borrowing if m != sc.method]
+    priors = {
+        m: method_prior(d.endpoint, d.virtual_control, m, a0=sc.a0, vague_weight=sc.vague_weight)
+        for m in methods
+    }
+    looks = _looks(protocol, d)
+    n_int = len(looks) - 1
+    eff = d.efficacy_threshold
+    fut = d.futility_threshold
+    eff_t = tuple(eff) if isinstance(eff, list) else (float(eff),) * n_int
+    fut_t = tuple(fut) if isinstance(fut, list) else (float(fut or 0.0),) * n_int
+    dec = protocol.analysis.decision
+    success = success_threshold or d.success_threshold or dec.threshold
+    ep = protocol.endpoints
+    vc = d.virtual_control
+    extra: dict[str, Any] = {}
+    if d.endpoint == "continuous":
+        extra["sigma"] = float(vc.sd)
+        extra["virtual_parameter"] = float(vc.mean)
+    elif d.endpoint == "binary":
+        extra["virtual_parameter"] = float(vc.rate)
+    else:
+        extra["virtual_parameter"] = float(vc.median_months)
+        extra["accrual_per_month"] = float(ep.accrual_per_month)
+        extra["follow_up_months"] = ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH
+        extra["dropout_per_month"] = ep.dropout_per_year / 12.0
+        total = looks[-1].n_control + looks[-1].n_treatment
+        t_end = total / extra["accrual_per_month"] + extra["follow_up_months"]
+        if d.interim_patients:
+            months = [k / extra["accrual_per_month"] for k in d.interim_patients] + [t_end]
+        else:
+            months = [lk.fraction * t_end for lk in looks]
+        looks = tuple(
+            Look(lk.n_control, lk.n_treatment, lk.fraction, float(m))
+            for lk, m in zip(looks, months, strict=True)
+        )
+    plan = DesignPlan(
+        endpoint=d.endpoint,
+        seed=protocol.seed,
+        scenarios=tuple(d.scenarios),
+        looks=looks,
+        efficacy=eff_t,
+        futility=fut_t,
+        success=float(success),
+        delta=float(dec.delta),
+        side=dec.side,
+        methods=tuple(methods),
+        priors=priors,
+        **extra,
+    )
+    if d.endpoint == "binary":
+        plan = _with_binary_tables(plan, nodes=d.quadrature_nodes)
+    return plan
+
+
+# --------------------------------------------------------------------------- binary kernel
+
+
+@functools.cache
+def _gauss_legendre01(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    # scipy's O(n) Golub-Welsch variant; numpy's leggauss is O(n^3) in the node count
+    x, w = special.roots_legendre(nodes)
+    return 0.5 * (x + 1.0), 0.5 * w
+
+
+def binary_decision_table(
+    prior: MixturePrior,
+    n_control: int,
+    n_treatment: int,
+    *,
+    delta: float,
+    nodes: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``P(p_t - p_c > delta | x_c, x_t)`` and ``E(p_t - p_c | x_c, x_t)`` on the count lattice.
+
+    ``p_c`` has the beta-mixture posterior of ``prior`` after ``x_c`` of ``n_control``
+    (:func:`insilico_trials.borrowing.beta_mixture_posterior`), ``p_t ~ Beta(1 + x_t,
+    1 + n_t - x_t)`` (the outcome model's ``Beta(1, 1)`` prior). With Gauss-Legendre nodes
+    ``u_i``, weights ``v_i`` on [0, 1]:
+
+    ``P[x_c, x_t] = sum_i v_i sum_k w_k' Beta(u_i; a_k', b_k') S_t(u_i + delta; x_t)
+    + sum_k w_k' I_{-delta}(a_k', b_k')``
+
+    where ``S_t`` is the Beta survival function, the nodes span the smooth part
+    ``[max(0, -delta), min(1, 1 - delta)]`` and the last term (``delta < 0`` only) is the mass
+    where ``S_t = 1``.
+
+    Returns
+    -------
+    prob, mean : arrays of shape ``(n_control + 1, n_treatment + 1)``.
+    """
+    from insilico_trials.infer.borrowing import beta_mixture_posterior
+
+    # The integrand has a kink where p + delta leaves [0, 1]; integrate only the smooth part
+    # [lo, hi] and add the flat part (S_t = 1 for p < -delta) in closed form.
+    u, v = _nodes(float(delta), nodes)
+    lo = max(0.0, -delta)
+    dens = np.empty((n_control + 1, nodes))
+    flat = np.zeros(n_control + 1)
+    mean_c = np.empty(n_control + 1)
+    for x in range(n_control + 1):
+        w, a, b = beta_mixture_posterior(prior.weights, prior.a, prior.b, x, n_control)
+        dens[x] = (w[:, None] * stats.beta.pdf(u[None, :], a[:, None], b[:, None])).sum(0)
+        if lo > 0.0:
+            flat[x] = float(w @ special.betainc(a, b, lo))
+        mean_c[x] = float(w @ (a / (a + b)))
+    xt = np.arange(n_treatment + 1)
+    at, bt = VAGUE_BETA[0] + xt, VAGUE_BETA[1] + n_treatment - xt
+    surv = _treatment_survival(n_treatment, float(delta), nodes)
+    prob = np.clip((dens * v) @ surv.T + flat[:, None], 0.0, 1.0)
+    mean = (at / (at + bt))[None, :] - mean_c[:, None]
+    return prob, mean
+
+
+def _nodes(delta: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = max(0.0, -delta), min(1.0, 1.0 - delta)
+    u, v = _gauss_legendre01(nodes)
+    return lo + (hi - lo) * u, (hi - lo) * v
+
+
+@functools.lru_cache(maxsize=256)
+def _treatment_survival(n_treatment: int, delta: float, nodes: int) -> np.ndarray:
+    """``S_t(u_i + delta; x_t)`` for every count ``x_t`` and node (shared by all methods)."""
+    u, _ = _nodes(delta, nodes)
+    xt = np.arange(n_treatment + 1)
+    at, bt = VAGUE_BETA[0] + xt, VAGUE_BETA[1] + n_treatment - xt
+    surv = special.betaincc(at[:, None], bt[:, None], np.clip(u[None, :] + delta, 0.0, 1.0))
+    surv.setflags(write=False)
+    return surv
+
+
+def _with_binary_tables(plan: DesignPlan, *, nodes: int) -> DesignPlan:
+    tables, true_tables, mean_tables = {}, {}, {}
+    for m in plan.methods:
+        for j, lk in enumerate(plan.looks):
+            p, mean = binary_decision_table(
+                plan.priors[m], lk.n_control, lk.n_treatment, delta=plan.delta, nodes=nodes
+            )
+            tables[(m, j)], mean_tables[(m, j)] = p, mean
+            for s in plan.scenarios:
+                key = (m, s.name, j)
+                true_tables[key] = binary_decision_table(
+                    plan.priors[m],
+                    lk.n_control,
+                    lk.n_treatment,
+                    delta=plan.true_effect(s),
+                    nodes=nodes,
+                )[0]
+    return dataclasses.replace(
+        plan, tables=tables, true_tables=true_tables, mean_tables=mean_tables
+    )
+
+
+def _binom_inverse(u: np.ndarray, n: int, p: float) -> np.ndarray:
+    """Exact inverse-CDF Binomial(n, p) draws: the smallest k with F(k) >= u."""
+    cdf = stats.binom.cdf(np.arange(n + 1), n, p)
+    cdf[-1] = 1.0
+    return np.searchsorted(cdf, u, side="left")
+
+
+def _binary_counts(
+    plan: DesignPlan, scenario: Scenario, reps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative responders per look, shape (R, L), control and treatment."""
+    n_l = len(plan.looks)
+    u = patient_uniforms(plan.seed, ("design", scenario.name), reps, 2 * n_l)
+    xc = np.zeros((reps.size, n_l), dtype=np.int64)
+    xt = np.zeros((reps.size, n_l), dtype=np.int64)
+    prev_c = prev_t = 0
+    for j, lk in enumerate(plan.looks):
+        inc_c = _binom_inverse(u[:, 2 * j], lk.n_control - prev_c, scenario.control)
+        inc_t = _binom_inverse(u[:, 2 * j + 1], lk.n_treatment - prev_t, scenario.treatment)
+        xc[:, j] = (xc[:, j - 1] if j else 0) + inc_c
+        xt[:, j] = (xt[:, j - 1] if j else 0) + inc_t
+        prev_c, prev_t = lk.n_control, lk.n_treatment
+    return xc, xt
+
+
+# --------------------------------------------------------------------------- normal kernel
+
+
+def _normal_posterior_batch(
+    prior: MixturePrior, ybar: np.ndarray, n: int, sigma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised :func:`insilico_trials.borrowing.normal_mixture_posterior` over ``ybar``."""
+    w, m, s = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
+    se2 = sigma**2 / n
+    v_post = 1.0 / (1.0 / s**2 + 1.0 / se2)
+    m_post = v_post * (m / s**2 + ybar[:, None] / se2)
+    with np.errstate(divide="ignore"):
+        logm = np.log(w) + stats.norm.logpdf(ybar[:, None], m, np.sqrt(s**2 + se2))
+    wp = np.exp(logm - special.logsumexp(logm, axis=1, keepdims=True))
+    return wp, m_post, np.broadcast_to(np.sqrt(v_post), m_post.shape)
+
+
+def _normal_means(
+    plan: DesignPlan, scenario: Scenario, reps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import ndtri
+
+    n_l = len(plan.looks)
+    z = ndtri(patient_uniforms(plan.seed, ("design", scenario.name), reps, 2 * n_l))
+    sums = []
+    for arm, mu, k in (("c", scenario.control, 0), ("t", scenario.treatment, 1)):
+        tot = np.zeros(reps.size)
+        prev = 0
+        out = np.empty((reps.size, n_l))
+        for j, lk in enumerate(plan.looks):
+            n = lk.n_control if arm == "c" else lk.n_treatment
+            inc = n - prev
+            tot = tot + inc * mu + math.sqrt(inc) * plan.sigma * z[:, 2 * j + k]
+            out[:, j] = tot / n
+            prev = n
+        sums.append(out)
+    return sums[0], sums[1]
+
+
+def _normal_look(
+    plan: DesignPlan, prior: MixturePrior, yc: np.ndarray, yt: np.ndarray, lk: Look, truth: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w, m, s = _normal_posterior_batch(prior, yc, lk.n_control, plan.sigma)
+    # treatment: Normal(0, 1000) prior, known sigma
+    pt = 1.0 / 1000.0**2 + lk.n_treatment / plan.sigma**2
+    mt, st = (lk.n_treatment * yt / plan.sigma**2) / pt, pt**-0.5
+    sd = np.sqrt(st**2 + s**2)
+    prob = (w * special.ndtr((mt[:, None] - m - plan.delta) / sd)).sum(1)
+    above_truth = (w * special.ndtr((mt[:, None] - m - truth) / sd)).sum(1)
+    return prob, mt - (w * m).sum(1), above_truth
+
+
+# --------------------------------------------------------------------------- tte kernel
+
+
+def tte_patients(
+    plan: DesignPlan, scenario: Scenario, reps: np.ndarray, arm: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entry month, event month (from entry) and dropout month per patient, shape (R, n).
+
+    Entry is uniform over the accrual period ``(n_c + n_t) / accrual_per_month``; event times
+    exponential with median ``scenario.<arm>``; dropout exponential at ``dropout_per_month``.
+    """
+    n = plan.looks[-1].n_control if arm == "control" else plan.looks[-1].n_treatment
+    total = plan.looks[-1].n_control + plan.looks[-1].n_treatment
+    u = patient_uniforms(plan.seed, ("design", scenario.name, arm), reps, 3 * n)
+    entry = u[:, :n] * (total / plan.accrual_per_month)
+    median = scenario.control if arm == "control" else scenario.treatment
+    event = -np.log(u[:, n : 2 * n]) * median / math.log(2.0)
+    drop = (
+        -np.log(u[:, 2 * n :]) / plan.dropout_per_month
+        if plan.dropout_per_month > 0
+        else np.full((reps.size, n), np.inf)
+    )
+    return entry, event, drop
+
+
+def _tte_at(
+    entry: np.ndarray, event: np.ndarray, drop: np.ndarray, month: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enrolled count, events and exposure (months) per replicate at calendar ``month``."""
+    on = entry <= month
+    follow = np.where(on, month - entry, 0.0)
+    t = np.minimum(np.minimum(event, drop), follow)
+    d = on & (event <= np.minimum(drop, follow))
+    return on.sum(1), d.sum(1), t.sum(1)
+
+
+def _gamma_posterior_batch(
+    prior: MixturePrior, d: np.ndarray, e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised :func:`insilico_trials.borrowing.gamma_mixture_posterior`."""
+    w, a, b = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
+    d, e = d[:, None].astype(float), e[:, None]
+    with np.errstate(divide="ignore"):
+        logm = (
+            np.log(w)
+            + a * np.log(b)
+            + special.gammaln(a + d)
+            - special.gammaln(a)
+            - (a + d) * np.log(b + e)
+        )
+    wp = np.exp(logm - special.logsumexp(logm, axis=1, keepdims=True))
+    return wp, a + d, b + e
+
+
+def _tte_look(
+    plan: DesignPlan,
+    prior: MixturePrior,
+    dc: np.ndarray,
+    ec: np.ndarray,
+    dt_: np.ndarray,
+    et: np.ndarray,
+    truth_log_hr: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w, ac, bc = _gamma_posterior_batch(prior, dc, ec)
+    at, bt = (VAGUE_GAMMA[0] + dt_)[:, None], (VAGUE_GAMMA[1] + et)[:, None]
+
+    def p_hr_below(h: float) -> np.ndarray:
+        return (w * stats.f.cdf(h * bt * ac / (at * bc), 2 * at, 2 * ac)).sum(1)
+
+    prob = p_hr_below(plan.delta)
+    est = (special.digamma(at) - np.log(bt)).ravel() - (w * (special.digamma(ac) - np.log(bc))).sum(
+        1
+    )
+    # coverage uses P(log HR <= truth); "above truth" = 1 - that, for a common convention
+    return prob, est, 1.0 - p_hr_below(math.exp(truth_log_hr))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-replicate outcomes of one scenario for replicates ``start..stop - 1``.
+
+    ``data[method]`` maps names to arrays of length ``stop - start``: ``stop_look`` (index of
+    the look where the trial ended), ``reason`` (0 final, 1 efficacy, 2 futility),
+    ``success``, ``n`` (patients enrolled at the stop), ``estimate``, ``covered``,
+    ``p_final`` (posterior probability at the final look, computed for every replicate),
+    ``prob`` (2-D: posterior probability at every look).
+    """
+
+    scenario: str
+    start: int
+    stop: int
+    data: Mapping[str, Mapping[str, np.ndarray]]
+
+
+def replicate_batches(replicates: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``0..replicates - 1`` (does not change any number)."""
+    return [(s, min(s + batch_size, replicates)) for s in range(0, replicates, batch_size)]
+
+
+def _decide(
+    plan: DesignPlan, prob: np.ndarray, est: np.ndarray, above: np.ndarray, n_look: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Apply the sequential rule to per-look probabilities, shape (R, L)."""
+    r, n_l = prob.shape
+    active = np.ones(r, dtype=bool)
+    stop_look = np.full(r, n_l - 1, dtype=np.int16)
+    reason = np.zeros(r, dtype=np.int8)
+    for j in range(n_l - 1):
+        eff = active & (prob[:, j] > plan.efficacy[j])
+        fut = active & ~eff & (prob[:, j] < plan.futility[j])
+        stop_look[eff | fut] = j
+        reason[eff], reason[fut] = 1, 2
+        active &= ~(eff | fut)
+    idx = np.arange(r)
+    success = (reason == 1) | ((reason == 0) & (prob[:, -1] > plan.success))
+    a = above[idx, stop_look]
+    return {
+        "stop_look": stop_look,
+        "reason": reason,
+        "success": success,
+        "n": n_look[idx, stop_look],
+        "estimate": est[idx, stop_look],
+        "covered": (a >= 0.025) & (a <= 0.975),
+        "p_final": prob[:, -1],
+        "prob": prob,
+    }
+
+
+def simulate_batch(plan: DesignPlan, scenario: str, start: int, stop: int) -> BatchResult:
+    """Simulate replicates ``start..stop - 1`` of ``scenario`` under every borrowing method.
+
+    The data of replicate ``r`` come from keyed draws at index ``r`` only, and every method
+    sees the same data (common random numbers across methods).
+    """
+    s = plan.scenario(scenario)
+    reps = np.arange(start, stop, dtype=np.int64)
+    n_l = len(plan.looks)
+    truth = plan.true_effect(s)
+    n_look = np.tile([lk.n_control + lk.n_treatment for lk in plan.looks], (reps.size, 1))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if plan.endpoint == "binary":
+        xc, xt = _binary_counts(plan, s, reps)
+        for m in plan.methods:
+            prob = np.stack([plan.tables[(m, j)][xc[:, j], xt[:, j]] for j in range(n_l)], 1)
+            est = np.stack([plan.mean_tables[(m, j)][xc[:, j], xt[:, j]] for j in range(n_l)], 1)
+            above = np.stack(
+                [plan.true_tables[(m, s.name, j)][xc[:, j], xt[:, j]] for j in range(n_l)], 1
+            )
+            out[m] = _decide(plan, prob, est, above, n_look)
+    elif plan.endpoint == "continuous":
+        yc, yt = _normal_means(plan, s, reps)
+        for m in plan.methods:
+            cols = [
+                _normal_look(plan, plan.priors[m], yc[:, j], yt[:, j], lk, truth)
+                for j, lk in enumerate(plan.looks)
+            ]
+            prob, est, above = (np.stack([c[i] for c in cols], 1) for i in range(3))
+            out[m] = _decide(plan, prob, est, above, n_look)
+    else:
+        pc = tte_patients(plan, s, reps, "control")
+        pt = tte_patients(plan, s, reps, "treatment")
+        stats_c = [_tte_at(*pc, lk.month) for lk in plan.looks]
+        stats_t = [_tte_at(*pt, lk.month) for lk in plan.looks]
+        n_look = np.stack([a[0] + b[0] for a, b in zip(stats_c, stats_t, strict=True)], 1)
+        for m in plan.methods:
+            cols = [
+                _tte_look(plan, plan.priors[m], c[1], c[2], t[1], t[2], truth)
+                for c, t in zip(stats_c, stats_t, strict=True)
+            ]
+            prob, est, above = (np.stack([c[i] for c in cols], 1) for i in range(3))
+            out[m] = _decide(plan, prob, est, above, n_look)
+    return BatchResult(scenario, start, stop, out)
+
+
+def merge_batches(batches: Sequence[BatchResult]) -> dict[str, BatchResult]:
+    """Concatenate batches per scenario in replicate order (whatever order they finished in)."""
+    by: dict[str, list[BatchResult]] = {}
+    for b in batches:
+        by.setdefault(b.scenario, []).append(b)
+    merged = {}
+    for name, bs in by.items():
+        bs = sorted(bs, key=lambda b: b.start)
+        if any(x.stop != y.start for x, y in itertools.pairwise(bs)) or bs[0].start != 0:
+            raise DesignError(f"scenario {name}: batches do not tile 0..R-1")
+        data = {
+            m: {k: np.concatenate([b.data[m][k] for b in bs]) for k in bs[0].data[m]}
+            for m in bs[0].data
+        }
+        merged[name] = BatchResult(name, 0, bs[-1].stop, data)
+    return merged
+
+
+def simulate_design(
+    plan: DesignPlan, *, replicates: int, batch_size: int = 2500
+) -> dict[str, BatchResult]:
+    """Serial driver: every scenario, every batch, in this process (flows/design.py is the Dask one)."""
+    batches = [
+        simulate_batch(plan, s.name, a, b)
+        for s in plan.scenarios
+        for a, b in replicate_batches(replicates, batch_size)
+    ]
+    return merge_batches(batches)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _quantile_with_mcse(x: np.ndarray, q: float) -> tuple[float, float]:
+    """Sample quantile and its MCSE: half-width of the order-statistic +-1 sd band
+    (ranks ``R q +- sqrt(R q (1 - q))``), valid for discrete sample sizes."""
+    xs = np.sort(x)
+    r = xs.size
+    half = math.sqrt(r * q * (1 - q))
+    lo = xs[max(0, math.floor(r * q - half))]
+    hi = xs[min(r - 1, math.ceil(r * q + half))]
+    return float(np.quantile(xs, q, method="inverted_cdf")), float(hi - lo) / 2.0
+
+
+def _prop(x: np.ndarray) -> tuple[float, float]:
+    p = float(np.mean(x))
+    return p, math.sqrt(p * (1 - p) / x.size)
+
+
+def operating_characteristics(plan: DesignPlan, results: Mapping[str, BatchResult]) -> pd.DataFrame:
+    """One row per (method, scenario) with every OC and its MCSE (column ``<name>_mcse``).
+
+    MCSEs: proportions ``sqrt(p (1 - p) / R)``; means ``sd / sqrt(R)``; RMSE by the delta
+    method ``sd(e^2) / (2 RMSE sqrt(R))``; quantiles as in :func:`_quantile_with_mcse`.
+    """
+    rows = []
+    n_l = len(plan.looks)
+    for m in plan.methods:
+        for s in plan.scenarios:
+            d = results[s.name].data[m]
+            r = d["success"].size
+            truth = plan.true_effect(s)
+            err = d["estimate"] - truth
+            row: dict[str, Any] = {
+                "method": m,
+                "scenario": s.name,
+                "null": plan.is_null(s),
+                "drift": s.control - plan.virtual_parameter,
+                "control": s.control,
+                "treatment": s.treatment,
+                "true_effect": truth,
+                "replicates": r,
+            }
+            row["p_success"], row["p_success_mcse"] = _prop(d["success"])
+            n = d["n"].astype(float)
+            row["expected_n"], row["expected_n_mcse"] = n.mean(), n.std(ddof=1) / math.sqrt(r)
+            for q in (0.05, 0.5, 0.95):
+                key = f"n_q{round(q * 100):02d}"
+                row[key], row[f"{key}_mcse"] = _quantile_with_mcse(n, q)
+            for j in range(n_l):
+                at = d["stop_look"] == j
+                row[f"p_stop_eff_look{j + 1}"], row[f"p_stop_eff_look{j + 1}_mcse"] = _prop(
+                    at & (d["reason"] == 1)
+                )
+                row[f"p_stop_fut_look{j + 1}"], row[f"p_stop_fut_look{j + 1}_mcse"] = _prop(
+                    at & (d["reason"] == 2)
+                )
+            row["p_reach_final"], row["p_reach_final_mcse"] = _prop(d["reason"] == 0)
+            row["bias"], row["bias_mcse"] = err.mean(), err.std(ddof=1) / math.sqrt(r)
+            rmse = math.sqrt(float(np.mean(err**2)))
+            row["rmse"] = rmse
+            row["rmse_mcse"] = float(np.std(err**2, ddof=1)) / (
+                2 * max(rmse, 1e-300) * math.sqrt(r)
+            )
+            row["coverage95"], row["coverage95_mcse"] = _prop(d["covered"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _success_at(d: Mapping[str, np.ndarray], c: float) -> np.ndarray:
+    return (d["reason"] == 1) | ((d["reason"] == 0) & (d["p_final"] > c))
+
+
+def _threshold_for(d: Mapping[str, np.ndarray], target: float) -> float:
+    """Smallest final threshold ``c`` (among observed values) with ``mean(success(c)) <= target``.
+
+    ``success(c) = efficacy-stop or (reached final and p_final > c)``: a step function of c,
+    so the search is exact on the sample.
+    """
+    r = d["reason"].size
+    allowed = math.floor(target * r + 1e-9) - int((d["reason"] == 1).sum())
+    if allowed < 0:
+        return 1.0
+    v = np.sort(d["p_final"][d["reason"] == 0])[::-1]
+    if allowed >= v.size:
+        return 0.0
+    return float(v[allowed])
+
+
+def calibrate(
+    plan: DesignPlan,
+    results: Mapping[str, BatchResult],
+    *,
+    target: float = 0.025,
+    scenario: str | None = None,
+    bootstrap: int = 200,
+) -> pd.DataFrame:
+    """Final-look success threshold giving type I error ``target`` in ``scenario``, per method.
+
+    The interim rules are kept; ``c`` is chosen exactly on the replicates of ``scenario`` (see
+    :func:`_threshold_for`). Its own error: ``threshold_se`` is the bootstrap sd of ``c``
+    (``bootstrap`` resamples of the calibration replicates, keyed stream
+    ``("design", "calibration", method)``); the type I error at ``c`` has MCSE
+    ``sqrt(a (1 - a) / R)`` (optimistic: ``c`` was fitted on those replicates); power in every
+    other scenario is evaluated on its own independent replicates (MCSE ``power_mcse``) and
+    ``power_se_threshold`` is the sd of power over the bootstrap thresholds (the search's
+    contribution); ``power_se_total`` combines both in quadrature.
+
+    Returns
+    -------
+    DataFrame: method, calibration_scenario, target, threshold, threshold_se, type1,
+    type1_mcse, feasible, then per other scenario: scenario, power, power_mcse,
+    power_se_threshold, power_se_total (one row per method and scenario).
+    """
+    if scenario is None:
+        nulls = [s for s in plan.scenarios if plan.is_null(s)]
+        if not nulls:
+            raise DesignError("calibration: no null scenario (true effect not above delta)")
+        no_drift = [s for s in nulls if abs(s.control - plan.virtual_parameter) < 1e-12]
+        scenario = (no_drift or nulls)[0].name
+    rows = []
+    for m in plan.methods:
+        d0 = results[scenario].data[m]
+        c = _threshold_for(d0, target)
+        rng = stream(plan.seed, "design", "calibration", m)
+        r = d0["reason"].size
+        boots = []
+        for _ in range(bootstrap):
+            i = rng.integers(0, r, r)
+            boots.append(_threshold_for({k: d0[k][i] for k in ("reason", "p_final")}, target))
+        boots_a = np.asarray(boots)
+        t1, t1_se = _prop(_success_at(d0, c))
+        for s in plan.scenarios:
+            if s.name == scenario:
+                continue
+            d = results[s.name].data[m]
+            pw, pw_se = _prop(_success_at(d, c))
+            pw_b = np.array([np.mean(_success_at(d, cb)) for cb in boots_a])
+            se_th = float(pw_b.std(ddof=1))
+            rows.append(
+                {
+                    "method": m,
+                    "calibration_scenario": scenario,
+                    "target": target,
+                    "threshold": c,
+                    "threshold_se": float(boots_a.std(ddof=1)),
+                    "type1": t1,
+                    "type1_mcse": t1_se,
+                    "feasible": c < 1.0,
+                    "scenario": s.name,
+                    "null": plan.is_null(s),
+                    "power": pw,
+                    "power_mcse": pw_se,
+                    "power_se_threshold": se_th,
+                    "power_se_total": math.hypot(pw_se, se_th),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- exact reference
+
+
+def exact_binary_oc(plan: DesignPlan, scenario: str, method: str) -> dict[str, float]:
+    """Exact probability of success and expected N of a binary design, by full enumeration.
+
+    Sums over every path of incremental counts: the distribution of ``(x_c, x_t)`` among
+    trials still running at look ``j`` is propagated by convolving with the binomial
+    increments, and the mass with ``P > threshold`` (efficacy) or ``P < futility`` removed.
+    This is the "exact binomial computation" the simulation is checked against.
+    """
+    s = plan.scenario(scenario)
+    mass = np.ones((1, 1))
+    prev_c = prev_t = 0
+    p_success = 0.0
+    e_n = 0.0
+    n_l = len(plan.looks)
+    for j, lk in enumerate(plan.looks):
+        inc_c = stats.binom.pmf(
+            np.arange(lk.n_control - prev_c + 1), lk.n_control - prev_c, s.control
+        )
+        inc_t = stats.binom.pmf(
+            np.arange(lk.n_treatment - prev_t + 1), lk.n_treatment - prev_t, s.treatment
+        )
+        new = np.zeros((lk.n_control + 1, lk.n_treatment + 1))
+        for i in range(mass.shape[0]):
+            for k in np.nonzero(mass[i])[0]:
+                new[i : i + inc_c.size, k : k + inc_t.size] += mass[i, k] * np.outer(inc_c, inc_t)
+        mass = new
+        p = plan.tables[(method, j)]
+        n_here = lk.n_control + lk.n_treatment
+        if j < n_l - 1:
+            eff = p > plan.efficacy[j]
+            fut = ~eff & (p < plan.futility[j])
+            p_success += float(mass[eff].sum())
+            e_n += n_here * float(mass[eff | fut].sum())
+            mass = np.where(eff | fut, 0.0, mass)
+        else:
+            p_success += float(mass[p > plan.success].sum())
+            e_n += n_here * float(mass.sum())
+        prev_c, prev_t = lk.n_control, lk.n_treatment
+    return {"p_success": p_success, "expected_n": e_n}
+
+
+# --------------------------------------------------------------------------- MCMC check
+
+
+def mcmc_agreement(
+    plan: DesignPlan,
+    protocol: Any,
+    *,
+    scenario: str,
+    replicates: Sequence[int],
+    method: str | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    seed: int = 11,
+) -> pd.DataFrame:
+    """Compare the fast path's final-look posterior probability with full MCMC.
+
+    For each replicate the patient-level data at the final look are rebuilt from the same
+    keyed draws (binary: the simulated counts as 0/1 rows; tte: the simulated patients with
+    their censoring at the final look) and fitted with :func:`insilico_trials.outcomes.fit_outcome`
+    using the protocol's ``analysis.model`` and the same control prior. Continuous is exact
+    conjugate with known sigma and is not checked here.
+
+    Returns
+    -------
+    DataFrame: replicate, fast, mcmc, difference, mcmc_mcse (binomial MCSE of the MCMC
+    probability using its bulk ESS is not available per quantity, so ``sqrt(p (1 - p) /
+    (chains draws))`` is reported as a lower bound), converged.
+    """
+    from insilico_trials.infer.outcomes import fit_outcome
+
+    method = method or plan.methods[0]
+    s = plan.scenario(scenario)
+    reps = np.asarray(replicates, dtype=np.int64)
+    fast = simulate_batch(plan, scenario, 0, int(reps.max()) + 1).data[method]["p_final"][reps]
+    lk = plan.looks[-1]
+    rows = []
+    dec = protocol.analysis.decision
+    for k, r in enumerate(reps):
+        one = np.array([r])
+        if plan.endpoint == "binary":
+            xc, xt = _binary_counts(plan, s, one)
+            xc, xt = int(xc[0, -1]), int(xt[0, -1])
+            data = pd.DataFrame(
+                {
+                    "arm": ["control"] * lk.n_control + ["treatment"] * lk.n_treatment,
+                    "response": np.r_[
+                        np.ones(xc),
+                        np.zeros(lk.n_control - xc),
+                        np.ones(xt),
+                        np.zeros(lk.n_treatment - xt),
+                    ].astype(int),
+                }
+            )
+        elif plan.endpoint == "tte":
+            frames = []
+            for arm in ("control", "treatment"):
+                entry, event, drop = (a[0] for a in tte_patients(plan, s, one, arm))
+                on = entry <= lk.month
+                follow = lk.month - entry[on]
+                t = np.minimum(np.minimum(event[on], drop[on]), follow)
+                ev = (event[on] <= np.minimum(drop[on], follow)).astype(int)
+                frames.append(
+                    pd.DataFrame(
+                        {"arm": arm, "time": np.maximum(t, 1e-3) * DAYS_PER_MONTH, "event": ev}
+                    )
+                )
+            data = pd.concat(frames, ignore_index=True)
+        else:
+            raise DesignError("mcmc_agreement: continuous is exact conjugate; nothing to check")
+        fit = fit_outcome(
+            data,
+            protocol.analysis.model,
+            decision={"quantity": dec.quantity, "delta": dec.delta, "threshold": dec.threshold},
+            prior=plan.priors[method],
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            seed=seed + int(r),
+        )
+        p = float(fit.probability)
+        rows.append(
+            {
+                "replicate": int(r),
+                "fast": float(fast[k]),
+                "mcmc": p,
+                "difference": p - float(fast[k]),
+                "mcmc_mcse_lower_bound": math.sqrt(max(p * (1 - p), 1e-12) / (chains * draws)),
+                "converged": bool(fit.converged),
+            }
+        )
+    return pd.DataFrame(rows)

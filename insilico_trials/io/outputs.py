@@ -1,0 +1,230 @@
+"""Writing a trial run's archive, and the provenance that goes with it.
+
+Numeric outputs are written byte-deterministically (Parquet without timestamps, JSON with sorted
+keys), so the same protocol gives the same SHA-256 on any number of workers or chunks, and
+``rerun`` can compare hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from insilico_trials.io.archive import atomic_write_bytes, atomic_write_text, sha256_file
+from insilico_trials.sim import trial
+from insilico_trials.spec.protocol import TrialProtocol
+
+__all__ = [
+    "KEY_LIBRARIES",
+    "code_sha256",
+    "environment_provenance",
+    "new_run_id",
+    "parquet_bytes",
+    "write_json",
+    "write_run_outputs",
+]
+
+KEY_LIBRARIES = (
+    "insilico-trials", "numpy", "scipy", "pandas", "pyarrow", "pymc", "pytensor", "nutpie",
+    "arviz", "prefect", "prefect-dask", "dask", "distributed", "mlflow", "pydantic",
+)  # fmt: skip
+
+
+def new_run_id(protocol: TrialProtocol, *, now: dt.datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<8 hex of the protocol hash>``: sortable, and names what was run."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """Parquet bytes of ``frame``, identical for identical data (no index, no timestamps)."""
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(
+        path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _profile_quantiles(times_h: np.ndarray, profiles: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for arm, conc in profiles.items():
+        q = np.quantile(conc.astype(np.float64), [0.05, 0.5, 0.95], axis=0)
+        rows.append(
+            pd.DataFrame({"arm": arm, "time_h": times_h, "p05": q[0], "p50": q[1], "p95": q[2]})
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def write_run_outputs(
+    stage: Path, protocol: TrialProtocol, protocol_source: Path, outcome: Any
+) -> dict[str, list[str]]:
+    """Write the protocol and every numeric output of a run into ``stage``.
+
+    ``outcome.spooled`` holds the chunk tables on disk; they are merged table by table into
+    fixed-size row groups, so memory stays bounded by a row group whatever the trial size.
+    Returns the file names grouped as ``inputs`` and ``outputs`` for the manifest.
+    """
+    from insilico_trials.io.spool import RowGroupWriter
+
+    shutil.copyfile(protocol_source, stage / "protocol.yaml")
+    spooled = outcome.spooled
+    cohort = RowGroupWriter(stage / "cohort.parquet")
+    for arm in protocol.arms:
+        cohort.write(outcome.cohorts[arm.name])
+    cohort.close()
+    spooled.merge("endpoints", stage / "endpoints.parquet")
+    spooled.merge("exposure", stage / "exposure.parquet")
+    atomic_write_bytes(
+        stage / "profiles.parquet",
+        parquet_bytes(_profile_quantiles(spooled.profile_times_h, spooled.profiles)),
+    )
+    screening = {
+        a.name: {"enrolled": len(outcome.cohorts[a.name]),
+                 "screened": int(outcome.cohorts[a.name].attrs.get("screened", a.n))}
+        for a in protocol.arms
+    }  # fmt: skip
+    fit = outcome.fit
+    write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
+    write_json(
+        stage / "synthetic_control.json",
+        trial.virtual_control_summary(protocol, spooled.summary),
+    )
+    atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
+    extra = []
+    validation = trial.validation_table(protocol, spooled.summary)
+    if validation:  # published values this run can be compared with (credibility section)
+        write_json(stage / "validation.json", validation)
+        extra.append("validation.json")
+    if spooled.has("tumour_sld"):  # true SLD per visit, for the report's spider plot
+        spooled.merge("tumour_sld", stage / "tumour_sld.parquet")
+        extra.append("tumour_sld.parquet")
+    from insilico_trials.infer.sensitivity import sobol_sensitivity
+
+    sensitivity = sobol_sensitivity(protocol)
+    if sensitivity is not None:
+        write_json(stage / "sensitivity.json", sensitivity)
+        extra.append("sensitivity.json")
+    return {
+        "inputs": ["protocol.yaml"],
+        "outputs": [
+            "cohort.parquet", "endpoints.parquet", "exposure.parquet", "profiles.parquet",
+            "summary.json", "synthetic_control.json", "posterior.parquet", *extra,
+        ],
+    }  # fmt: skip
+
+
+def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) -> dict[str, Any]:
+    """The decision-relevant numbers of a fit, as plain JSON."""
+    a = protocol.analysis
+    return {
+        "question": protocol.question,
+        "endpoint": a.endpoint,
+        "model": a.model,
+        "criterion": a.decision.text,
+        "quantity": a.decision.quantity,
+        "delta": a.decision.delta,
+        "probability": float(fit.probability),
+        "decision": fit.decision,
+        "converged": bool(fit.converged),
+        "diagnostics": fit.diagnostics,
+        "posterior": json.loads(fit.summary.to_json(orient="records", double_precision=15)),
+        "arms": {arm.name: {"n": arm.n, "control": arm.control} for arm in protocol.arms},
+        "screening": screening,
+    }
+
+
+def posterior_draws(fit: Any) -> pd.DataFrame:
+    """Posterior draws as a long table ``chain, draw, <scalar parameters>``."""
+    post = fit.idata["posterior"].to_dataset()
+    scalars = [v for v in post.data_vars if post[v].dims == ("chain", "draw")]
+    frame = post[scalars].to_dataframe().reset_index()
+    return frame[["chain", "draw", *sorted(scalars)]]
+
+
+def code_sha256() -> str:
+    """SHA-256 of the program itself: every source and template file of the package and flows.
+
+    Part of the task-cache key, so a resumed run never reuses a result computed by other code
+    (a git commit would miss uncommitted edits).
+    """
+    import hashlib
+
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for folder in (root / "insilico_trials",):
+        for path in sorted(folder.rglob("*")):
+            if path.suffix in (".py", ".j2") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_provenance() -> dict[str, Any]:
+    """Versions, commit, lock-file hash and a machine summary."""
+    root = Path(__file__).resolve().parents[2]
+    lock = root / "uv.lock"
+    versions = {}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    import os
+
+    return {
+        "package_version": versions["insilico-trials"],
+        "git_commit": _git_commit(root),
+        "uv_lock_sha256": sha256_file(lock) if lock.exists() else "no uv.lock",
+        "python": sys.version.split()[0],
+        "libraries": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }

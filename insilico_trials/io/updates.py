@@ -1,0 +1,181 @@
+"""Appending real-data-cut updates of the synthetic control arm to a run archive.
+
+Each ``insilico-trials update ARCHIVE --data CUT`` appends ``updates/NNN/`` holding a copy of
+the cut's files as received (``cut/``), the update's numbers (``update.json``, ``states.csv``)
+and its own ``manifest.json``, which records the SHA-256 of the run's manifest and of the
+previous update's manifest (a hash chain). Earlier updates are never rewritten. The new folder
+is staged under a hidden name and renamed into place, and an exclusive lock on the archive
+keeps two updates from interleaving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from insilico_trials.io.archive import MANIFEST, sha256_file, staged_directory, write_manifest
+from insilico_trials.spec.protocol import TrialProtocol
+
+__all__ = [
+    "ArchiveBusyError",
+    "UpdatePlan",
+    "archive_lock",
+    "borrowing_arguments",
+    "existing_updates",
+    "write_update",
+]
+
+LOCK_NAME = ".lock-update"
+_METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
+_ENDPOINT = {
+    "binary": "binary",
+    "continuous": "continuous",
+    "tte_weibull": "tte",
+    "tte_pwexp": "tte",
+}
+_PARAMCD = {"orr": "BOR", "pfs": "PFS", "os": "OS"}
+
+
+class ArchiveBusyError(RuntimeError):
+    """Another process holds the archive's update lock."""
+
+
+@contextlib.contextmanager
+def archive_lock(archive: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on ``archive`` for the block.
+
+    Raises
+    ------
+    ArchiveBusyError
+        At once, if another update holds it (the caller retries later; nothing is written).
+    """
+    path = archive / LOCK_NAME
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise ArchiveBusyError(
+                    f"{archive}: another update is running on this archive; nothing was written. "
+                    "Run the command again when it has finished."
+                ) from None
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def existing_updates(archive: Path) -> list[Path]:
+    """The archive's update folders in order (``updates/001``, ``updates/002``, ...)."""
+    root = archive / "updates"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
+    """Map the protocol's analysis and synthetic-control sections to ``update_control`` arguments."""
+    sc = protocol.synthetic_control
+    params: dict[str, Any] = {}
+    if sc.a0 is not None:
+        params["a0"] = sc.a0
+    if sc.vague_weight is not None:
+        params["weight"] = sc.vague_weight
+    if sc.tau_scale is not None:
+        # tau is a precision; a Gamma(1, 1/tau_scale) prior has mean tau_scale.
+        params.update({"tau_shape": 1.0, "tau_rate": 1.0 / sc.tau_scale})
+    a = protocol.analysis
+    return {
+        "method": _METHOD.get(sc.method, sc.method),
+        "params": params,
+        "endpoint": _ENDPOINT[a.model],
+        "paramcd": _PARAMCD.get(a.endpoint),
+        "draws": a.mcmc.draws,
+        "tune": a.mcmc.tune,
+        "chains": a.mcmc.chains,
+        "seed": protocol.seed,
+    }
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What one update appends: its number and the cut it ingests."""
+
+    number: int
+    cut_dir: Path
+    cut_sha256: str
+    flags: list[str]
+
+
+def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
+    summary = state.summary
+    row = summary.iloc[0]
+    lo = next((row[c] for c in summary.columns if c.endswith("2.5%")), float("nan"))
+    hi = next((row[c] for c in summary.columns if c.endswith("97.5%")), float("nan"))
+    conflict = {k: float(v) for k, v in state.conflict.items()}
+    return {
+        "cut": plan.number,
+        "cut_id": state.cut_id,
+        "cut_sha256": plan.cut_sha256,
+        "method": method,
+        "parameter": str(row.get("param", "")),
+        "posterior_mean": float(state.posterior_mean),
+        "posterior_sd": float(state.posterior_sd),
+        "posterior_ci": [float(lo), float(hi)],
+        "prior_ess": float(state.prior_ess),
+        "posterior_ess": float(state.posterior_ess),
+        "borrowed_virtual": float(state.borrowed_virtual),
+        "ess_unit": state.ess_unit,
+        "conflict": conflict,
+        "vague_weight": conflict.get("vague_weight_posterior"),
+        "n_real": int(state.n_real),
+        "real_stats": {k: float(v) for k, v in state.real_stats.items()},
+        "converged": bool(state.converged),
+        "diagnostics": state.diagnostics,
+        "flags": plan.flags,
+    }
+
+
+def write_update(
+    archive: Path, plan: UpdatePlan, result: Any, *, meta: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Append ``updates/NNN`` (atomically) for the final state of ``result``."""
+    from insilico_trials.io.outputs import write_json
+
+    final = archive / "updates" / f"{plan.number:03d}"
+    previous = existing_updates(archive)
+    chain = {"run_manifest_sha256": sha256_file(archive / MANIFEST)}
+    if previous:
+        chain["previous_update_manifest_sha256"] = sha256_file(previous[-1] / MANIFEST)
+    record = _state_record(result.final, plan, result.method)
+    with staged_directory(final) as stage:
+        (stage / "cut").mkdir()
+        copied = []
+        for src in sorted(p for p in plan.cut_dir.iterdir() if p.is_file()):
+            shutil.copyfile(src, stage / "cut" / src.name)
+            copied.append(f"cut/{src.name}")
+        write_json(stage / "update.json", record)
+        table: pd.DataFrame = result.table()
+        (stage / "states.csv").write_text(table.to_csv(index=False, float_format="%.12g"))
+        write_manifest(
+            stage,
+            inputs=copied,
+            outputs=["update.json", "states.csv"],
+            documents=[],
+            meta={**meta, **chain, "update": plan.number},
+        )
+    return final, record
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,494 @@
+"""Trial protocol: the pydantic schema of ``protocols/*.yaml`` and its loader.
+
+A protocol is validated once, at load, into a frozen :class:`TrialProtocol`; every other module
+trusts it. Every error names ``file:line: field.path: message (got VALUE)``, unknown keys are
+errors, and all errors of a file are reported together.
+
+Sections (see ``protocols/`` for complete, runnable examples):
+
+``trial_id``, ``title``, ``question``, ``seed``
+    Identity, the question of interest (the context of use of the model), the one seed.
+``population``
+    Covariates, correlations, eligibility, individual parameters with between-subject
+    variability (:mod:`insilico_trials.population`).
+``pk``
+    Structural PK model (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``), output grid, residual error.
+``arms``
+    Two or more arms, exactly one with ``control: true``; each has ``n`` and a ``regimen``
+    (``null`` for an untreated or placebo control).
+``disease``
+    Tumour model and what drives it (:mod:`insilico_trials.tumour`).
+``endpoints``
+    Visit schedule, RECIST measurement error, new-lesion hazard, survival link, dropout, accrual.
+``analysis``
+    The primary endpoint, its outcome model and the decision rule
+    ``P(quantity > delta) > threshold`` (``P(HR < delta)`` for hazard ratios).
+``synthetic_control``
+    How the simulated control arm becomes the prior of the real control arm.
+``execution``
+    Patient chunk size for distributed simulation (does not change any number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from insilico_trials.infer.design import DesignSpec
+from insilico_trials.spec.population import Population
+from insilico_trials.spec.yamlmap import YamlLoadError, load_yaml_with_lines
+
+__all__ = [
+    "Analysis",
+    "Arm",
+    "Decision",
+    "Disease",
+    "Endpoints",
+    "Execution",
+    "PKSection",
+    "ProtocolError",
+    "ProtocolIssue",
+    "Regimen",
+    "SyntheticControl",
+    "TrialProtocol",
+    "load_protocol",
+    "validate_files",
+]
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AdaptiveDosing(_Spec):
+    """State-reactive dosing: hold when a marker falls below a fraction of its baseline,
+    resume when it returns to another fraction, checked at visits (Zhang et al. 2017)."""
+
+    marker: Literal["PSA"] = "PSA"
+    stop_below_fraction: float = Field(default=0.5, gt=0, le=1)
+    resume_at_fraction: float = Field(default=1.0, gt=0, le=2)
+    check_every_days: PositiveFloat = 28.0
+
+    @model_validator(mode="after")
+    def _order(self) -> AdaptiveDosing:
+        if self.stop_below_fraction > self.resume_at_fraction:
+            raise ValueError(
+                f"stop_below_fraction ({self.stop_below_fraction}) must not exceed "
+                f"resume_at_fraction ({self.resume_at_fraction})"
+            )
+        return self
+
+
+class Regimen(_Spec):
+    """A repeated dosing regimen: ``n_doses`` doses of ``dose`` every ``interval_h`` hours."""
+
+    drug: str = Field(min_length=1)
+    dose: PositiveFloat = Field(description="amount per dose, in `unit`")
+    unit: Literal["mg", "mg/kg", "mg/m2"] = "mg"
+    interval_h: PositiveFloat = Field(description="dosing interval, hours")
+    n_doses: int = Field(ge=1, le=100_000)
+    route: Literal["oral", "iv_bolus", "iv_infusion"] = "oral"
+    infusion_h: PositiveFloat | None = Field(default=None, description="infusion duration, hours")
+    adaptive: AdaptiveDosing | None = Field(default=None, description="state-reactive dosing rule")
+
+    @model_validator(mode="after")
+    def _infusion_needs_duration(self) -> Regimen:
+        if self.route == "iv_infusion" and self.infusion_h is None:
+            raise ValueError("route iv_infusion needs infusion_h (hours)")
+        if self.route != "iv_infusion" and self.infusion_h is not None:
+            raise ValueError(f"infusion_h applies to route iv_infusion only, not {self.route}")
+        return self
+
+
+class Arm(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$", max_length=40)
+    n: int = Field(ge=1, le=10_000_000, description="virtual patients in the arm")
+    control: bool = False
+    regimen: Regimen | None = Field(description="null for an untreated or placebo arm")
+
+
+class PKSection(_Spec):
+    model: Literal["pk1cmt", "pk2cmt", "pk3cmt", "pk1cmt_mm"]
+    output_interval_h: PositiveFloat = Field(default=1.0, description="concentration grid, hours")
+    proportional_error: float = Field(default=0.0, ge=0, le=2)
+    additive_error_mg_l: float = Field(default=0.0, ge=0)
+
+
+class Disease(_Spec):
+    """Tumour or marker model; ``zhang2017`` is the prostate-cancer evolutionary model (PSA)."""
+
+    model: Literal["exponential", "logistic", "gompertz", "claret", "stein", "zhang2017"]
+    exposure: Literal["concentration", "daily_auc", "none"] = Field(
+        default="daily_auc", description="what drives the drug effect"
+    )
+    horizon_days: int = Field(default=3650, ge=30, le=36500, description="zhang2017 only")
+    progression: Literal["nadir", "baseline"] = Field(
+        default="nadir", description="zhang2017 PSA progression rule (see tumour.simulate_zhang)"
+    )
+
+
+class SurvivalLink(_Spec):
+    """Parametric OS linked to tumour dynamics (accelerated failure time).
+
+    ``log T = intercept + sum(coefficients[p] * predictor[p]) + scale * W`` with ``W`` standard
+    normal (lognormal) or minimum extreme value (weibull); predictors such as
+    ``week8_frac_change`` and ``log_ttg_weeks`` (Claret et al. 2009, 2013); see
+    :class:`insilico_trials.endpoints.OSModel`.
+    """
+
+    distribution: Literal["lognormal", "weibull", "exponential"] = "lognormal"
+    intercept: float
+    coefficients: dict[str, float] = Field(default_factory=dict)
+    scale: PositiveFloat = 1.0
+    time_unit: Literal["days", "weeks", "months"] = "weeks"
+    source: str = Field(default="", description="where the values come from")
+
+
+class Endpoints(_Spec):
+    visit_every_weeks: PositiveFloat = 6.0
+    follow_up_weeks: PositiveFloat = 48.0
+    measurement_cv: float = Field(default=0.05, ge=0, le=1)
+    new_lesion_hazard_per_day: float = Field(default=0.0, ge=0)
+    os: SurvivalLink | None = None
+    dropout_per_year: float = Field(default=0.0, ge=0)
+    accrual_per_month: PositiveFloat = 10.0
+
+
+class Decision(_Spec):
+    """Go when ``P(quantity > delta) > threshold`` (``<`` with ``direction: less``).
+
+    Differences are treatment minus control; ratios are treatment over control.
+    """
+
+    quantity: Literal["rate_difference", "mean_difference", "hazard_ratio"]
+    delta: float = 0.0
+    threshold: float = Field(gt=0, lt=1)
+    direction: Literal["greater", "less"] | None = Field(
+        default=None, description="default: less for hazard_ratio, greater otherwise"
+    )
+
+    @property
+    def side(self) -> str:
+        return self.direction or ("less" if self.quantity == "hazard_ratio" else "greater")
+
+    @property
+    def text(self) -> str:
+        return f"P({self.quantity} {'<' if self.side == 'less' else '>'} {self.delta}) > {self.threshold}"
+
+
+class MCMC(_Spec):
+    draws: int = Field(default=1000, ge=100, le=100_000)
+    tune: int = Field(default=1000, ge=100, le=100_000)
+    chains: int = Field(default=2, ge=1, le=16)
+
+
+_MODEL_OF_ENDPOINT = {
+    "orr": ("binary",),
+    "best_pct_change": ("continuous",),
+    "pfs": ("tte_weibull", "tte_pwexp"),
+    "os": ("tte_weibull", "tte_pwexp"),
+    "ttp": ("tte_weibull", "tte_pwexp"),
+}
+_QUANTITY_OF_MODEL = {
+    "binary": "rate_difference",
+    "continuous": "mean_difference",
+    "tte_weibull": "hazard_ratio",
+    "tte_pwexp": "hazard_ratio",
+}
+
+
+class Analysis(_Spec):
+    endpoint: Literal["orr", "best_pct_change", "pfs", "os", "ttp"]
+    model: Literal["binary", "continuous", "tte_weibull", "tte_pwexp"]
+    treatment: str | None = Field(
+        default=None, description="arm compared with control (default: first treatment arm)"
+    )
+    covariates: list[Literal["baseline"]] = Field(
+        default_factory=list, description="model covariates"
+    )
+    decision: Decision
+    mcmc: MCMC = MCMC()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Analysis:
+        allowed = _MODEL_OF_ENDPOINT[self.endpoint]
+        if self.model not in allowed:
+            raise ValueError(
+                f"model {self.model!r} does not fit endpoint {self.endpoint!r}; allowed: "
+                + ", ".join(allowed)
+            )
+        wanted = _QUANTITY_OF_MODEL[self.model]
+        if self.decision.quantity != wanted:
+            raise ValueError(
+                f"decision.quantity {self.decision.quantity!r} does not fit model "
+                f"{self.model!r}; use {wanted!r}"
+            )
+        return self
+
+
+class SyntheticControl(_Spec):
+    """How the simulated control arm informs the real control arm (see borrowing.py)."""
+
+    method: Literal["none", "full", "power", "commensurate", "robust_mixture", "procova"] = "none"
+    a0: float | None = Field(default=None, ge=0, le=1, description="power prior weight")
+    vague_weight: float | None = Field(default=None, gt=0, lt=1, description="robust mixture w")
+    tau_scale: PositiveFloat | None = Field(default=None, description="commensurate tau prior")
+    max_virtual_patients: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _method_params(self) -> SyntheticControl:
+        needs = {"power": "a0", "robust_mixture": "vague_weight", "commensurate": "tau_scale"}
+        need = needs.get(self.method)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"method {self.method} needs {need}")
+        return self
+
+
+class Execution(_Spec):
+    chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
+
+
+class TrialProtocol(_Spec):
+    """A validated, frozen trial protocol."""
+
+    trial_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=80)
+    title: str = ""
+    question: str = Field(default="", description="the question of interest (context of use)")
+    seed: int = Field(ge=0, lt=2**63)
+    population: Population
+    pk: PKSection | None = Field(default=None, description="omit for a marker model without PK")
+    arms: list[Arm] = Field(min_length=2)
+    disease: Disease
+    endpoints: Endpoints = Endpoints()
+    analysis: Analysis
+    synthetic_control: SyntheticControl = SyntheticControl()
+    execution: Execution = Execution()
+    design: DesignSpec | None = None
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: list[Arm]) -> list[Arm]:
+        names = [a.name for a in arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique, repeated: {', '.join(dupes)}")
+        controls = [a.name for a in arms if a.control]
+        if len(controls) != 1:
+            raise ValueError(
+                f"exactly one arm must have control: true, found {len(controls)}"
+                + (f" ({', '.join(controls)})" if controls else "")
+            )
+        return arms
+
+    @model_validator(mode="after")
+    def _cross_sections(self) -> TrialProtocol:
+        from pydantic_core import InitErrorDetails
+
+        errors: list[tuple[tuple[str | int, ...], Any, str]] = []
+        declared = set(self.population.parameters)
+        covariates = set(self.population.covariates) | {
+            d if isinstance(d, str) else d.name for d in (self.population.derived or [])
+        }
+        from insilico_trials.sim.pk import MODELS
+        from insilico_trials.sim.tumour import TUMOUR_MODELS
+
+        zhang = self.disease.model == "zhang2017"
+        if self.pk is None and not zhang and self.disease.exposure != "none":
+            errors.append(
+                (
+                    ("disease", "exposure"),
+                    self.disease.exposure,
+                    "needs a pk section (or exposure: none)",
+                )
+            )
+        for name in MODELS[self.pk.model].parameters if self.pk else ():
+            if name not in declared:
+                errors.append(
+                    (
+                        ("pk", "model"),
+                        self.pk.model,
+                        f"model {self.pk.model} needs parameter {name} in population.parameters",
+                    )
+                )
+        # zhang2017 draws each patient's competition matrix itself (simulate_zhang_trial).
+        for name in () if zhang else TUMOUR_MODELS[self.disease.model].required:
+            if name not in declared:
+                errors.append(
+                    (
+                        ("disease", "model"),
+                        self.disease.model,
+                        f"model {self.disease.model} needs parameter {name} in population.parameters",
+                    )
+                )
+        for i, arm in enumerate(self.arms):
+            if arm.regimen is None:
+                if zhang:
+                    errors.append(
+                        (
+                            ("arms", i, "regimen"),
+                            None,
+                            "model zhang2017 needs a regimen in every arm (continuous or adaptive)",
+                        )
+                    )
+                continue
+            if arm.regimen.adaptive is not None and not zhang:
+                errors.append(
+                    (
+                        ("arms", i, "regimen", "adaptive"),
+                        arm.regimen.adaptive.marker,
+                        "adaptive dosing on PSA needs disease model zhang2017",
+                    )
+                )
+            need = {"mg/kg": "WT", "mg/m2": "BSA"}.get(arm.regimen.unit)
+            if need and need not in covariates:
+                errors.append(
+                    (
+                        ("arms", i, "regimen", "unit"),
+                        arm.regimen.unit,
+                        f"dosing in {arm.regimen.unit} needs covariate {need} in the population",
+                    )
+                )
+        treat = self.analysis.treatment
+        names = [a.name for a in self.treatment_arms]
+        if treat is not None and treat not in names:
+            errors.append(
+                (("analysis", "treatment"), treat, f"must name a treatment arm: {', '.join(names)}")
+            )
+        if errors:
+            raise ValidationError.from_exception_data(
+                "TrialProtocol",
+                [
+                    InitErrorDetails(type="value_error", loc=loc, input=v, ctx={"error": m})
+                    for loc, v, m in errors
+                ],
+            )
+        return self
+
+    @property
+    def control_arm(self) -> Arm:
+        return next(a for a in self.arms if a.control)
+
+    @property
+    def treatment_arms(self) -> list[Arm]:
+        return [a for a in self.arms if not a.control]
+
+    def canonical_json(self) -> str:
+        """The protocol as canonical JSON: sorted keys, defaults filled in."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        """Hash of the canonical protocol (file formatting and comments do not change it)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProtocolIssue:
+    file: str
+    line: int
+    path: str
+    message: str
+    value: Any = None
+    has_value: bool = True
+
+    def __str__(self) -> str:
+        got = f" (got {_show(self.value)})" if self.has_value else ""
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}: {where}{self.message}{got}"
+
+
+class ProtocolError(ValueError):
+    """A protocol file failed validation; ``issues`` lists every problem."""
+
+    def __init__(self, issues: list[ProtocolIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _clean_message(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (not part of the protocol schema; check the spelling)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return msg
+
+
+def _issues_from_validation(file: str, exc: ValidationError, lines: Any) -> list[ProtocolIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        # Drop pydantic's union/tag markers so the path is the one the user wrote.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+        missing = err["type"] == "missing"
+        issues.append(
+            ProtocolIssue(
+                file=file,
+                line=lines.line_of(loc),
+                path=path,
+                message=_clean_message(err),
+                value=err.get("input"),
+                has_value=not missing,
+            )
+        )
+    return sorted(issues, key=lambda i: (i.line, i.path))
+
+
+def load_protocol(path: str | Path) -> TrialProtocol:
+    """Read and validate a protocol file.
+
+    Raises
+    ------
+    ProtocolError
+        Listing every problem as ``file:line: field.path: message (got VALUE)``.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError(
+            [ProtocolIssue(file, 0, "", "file not found", has_value=False)]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            [ProtocolIssue(file, 0, "", f"cannot read: {exc}", has_value=False)]
+        ) from None
+    try:
+        data, lines = load_yaml_with_lines(file, text)
+    except YamlLoadError as exc:
+        raise ProtocolError(
+            [ProtocolIssue(file, exc.line, "", exc.message, has_value=False)]
+        ) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            [ProtocolIssue(file, 1, "", "a protocol must be a YAML mapping of sections", data)]
+        )
+    try:
+        return TrialProtocol.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(_issues_from_validation(file, exc, lines)) from None
+
+
+def validate_files(paths: list[str | Path]) -> list[ProtocolIssue]:
+    """Validate several protocol files; return every issue of every file (empty when valid)."""
+    issues: list[ProtocolIssue] = []
+    for p in paths:
+        try:
+            load_protocol(p)
+        except ProtocolError as exc:
+            issues.extend(exc.issues)
+    return issues
