@@ -148,16 +148,23 @@ def test_conditional_frequencies_checked_per_group():
     assert "every SEX category" in err["msg"]
 
 
-def test_impossible_criterion_fails_at_schema_time():
-    (err,) = errors_of(with_(("eligibility", "inclusion"), ["AGE >= 18", "AGE > 95"]))
-    assert err["loc"] == ("eligibility", "inclusion", 1)
-    assert "impossible" in err["msg"]
+def pilot_problems(data: dict) -> list[tuple]:
+    from insilico_trials.sim.cohort import eligibility_problems
+
+    return eligibility_problems(Population.model_validate(data))  # loads without sampling
+
+
+def test_impossible_criterion_found_by_the_pilot():
+    (err,) = pilot_problems(with_(("eligibility", "inclusion"), ["AGE >= 18", "AGE > 95"]))
+    assert err[0] == ("eligibility", "inclusion", 1)
+    assert "impossible" in err[2]
     # Jointly impossible, each possible alone.
-    (err,) = errors_of(with_(("eligibility", "inclusion"), ["AGE > 60", "AGE < 40"]))
-    assert err["loc"] == ("eligibility",)
-    assert "jointly impossible" in err["msg"]
-    (err,) = errors_of(with_(("eligibility", "exclusion"), ["WT > 0"]))
-    assert err["loc"] == ("eligibility", "exclusion", 0)
+    (err,) = pilot_problems(with_(("eligibility", "inclusion"), ["AGE > 60", "AGE < 40"]))
+    assert err[0] == ("eligibility",)
+    assert "jointly impossible" in err[2]
+    (err,) = pilot_problems(with_(("eligibility", "exclusion"), ["WT > 0"]))
+    assert err[0] == ("eligibility", "exclusion", 0)
+    assert pilot_problems(with_(("eligibility", "exclusion"), ["WT > 500"])) == []
 
 
 def test_derived_needs_its_inputs_and_units():

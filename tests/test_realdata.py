@@ -203,9 +203,11 @@ def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
     cut2 = load_cut(write(tmp_path / "cut2", adsl, adtte, fmt="parquet"))
     assert check_append_only([cut1], cut2) == []
     virtual = pd.DataFrame({"arm": "control", "time": rng.exponential(300.0, 200), "event": 1})
+    frames = [endpoint_frame(c, endpoint="tte", paramcd="PFS", control_arm="control")
+              for c in (cut1, cut2)]  # fmt: skip
     res = update_control(
-        virtual, [cut1, cut2], method="power", params={"a0": 0.5}, endpoint="tte",
-        paramcd="PFS", control_arm="control", seed=9, draws=1000, tune=500,
+        virtual, frames, method="power", params={"a0": 0.5}, endpoint="tte", seed=9,
+        draws=1000, tune=500,
     )  # fmt: skip
     assert [s.n_real for s in res.states] == [30, 60]
     s = res.final

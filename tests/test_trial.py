@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from insilico_trials.infer import analysis
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import ProtocolError, load_protocol
 from tests.conftest import tiny_protocol
@@ -79,7 +80,7 @@ def test_zhang_protocol_runs_paired_and_reports_published_values():
     assert (cont["zhang_matrix_row"] == adap["zhang_matrix_row"]).all()
     assert (cont["drug_fraction"] == 1.0).all()
     assert (adap["drug_fraction"] <= 1.0).all() and adap["drug_fraction"].mean() < 1.0
-    rows = {r["quantity"]: r for r in trial.validation_table(small, ep)}
+    rows = {r["quantity"]: r for r in analysis.validation_table(small, ep)}
     # Published values: Zhang et al. Nat Commun 2017;8:1816 (16.5 months; >= 27 months; 47%).
     assert rows["median time to PSA progression, continuous (months)"]["published"] == 16.5
     assert rows["cumulative drug exposure, adaptive / continuous"]["published"] == 0.47

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from insilico_trials.errors import RunFailure
+
 __all__ = [
     "MlflowTracker",
     "NullTracker",
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 
-class TrackingError(RuntimeError):
+class TrackingError(RunFailure):
     """The tracking store cannot be reached or written."""
 
 

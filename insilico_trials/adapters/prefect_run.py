@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.futures import as_completed
 
 from insilico_trials.adapters.prefect_dask import api_and_cluster
+from insilico_trials.infer import analysis
 from insilico_trials.io import spool as spool_mod
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import TrialProtocol
@@ -106,7 +107,7 @@ def simulate_task(
 
 @task(name="fit-outcome", cache_policy=NO_CACHE)
 def fit_task(protocol: TrialProtocol, endpoints: Any) -> Any:
-    return trial.analyse(protocol, endpoints)
+    return analysis.analyse(protocol, endpoints)
 
 
 def _say(msg: str) -> None:

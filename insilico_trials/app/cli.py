@@ -124,7 +124,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from insilico_trials.spec.protocol import validate_files
+    from insilico_trials.run.preflight import validate_files
 
     issues = validate_files(args.protocols)
     for issue in issues:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from insilico_trials.errors import RunFailure
 from insilico_trials.io.archive import (
     atomic_write_text,
     check_writable,
@@ -26,10 +27,11 @@ from insilico_trials.io.archive import (
     verify_archive,
     write_manifest,
 )
+from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
 
 
-class ArchiveWriteError(RuntimeError):
+class ArchiveWriteError(RunFailure):
     """The archive could not be written (disk full, permission denied); nothing was left."""
 
 
@@ -298,7 +300,7 @@ def execute_run(
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        protocol = load_protocol(protocol_path)
+        protocol = checked_protocol(protocol_path)
     except ProtocolError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -562,8 +564,8 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
             _quiet_prefect()
             from insilico_trials.adapters.prefect_update import update_flow
 
-            seed = args.pop("seed")
-            result, flow_run_id = update_flow(virtual, real, {**args, "seed": seed})
+            fit_args = {k: v for k, v in args.items() if k != "paramcd"}
+            result, flow_run_id = update_flow(virtual, real, fit_args)
             timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
             t = time.perf_counter()
             tracker.start(

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.io.archive import atomic_write_text, staged_directory
-from insilico_trials.spec.protocol import ProtocolError, ProtocolIssue, TrialProtocol, load_protocol
+from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, issues_at, load_protocol
 
 __all__ = ["execute_design", "oc_markdown"]
 
@@ -31,29 +31,17 @@ def _say(msg: str) -> None:
 
 
 def _validate(protocol_path: Path) -> tuple[TrialProtocol | None, list[Any]]:
-    from insilico_trials.infer.design import design_problems
-    from insilico_trials.spec.yamlmap import load_yaml_with_lines
-
+    """The protocol, or the issues that stop a design (every cross-section rule is checked at
+    load, so ``validate`` and ``design`` agree; a design only needs the section to exist)."""
     try:
         protocol = load_protocol(protocol_path)
     except ProtocolError as exc:
         return None, list(exc.issues)
-    problems = design_problems(protocol)
-    if not problems:
+    if protocol.design is not None:
         return protocol, []
-    _, lines = load_yaml_with_lines(str(protocol_path), protocol_path.read_text(encoding="utf-8"))
-    issues = [
-        ProtocolIssue(
-            str(protocol_path),
-            lines.line_of(loc),
-            ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "["),
-            msg,
-            value,
-            value is not None,
-        )
-        for loc, value, msg in problems
-    ]
-    return None, issues
+    return None, issues_at(
+        protocol_path, [(("design",), None, "the protocol has no design section")]
+    )
 
 
 def _fmt(v: float, se: float) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.models.pk import get_model
-from insilico_trials.sim.pk.errors import PKInputError
 from insilico_trials.sim.pk.events import COVARIATE_TIMINGS, prepare_records, simulate_records
 
 __all__ = ["simulate_csv"]

@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from insilico_trials.errors import InputError
 from insilico_trials.infer.outcomes import (
     DAYS_PER_MONTH,
     VAGUE_BETA,
@@ -97,7 +98,7 @@ Endpoint = Literal["binary", "continuous", "tte"]
 FAMILY = {"binary": "beta", "continuous": "normal", "tte": "gamma"}
 
 
-class BorrowingError(ValueError):
+class BorrowingError(InputError):
     """Bad borrowing request: names the argument, the value and what is allowed."""
 
 
@@ -464,16 +465,13 @@ class UpdateResult:
         )
 
 
-def _as_frame(
-    cut: Any, endpoint: Endpoint, paramcd: str | None, control_arm: str
-) -> tuple[str, pd.DataFrame]:
-    if isinstance(cut, pd.DataFrame):
-        return str(cut.attrs.get("cut_id", "")), cut
-    from insilico_trials.io.realdata import endpoint_frame
-
-    return cut.cut_id, endpoint_frame(
-        cut, endpoint=endpoint, paramcd=paramcd, control_arm=control_arm
-    )
+def _as_frame(cut: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    if not isinstance(cut, pd.DataFrame):
+        raise BorrowingError(
+            f"cuts: each cut must be a DataFrame of real control patients, got "
+            f"{type(cut).__name__} (convert ADaM cuts with io.realdata.endpoint_frame)"
+        )
+    return str(cut.attrs.get("cut_id", "")), cut
 
 
 def _cumulative(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -492,8 +490,6 @@ def update_control(
     params: Mapping[str, Any] | None = None,
     endpoint: Endpoint,
     seed: int,
-    paramcd: str | None = None,
-    control_arm: str = "control",
     sigma: float | None = None,
     draws: int = 1000,
     tune: int = 1000,
@@ -513,10 +509,10 @@ def update_control(
     ----------
     virtual_control : DataFrame
         Simulated control patients in :func:`~insilico_trials.outcomes.fit_outcome` columns.
-    cuts : sequence of :class:`insilico_trials.realdata.Cut` or DataFrame
-        Real data cuts in arrival order. DataFrames are taken as the control patients of that
-        cut, in fit_outcome columns (optional ``usubjid``; ``attrs["cut_id"]`` names the cut);
-        Cuts are converted with :func:`insilico_trials.realdata.endpoint_frame`.
+    cuts : sequence of DataFrame
+        Real data cuts in arrival order: the control patients of each cut, in fit_outcome
+        columns (optional ``usubjid``; ``attrs["cut_id"]`` names the cut). ADaM cuts are
+        converted with :func:`insilico_trials.io.realdata.endpoint_frame`.
     method : {"none", "full", "power", "robust", "commensurate", "procova"}
     params : mapping
         ``a0``; ``weight``, ``robust_mean``, ``robust_n`` (robust); ``tau_shape``,
@@ -524,10 +520,6 @@ def update_control(
     endpoint : {"binary", "continuous", "tte"}
     seed : int
         Sampler seed, the same for every state (a state is reproducible on its own).
-    paramcd : str, optional
-        ADaM PARAMCD of the endpoint when cuts are :class:`Cut` objects.
-    control_arm : str
-        ARM value of the control arm in the real data.
     sigma : float, optional
         Known per-patient sd for the continuous endpoint: enables the closed form and the
         normal ESS. None: estimated by MCMC; the virtual arm's sd is used for the prior and ESS.
@@ -567,7 +559,7 @@ def update_control(
     frames: list[pd.DataFrame] = []
     states: list[UpdateState] = []
     for i, cut in enumerate(cuts):
-        cut_id, frame = _as_frame(cut, endpoint, paramcd, control_arm)
+        cut_id, frame = _as_frame(cut)
         frames.append(frame)
         real = _cumulative(frames)
         real = real.assign(arm="control")

@@ -65,6 +65,9 @@ import pandas as pd
 import xarray as xr
 from scipy import special, stats
 
+from insilico_trials.errors import InputError
+from insilico_trials.units import DAYS_PER_MONTH
+
 __all__ = [
     "DAYS_PER_MONTH",
     "GATES",
@@ -77,7 +80,6 @@ __all__ = [
     "mixture_component_weights",
 ]
 
-DAYS_PER_MONTH = 30.4375  # 365.25 / 12
 MODELS = ("binary", "continuous", "tte_weibull", "tte_pwexp")
 ModelName = Literal["binary", "continuous", "tte_weibull", "tte_pwexp"]
 
@@ -99,7 +101,7 @@ QUANTITIES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-class OutcomeDataError(ValueError):
+class OutcomeDataError(InputError):
     """Bad input to an outcome fit: names the column, row, value and what is allowed."""
 
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from insilico_trials.infer import analysis
 from insilico_trials.io.archive import atomic_write_bytes, atomic_write_text, sha256_file
-from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import TrialProtocol
 
 __all__ = [
@@ -117,11 +117,11 @@ def write_run_outputs(
     write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
     write_json(
         stage / "synthetic_control.json",
-        trial.virtual_control_summary(protocol, spooled.summary),
+        analysis.virtual_control_summary(protocol, spooled.summary),
     )
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
     extra = []
-    validation = trial.validation_table(protocol, spooled.summary)
+    validation = analysis.validation_table(protocol, spooled.summary)
     if validation:  # published values this run can be compared with (credibility section)
         write_json(stage / "validation.json", validation)
         extra.append("validation.json")

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from insilico_trials.errors import InputError
+
 __all__ = [
     "AppendOnlyIssue",
     "Cut",
@@ -65,7 +67,7 @@ _MAX_CODE_LEN = 40
 _MAX_CODE_WORDS = 4
 
 
-class DataCutError(ValueError):
+class DataCutError(InputError):
     """A data cut breaks a rule. Carries ``file``, ``row``, ``column``, ``value`` and ``rule``."""
 
     def __init__(

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from insilico_trials.errors import RunFailure
 from insilico_trials.io.archive import MANIFEST, sha256_file, staged_directory, write_manifest
 from insilico_trials.spec.protocol import TrialProtocol
 
@@ -45,7 +46,7 @@ _ENDPOINT = {
 _PARAMCD = {"orr": "BOR", "pfs": "PFS", "os": "OS"}
 
 
-class ArchiveBusyError(RuntimeError):
+class ArchiveBusyError(RunFailure):
     """Another process holds the archive's update lock."""
 
 

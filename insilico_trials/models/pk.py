@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from insilico_trials.errors import PKInputError
+from insilico_trials.spec.catalog import PK_PARAMETERS
+
 __all__ = ["MODELS", "PKModel", "get_model"]
 
 
@@ -107,7 +110,7 @@ MODELS: dict[str, PKModel] = {
     "pk1cmt": PKModel(
         name="pk1cmt",
         compartments=("depot", "central"),
-        parameters=("CL", "V", "KA"),
+        parameters=PK_PARAMETERS["pk1cmt"],
         central=1,
         volume="V",
         linear=True,
@@ -116,7 +119,7 @@ MODELS: dict[str, PKModel] = {
     "pk2cmt": PKModel(
         name="pk2cmt",
         compartments=("depot", "central", "peripheral"),
-        parameters=("CL", "V1", "Q", "V2", "KA"),
+        parameters=PK_PARAMETERS["pk2cmt"],
         central=1,
         volume="V1",
         linear=True,
@@ -125,7 +128,7 @@ MODELS: dict[str, PKModel] = {
     "pk3cmt": PKModel(
         name="pk3cmt",
         compartments=("depot", "central", "peripheral", "peripheral2"),
-        parameters=("CL", "V1", "Q2", "V2", "Q3", "V3", "KA"),
+        parameters=PK_PARAMETERS["pk3cmt"],
         central=1,
         volume="V1",
         linear=True,
@@ -134,7 +137,7 @@ MODELS: dict[str, PKModel] = {
     "pk1cmt_mm": PKModel(
         name="pk1cmt_mm",
         compartments=("depot", "central"),
-        parameters=("VMAX", "KM", "V", "KA"),
+        parameters=PK_PARAMETERS["pk1cmt_mm"],
         central=1,
         volume="V",
         linear=False,
@@ -146,7 +149,6 @@ MODELS: dict[str, PKModel] = {
 
 def get_model(name: str) -> PKModel:
     """Look up a model by name, with an error that lists the known models."""
-    from insilico_trials.sim.pk.errors import PKInputError
 
     try:
         return MODELS[name]

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from insilico_trials.sim.endpoints import kaplan_meier
+from insilico_trials.units import DAYS_PER_MONTH
 
 __all__ = ["kaplan_meier_plot", "spider_plot", "waterfall_plot"]
 
@@ -123,7 +124,7 @@ def kaplan_meier_plot(
     arms: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,
     time_unit: str = "months",
-    days_per_unit: float = 365.25 / 12.0,
+    days_per_unit: float = DAYS_PER_MONTH,
     confidence: bool = True,
     title: str = "Kaplan-Meier estimate",
     ylabel: str = "survival probability",

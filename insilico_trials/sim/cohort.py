@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit, ndtr, ndtri
 
+from insilico_trials.errors import RunFailure
 from insilico_trials.sim.rng import patient_normals, stream
 from insilico_trials.spec.population import (
     CategoricalCovariate,
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 
-class EnrolmentError(RuntimeError):
+class EnrolmentError(RunFailure):
     """The arm cannot be filled: the eligibility criteria (almost) never hold."""
 
 
@@ -259,6 +260,47 @@ def _screen_report(pop: Population, cand: Candidates) -> dict[tuple[str, int, st
 # --------------------------------------------------------------------------------------------
 # Individual parameters
 # --------------------------------------------------------------------------------------------
+
+
+PILOT_CANDIDATES = 20_000
+
+
+def eligibility_problems(pop: Population) -> list[tuple[tuple[str | int, ...], Any, str]]:
+    """Criteria no patient can meet, found on a pilot sample: ``[(path in population, value,
+    message)]``, empty when some pilot candidate is eligible (or there are no criteria).
+
+    A criterion that no pilot candidate passes is named; when each passes alone but none
+    jointly, the whole ``eligibility`` section is. The pilot is ``PILOT_CANDIDATES`` candidates
+    drawn with seed 0, so the answer depends on the population only.
+    """
+    if not (pop.eligibility.inclusion or pop.eligibility.exclusion):
+        return []
+    cand = sample_candidates(pop, np.arange(PILOT_CANDIDATES), seed=0, arm="pilot", replicate=0)
+    if cand.eligible.any():
+        return []
+    rates = _screen_report(pop, cand)
+    worst = [
+        (("eligibility", kind, j), src) for (kind, j, src), rate in rates.items() if rate == 0.0
+    ]
+    if worst:
+        return [
+            (
+                loc,
+                src,
+                f"no patient passes this criterion among {PILOT_CANDIDATES} pilot candidates; "
+                "it is impossible given the declared covariates",
+            )
+            for loc, src in worst
+        ]
+    summary = "; ".join(f"{k} {src!r}: {100 * r:.2f}% pass" for (k, _, src), r in rates.items())
+    return [
+        (
+            ("eligibility",),
+            None,
+            f"no patient meets all criteria among {PILOT_CANDIDATES} pilot candidates (each "
+            f"criterion alone: {summary}); the criteria are jointly impossible",
+        )
+    ]
 
 
 def individual_parameters(
@@ -511,7 +553,7 @@ def _impossible_message(pop: Population, cand: Candidates, arm: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(RunFailure):
     """The target cannot be matched by reweighting (outside what the virtual population covers)."""
 
 

@@ -32,7 +32,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from insilico_trials.errors import InputError
 from insilico_trials.sim.rng import patient_normals, patient_uniforms
+from insilico_trials.units import DAYS_PER_MONTH, DAYS_PER_WEEK
 
 __all__ = [
     "CR",
@@ -54,10 +56,10 @@ __all__ = [
 
 NE, CR, PR, SD, PD = 0, 1, 2, 3, 4
 RESPONSE_CODES = {NE: "NE", CR: "CR", PR: "PR", SD: "SD", PD: "PD"}
-_DAYS = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12.0}
+_DAYS = {"days": 1.0, "weeks": DAYS_PER_WEEK, "months": DAYS_PER_MONTH}
 
 
-class EndpointError(ValueError):
+class EndpointError(InputError):
     """Endpoint derivation was given inputs it cannot use."""
 
 

@@ -15,17 +15,16 @@ import numpy as np
 import pandas as pd
 
 from insilico_trials.spec.protocol import Arm, TrialProtocol
+from insilico_trials.units import DAYS_PER_YEAR, MONTHS_PER_YEAR
 
 __all__ = [
     "ChunkResult",
-    "analyse",
     "arm_cohort",
     "chunk_bounds",
     "concat_chunks",
     "dose_amounts_mg",
     "simulate_chunk",
     "summary_columns",
-    "virtual_control_summary",
 ]
 
 PROFILE_PATIENTS = 1000  # patients per arm whose concentration profile goes to the report
@@ -166,10 +165,10 @@ def simulate_chunk(
         measurement_cv=ep.measurement_cv,
         new_lesion_hazard_per_day=ep.new_lesion_hazard_per_day,
         os_model=ep.os.model_dump() if ep.os is not None else None,
-        dropout_per_day=ep.dropout_per_year / 365.25,
+        dropout_per_day=ep.dropout_per_year / DAYS_PER_YEAR,
         # follow_up_weeks is each patient's follow-up from enrolment, not a calendar cut-off.
         max_follow_up_days=ep.follow_up_weeks * 7.0,
-        accrual_per_day=ep.accrual_per_month * 12.0 / 365.25,
+        accrual_per_day=ep.accrual_per_month * MONTHS_PER_YEAR / DAYS_PER_YEAR,
     )
     endpoints.insert(1, "arm", arm.name)
     if "SLD0" in cohort:
@@ -269,65 +268,6 @@ def _simulate_zhang_chunk(
     )
 
 
-def validation_table(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[dict[str, Any]]:
-    """This run's simulated values beside published ones, where the model has any.
-
-    For ``zhang2017``: Kaplan-Meier median PSA time to progression per strategy and the
-    cumulative drug exposure of adaptive relative to continuous dosing (Zhang et al. 2017).
-    The distance is reported whatever it is; nothing here is fitted to the published values.
-    """
-    if protocol.disease.model != "zhang2017":
-        return []
-    from insilico_trials.sim.endpoints import km_median
-    from insilico_trials.sim.tumour import ZHANG2017_PUBLISHED
-
-    days_per_month = 365.25 / 12.0
-    src = "Zhang et al. Nat Commun 2017;8:1816, Abstract and Results (clinical trial)"
-    by = {}
-    for arm in protocol.arms:
-        rows = endpoints[endpoints["arm"] == arm.name]
-        strategy = "adaptive" if arm.regimen and arm.regimen.adaptive else "continuous"
-        by[strategy] = rows
-    out: list[dict[str, Any]] = []
-    for strategy, key, note in (
-        ("continuous", "median_ttp_months_continuous", "about 16.5 months with standard dosing"),
-        (
-            "adaptive",
-            "median_ttp_months_adaptive_at_least",
-            "at least 27 months (median not reached)",
-        ),
-    ):
-        if strategy not in by:
-            continue
-        rows = by[strategy]
-        med = km_median(rows["ttp_days"].to_numpy(dtype=float), rows["ttp_event"].to_numpy())
-        out.append(
-            {
-                "quantity": f"median time to PSA progression, {strategy} (months)",
-                "simulated": float(med) / days_per_month,
-                "published": float(ZHANG2017_PUBLISHED[key]),
-                "source": f"{src}: {note}",
-                "note": f"Kaplan-Meier median; patients followed {protocol.disease.horizon_days} days",
-            }
-        )
-    if {"continuous", "adaptive"} <= set(by):
-        out.append(
-            {
-                "quantity": "cumulative drug exposure, adaptive / continuous",
-                "simulated": float(by["adaptive"]["drug_fraction"].mean()),
-                "published": float(
-                    ZHANG2017_PUBLISHED["adaptive_cumulative_dose_fraction_of_standard"]
-                ),
-                "source": f"{src}: 47% of standard dosing",
-                "note": "mean per-patient fraction of followed days on drug (continuous = 1)",
-            }
-        )
-    for row in out:
-        pub, sim = row["published"], row["simulated"]
-        row["relative_distance"] = (sim - pub) / pub if pub and sim == sim else float("nan")
-    return out
-
-
 def _pk_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
     from insilico_trials.sim.pk import MODELS
 
@@ -379,46 +319,3 @@ def analysis_frame(protocol: TrialProtocol, endpoints: pd.DataFrame) -> pd.DataF
         cols = {k: v for k, v in cols.items() if v != "baseline"}
     frame = endpoints[["arm", *cols]].rename(columns=cols)
     return frame.reset_index(drop=True)
-
-
-def analyse(
-    protocol: TrialProtocol, endpoints: pd.DataFrame, *, treatment: str | None = None
-) -> Any:
-    """Fit the protocol's outcome model (control vs one treatment arm) and apply its decision rule."""
-    from insilico_trials.infer.outcomes import fit_outcome
-
-    treat = treatment or protocol.analysis.treatment or protocol.treatment_arms[0].name
-    control = protocol.control_arm.name
-    frame = analysis_frame(protocol, endpoints)
-    frame = frame[frame["arm"].isin([control, treat])].reset_index(drop=True)
-    a = protocol.analysis
-    return fit_outcome(
-        frame,
-        model=a.model,
-        control=control,
-        treatment=treat,
-        decision={**a.decision.model_dump(exclude={"direction"}), "direction": a.decision.side},
-        covariates=tuple(a.covariates),
-        prior=None,
-        draws=a.mcmc.draws,
-        tune=a.mcmc.tune,
-        chains=a.mcmc.chains,
-        seed=protocol.seed,
-    )
-
-
-def virtual_control_summary(protocol: TrialProtocol, endpoints: pd.DataFrame) -> dict[str, Any]:
-    """Sufficient statistics of the simulated control arm: the synthetic control's prior source."""
-    frame = analysis_frame(protocol, endpoints)
-    ctrl = frame[frame["arm"] == protocol.control_arm.name]
-    model = protocol.analysis.model
-    out: dict[str, Any] = {"endpoint": protocol.analysis.endpoint, "model": model, "n": len(ctrl)}
-    if model == "binary":
-        out["responders"] = int(ctrl["response"].sum())
-    elif model == "continuous":
-        out["mean"] = float(ctrl["value"].mean())
-        out["sd"] = float(ctrl["value"].std(ddof=1))
-    else:
-        out["events"] = int(ctrl["event"].sum())
-        out["exposure_days"] = float(ctrl["time"].sum())
-    return out

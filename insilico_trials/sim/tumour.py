@@ -31,6 +31,10 @@ from typing import Literal
 
 import numpy as np
 
+from insilico_trials.errors import InputError
+from insilico_trials.spec.catalog import TUMOUR_MODELS, TumourModel
+from insilico_trials.units import DAYS_PER_MONTH, DAYS_PER_WEEK
+
 __all__ = [
     "CLARET2009_FU",
     "TUMOUR_MODELS",
@@ -49,74 +53,9 @@ __all__ = [
     "zhang_ess",
 ]
 
-_DAYS_PER_WEEK = 7.0
 
-
-class TumourModelError(ValueError):
+class TumourModelError(InputError):
     """A tumour model was called with parameters or arrays it cannot use."""
-
-
-@dataclass(frozen=True)
-class TumourModel:
-    """What a tumour model is: its name, parameters (with units) and reference."""
-
-    name: str
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    units: Mapping[str, str]
-    reference: str
-    observed: str = "SLD (mm)"
-    uses_exposure: bool = True
-
-
-TUMOUR_MODELS: dict[str, TumourModel] = {
-    "exponential": TumourModel(
-        "exponential",
-        ("SLD0", "KG"),
-        ("KD",),
-        {"SLD0": "mm", "KG": "1/day", "KD": "1/day per exposure unit"},
-        "y(t) = SLD0 * exp(KG t - KD * int E)",
-    ),
-    "logistic": TumourModel(
-        "logistic",
-        ("SLD0", "KG", "SLDMAX"),
-        ("KD",),
-        {"SLD0": "mm", "KG": "1/day", "SLDMAX": "mm", "KD": "1/day per exposure unit"},
-        "dy/dt = KG y (1 - y/SLDMAX) - KD E y (Verhulst)",
-    ),
-    "gompertz": TumourModel(
-        "gompertz",
-        ("SLD0", "KG", "SLDMAX"),
-        ("KD",),
-        {"SLD0": "mm", "KG": "1/day", "SLDMAX": "mm", "KD": "1/day per exposure unit"},
-        "dy/dt = KG y ln(SLDMAX/y) - KD E y (Gompertz 1825; Laird 1964)",
-    ),
-    "claret": TumourModel(
-        "claret",
-        ("SLD0", "KL", "KD", "LAMBDA"),
-        (),
-        {"SLD0": "mm", "KL": "1/week", "KD": "1/week per exposure unit", "LAMBDA": "1/week"},
-        "Claret L et al. J Clin Oncol 2009;27(25):4103-4108, eq. 1: "
-        "dy/dt = KL y - KD exp(-LAMBDA t) E(t) y",
-    ),
-    "stein": TumourModel(
-        "stein",
-        ("SLD0", "G", "D"),
-        ("PHI",),
-        {"SLD0": "mm", "G": "1/day", "D": "1/day", "PHI": "fraction"},
-        "Stein WD et al. Oncologist 2008;13(10):1046-1054: f(t) = exp(-D t) + exp(G t) - 1; "
-        "with PHI: PHI exp(G t) + (1 - PHI) exp(-D t)",
-        uses_exposure=False,
-    ),
-    "zhang2017": TumourModel(
-        "zhang2017",
-        ("MATRIX",),
-        (),
-        {"MATRIX": "0-based row of the 22 published competition matrices"},
-        "Zhang J, Cunningham JJ, Brown JS, Gatenby RA. Nat Commun 2017;8:1816",
-        observed="PSA (model units)",
-    ),
-}
 
 
 # Claret et al. 2009 fluorouracil (phase III) tumour-growth-inhibition estimates: typical values
@@ -301,7 +240,7 @@ def _log_linear(
     """Exponential and Claret models: ln y = ln y0 + growth t - KD int exp(-lambda s) E(s) ds."""
     if model == "claret":
         # Claret 2009 eq. 1, time in weeks because the published rates are per week.
-        scale, growth, lam = _DAYS_PER_WEEK, p["KL"], p["LAMBDA"]
+        scale, growth, lam = DAYS_PER_WEEK, p["KL"], p["LAMBDA"]
     else:
         scale, growth, lam = 1.0, p["KG"], np.zeros(n)
     kd = p.get("KD", np.zeros(n))
@@ -441,7 +380,7 @@ def claret_ttg_days(
     lam = np.asarray(lambda_per_week, dtype=np.float64)
     with np.errstate(divide="ignore"):
         t = np.where(kde > kl, np.log(np.maximum(kde, 1e-300) / kl) / lam, 0.0)
-    return t * _DAYS_PER_WEEK
+    return t * DAYS_PER_WEEK
 
 
 # --------------------------------------------------------------------------------------------
@@ -835,7 +774,6 @@ ZHANG2017_PUBLISHED = {
     "median_ttp_months_adaptive_at_least": 27.0,
     "adaptive_cumulative_dose_fraction_of_standard": 0.47,
 }
-_DAYS_PER_MONTH = 365.25 / 12.0
 
 
 def simulate_zhang_trial(
@@ -942,13 +880,13 @@ def zhang_comparison(
         [
             {
                 "quantity": "median TTP, continuous (months)",
-                "simulated": med["continuous"] / _DAYS_PER_MONTH,
+                "simulated": med["continuous"] / DAYS_PER_MONTH,
                 "published": ZHANG2017_PUBLISHED["median_ttp_months_continuous"],
                 "source": src + ": ~16.5 months with standard dosing",
             },
             {
                 "quantity": "median TTP, adaptive (months)",
-                "simulated": med["adaptive"] / _DAYS_PER_MONTH,
+                "simulated": med["adaptive"] / DAYS_PER_MONTH,
                 "published": ZHANG2017_PUBLISHED["median_ttp_months_adaptive_at_least"],
                 "source": src + ": at least 27 months (median not reached)",
             },

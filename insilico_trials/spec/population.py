@@ -108,6 +108,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from insilico_trials.errors import InputError
+
 __all__ = [
     "DERIVED_BUILTINS",
     "CategoricalCovariate",
@@ -185,7 +187,7 @@ _CMPOPS = {
 }
 
 
-class ExpressionError(ValueError):
+class ExpressionError(InputError):
     """An eligibility or derived expression uses a name or syntax that is not allowed."""
 
 
@@ -1057,8 +1059,9 @@ class Population(BaseModel):
                             )
                         )
         _raise_at(errors, "Population")
-        if self.eligibility.inclusion or self.eligibility.exclusion:
-            _pilot_eligibility(self)
+        # Whether the criteria can be met at all is checked by sampling, in the pre-flight
+        # step of run and validate (insilico_trials.sim.cohort.eligibility_problems), not here:
+        # loading a protocol never samples.
         return self
 
     # ---- derived views used by the sampler -------------------------------------------------
@@ -1141,46 +1144,3 @@ def _builtin_expr(name: str, covs: Mapping[str, Covariate]) -> str:
         return "sqrt(WT * HT / 3600)"
     # Cockcroft & Gault (1976), SCR in mg/dL, x 0.85 for women.
     return "(140 - AGE) * WT / (72 * SCR) * (1 - 0.15 * (SEX == 'F'))"
-
-
-_PILOT = 20_000
-
-
-def _pilot_eligibility(pop: Population) -> None:
-    """Fail at schema time when no pilot candidate is eligible (an impossible criterion)."""
-    from insilico_trials.sim.cohort import _screen_report, sample_candidates
-
-    cand = sample_candidates(pop, np.arange(_PILOT), seed=0, arm="pilot", replicate=0)
-    if cand.eligible.any():
-        return
-    rates = _screen_report(pop, cand)
-    worst = [
-        (("eligibility", kind, j), src, rate)
-        for (kind, j, src), rate in rates.items()
-        if rate == 0.0
-    ]
-    if worst:
-        _raise_at(
-            [
-                (
-                    loc,
-                    src,
-                    f"no patient passes this criterion among {_PILOT} pilot candidates; "
-                    f"it is impossible given the declared covariates",
-                )
-                for loc, src, _ in worst
-            ],
-            "Population",
-        )
-    summary = "; ".join(f"{k} {src!r}: {100 * r:.2f}% pass" for (k, _, src), r in rates.items())
-    _raise_at(
-        [
-            (
-                ("eligibility",),
-                None,
-                f"no patient meets all criteria among {_PILOT} pilot candidates (each criterion "
-                f"alone: {summary}); the criteria are jointly impossible",
-            )
-        ],
-        "Population",
-    )

@@ -39,7 +39,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from insilico_trials.infer.design import DesignSpec
+from insilico_trials.errors import InputError
+from insilico_trials.spec.catalog import PK_PARAMETERS, TUMOUR_MODELS
+from insilico_trials.spec.design import DesignSpec, design_problems
 from insilico_trials.spec.population import Population
 from insilico_trials.spec.yamlmap import YamlLoadError, load_yaml_with_lines
 
@@ -56,8 +58,8 @@ __all__ = [
     "Regimen",
     "SyntheticControl",
     "TrialProtocol",
+    "issues_at",
     "load_protocol",
-    "validate_files",
 ]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -296,8 +298,6 @@ class TrialProtocol(_Spec):
         covariates = set(self.population.covariates) | {
             d if isinstance(d, str) else d.name for d in (self.population.derived or [])
         }
-        from insilico_trials.sim.pk import MODELS
-        from insilico_trials.sim.tumour import TUMOUR_MODELS
 
         zhang = self.disease.model == "zhang2017"
         if self.pk is None and not zhang and self.disease.exposure != "none":
@@ -308,7 +308,7 @@ class TrialProtocol(_Spec):
                     "needs a pk section (or exposure: none)",
                 )
             )
-        for name in MODELS[self.pk.model].parameters if self.pk else ():
+        for name in PK_PARAMETERS[self.pk.model] if self.pk else ():
             if name not in declared:
                 errors.append(
                     (
@@ -361,6 +361,7 @@ class TrialProtocol(_Spec):
             errors.append(
                 (("analysis", "treatment"), treat, f"must name a treatment arm: {', '.join(names)}")
             )
+        errors += design_problems(self)
         if errors:
             raise ValidationError.from_exception_data(
                 "TrialProtocol",
@@ -403,7 +404,7 @@ class ProtocolIssue:
         return f"{self.file}:{self.line}: {where}{self.message}{got}"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError):
     """A protocol file failed validation; ``issues`` lists every problem."""
 
     def __init__(self, issues: list[ProtocolIssue]) -> None:
@@ -483,12 +484,20 @@ def load_protocol(path: str | Path) -> TrialProtocol:
         raise ProtocolError(_issues_from_validation(file, exc, lines)) from None
 
 
-def validate_files(paths: list[str | Path]) -> list[ProtocolIssue]:
-    """Validate several protocol files; return every issue of every file (empty when valid)."""
-    issues: list[ProtocolIssue] = []
-    for p in paths:
-        try:
-            load_protocol(p)
-        except ProtocolError as exc:
-            issues.extend(exc.issues)
-    return issues
+def issues_at(
+    path: str | Path, problems: list[tuple[tuple[str | int, ...], Any, str]]
+) -> list[ProtocolIssue]:
+    """``[(field path, value, message)]`` found after load, as issues with the file's lines."""
+    file = str(path)
+    _, lines = load_yaml_with_lines(file, Path(path).read_text(encoding="utf-8"))
+    return [
+        ProtocolIssue(
+            file,
+            lines.line_of(loc),
+            ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "["),
+            message,
+            value,
+            value is not None,
+        )
+        for loc, value, message in problems
+    ]

@@ -13,12 +13,14 @@ from typing import Any
 
 import yaml
 
+from insilico_trials.errors import InputError
+
 __all__ = ["LineMap", "YamlLoadError", "load_yaml_with_lines"]
 
 Path_ = tuple[str | int, ...]
 
 
-class YamlLoadError(ValueError):
+class YamlLoadError(InputError):
     """The file is not valid YAML, or has a duplicate key; ``line`` is 1-based."""
 
     def __init__(self, file: str, line: int, message: str) -> None:

@@ -11,8 +11,8 @@ Public entry points:
   in :mod:`insilico_trials.pk.pd`.
 """
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.models.pk import MODELS, PKModel, get_model
-from insilico_trials.sim.pk.errors import PKInputError
 from insilico_trials.sim.pk.events import prepare_records, simulate_records
 from insilico_trials.sim.pk.regimen import simulate_regimen
 from insilico_trials.sim.pk.residual import add_residual_error

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.models.pk import PKModel, get_model
-from insilico_trials.sim.pk.errors import PKInputError
 from insilico_trials.sim.pk.linear import LinearSystem
 from insilico_trials.sim.pk.ode import ode_advance
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.models.pk import PKModel, get_model
-from insilico_trials.sim.pk.errors import PKInputError
 from insilico_trials.sim.pk.linear import LinearSystem
 from insilico_trials.sim.pk.ode import ODE_ATOL, ODE_RTOL, integrate_segments
 
