@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from insilico_trials.infer import borrowing, design
+from insilico_trials.run.design import design_trial
 from insilico_trials.spec.protocol import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def binary() -> None:
     t_plan = time.perf_counter() - t
     R = 10_000
     t = time.perf_counter()
-    res = design.simulate_design(plan, replicates=R, batch_size=2500)
+    res = design_trial(plan, replicates=R, batch_size=2500).results
     oc = design.operating_characteristics(plan, res)
     cal = design.calibrate(plan, res, target=0.025, scenario="null_nodrift")
     t_serial = time.perf_counter() - t
@@ -136,7 +137,7 @@ def tte() -> None:
     plan = design.compile_design(protocol)
     R = 1000
     t = time.perf_counter()
-    res = design.simulate_design(plan, replicates=R)
+    res = design_trial(plan, replicates=R).results
     oc = design.operating_characteristics(plan, res)
     t_fast = time.perf_counter() - t
     design.mcmc_agreement(plan, protocol, scenario="alt", replicates=[0], draws=500, tune=500)

@@ -136,19 +136,19 @@ def prefect_server(tmp_path_factory):
 
 
 def tiny_protocol(tmp_path: Path, *, n: int = 12, chunk: int = 5, draws: int = 600) -> Path:
-    """The ORR example shrunk to a few patients per arm, with short chains."""
-    text = (ROOT / "protocols" / "onc_phase2_orr.yaml").read_text()
-    text = text.replace("    n: 40\n", f"    n: {n}\n").replace(
-        "chunk_size: 20", f"chunk_size: {chunk}"
+    """The ORR example shrunk to a few patients per arm, with short chains and follow-up."""
+    from insilico_trials.spec.protocol import load_protocol
+    from insilico_trials.testing import with_arm_sizes, with_fields, with_mcmc, write_protocol
+
+    protocol = load_protocol(ROOT / "protocols" / "onc_phase2_orr.yaml")
+    protocol = with_mcmc(with_arm_sizes(protocol, n), draws=draws, tune=500, chains=2)
+    protocol = with_fields(
+        protocol,
+        {
+            "trial_id": "tiny-orr",
+            "execution.chunk_size": chunk,
+            "endpoints.follow_up_weeks": 24,
+            "arms[1].regimen.n_doses": 84,
+        },
     )
-    text = text.replace("trial_id: onc-ph2-orr", "trial_id: tiny-orr")
-    text = text.replace(
-        "mcmc: {draws: 1000, tune: 1000, chains: 2}",
-        f"mcmc: {{draws: {draws}, tune: 500, chains: 2}}",
-    )
-    text = text.replace("follow_up_weeks: 48", "follow_up_weeks: 24").replace(
-        "n_doses: 168", "n_doses: 84"
-    )
-    path = tmp_path / "tiny.yaml"
-    path.write_text(text)
-    return path
+    return write_protocol(protocol, tmp_path / "tiny.yaml")

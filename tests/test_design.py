@@ -14,7 +14,15 @@ import pytest
 from scipy import integrate, stats
 
 from insilico_trials.infer import borrowing, design, outcomes
+from insilico_trials.run.design import design_trial
 from insilico_trials.spec.protocol import ProtocolError, load_protocol
+from insilico_trials.testing import with_arm_sizes, with_fields, write_protocol
+
+
+def simulate_design(plan, **kw):
+    """The serial driver (run.design.design_trial with the default executor)."""
+    return design_trial(plan, **kw).results
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "protocols" / "design_binary_borrowing.yaml"
@@ -37,7 +45,7 @@ def plan():
 
 @pytest.fixture(scope="module")
 def results(plan):
-    return design.simulate_design(plan, replicates=10_000)
+    return simulate_design(plan, replicates=10_000)
 
 
 def test_constants_match_outcomes():
@@ -109,7 +117,7 @@ def test_no_borrowing_single_look_equals_binomial_sum(tmp_path):
     pl = design.compile_design(proto)
     assert len(pl.looks) == 1
     table = pl.tables[("none", 0)]
-    res = design.simulate_design(pl, replicates=20_000, batch_size=20_000)
+    res = simulate_design(pl, replicates=20_000, batch_size=20_000)
     for name, pc, pt in [("null_nodrift", 0.2, 0.2), ("alternative", 0.2, 0.45)]:
         k = np.arange(41)
         exact = float(stats.binom.pmf(k, 40, pc) @ (table > 0.975) @ stats.binom.pmf(k, 40, pt))
@@ -144,8 +152,8 @@ def test_drift_inflates_type1_and_robust_limits_it(plan, results):
 
 
 def test_batching_does_not_change_numbers(plan):
-    a = design.simulate_design(plan, replicates=300, batch_size=300)
-    b = design.simulate_design(plan, replicates=300, batch_size=7)
+    a = simulate_design(plan, replicates=300, batch_size=300)
+    b = simulate_design(plan, replicates=300, batch_size=7)
     for s in plan.scenarios:
         for m in plan.methods:
             for k, v in a[s.name].data[m].items():
@@ -180,32 +188,33 @@ def test_normal_posterior_batch_matches_scalar():
 
 
 def _normal_protocol(tmp_path: Path) -> Path:
-    text = EXAMPLE.read_text()
-    text = text.replace(
-        "  endpoint: orr\n  model: binary\n  decision: {quantity: rate_difference, delta: 0.0, threshold: 0.975}",
-        "  endpoint: best_pct_change\n  model: continuous\n  decision: {quantity: mean_difference, delta: 0.0, threshold: 0.975}",
+    """The example with a continuous endpoint and a known-sigma design."""
+    p = with_fields(
+        load_protocol(EXAMPLE),
+        {
+            "analysis.endpoint": "best_pct_change",
+            "analysis.model": "continuous",
+            "analysis.decision": {"quantity": "mean_difference", "delta": 0.0, "threshold": 0.975},
+            "design": {
+                "endpoint": "continuous",
+                "virtual_control": {"n": 100, "mean": 0.0, "sd": 30.0},
+                "success_threshold": 0.975,
+                "compare_borrowing": ["none"],
+                "scenarios": [
+                    {"name": "null0", "control": 0.0, "treatment": 0.0},
+                    {"name": "alt", "control": 0.0, "treatment": -20.0},
+                    {"name": "alt_up", "control": 0.0, "treatment": 20.0},
+                ],
+            },
+        },
     )
-    start = text.index("design:\n")
-    text = text[:start] + (
-        "design:\n"
-        "  endpoint: continuous\n"
-        "  virtual_control: {n: 100, mean: 0.0, sd: 30.0}\n"
-        "  success_threshold: 0.975\n"
-        "  compare_borrowing: [none]\n"
-        "  scenarios:\n"
-        "    - {name: null0, control: 0.0, treatment: 0.0}\n"
-        "    - {name: alt, control: 0.0, treatment: -20.0}\n"
-        "    - {name: alt_up, control: 0.0, treatment: 20.0}\n"
-    )
-    p = tmp_path / "normal.yaml"
-    p.write_text(text)
-    return p
+    return write_protocol(p, tmp_path / "normal.yaml")
 
 
 def test_normal_no_borrowing_power_is_z_test(tmp_path):
     """Vague priors, known sigma: P(success) = Phi(effect / se - z_0.975), se = sigma sqrt(2/n)."""
     pl = design.compile_design(load_protocol(_normal_protocol(tmp_path)))
-    res = design.simulate_design(pl, replicates=20_000)
+    res = simulate_design(pl, replicates=20_000)
     se = 30.0 * math.sqrt(2 / 40)
     for name, eff in [("null0", 0.0), ("alt_up", 20.0)]:
         exact = stats.norm.cdf(eff / se - stats.norm.ppf(0.975))
@@ -237,34 +246,35 @@ def test_gamma_batch_and_hazard_ratio_probability():
 
 
 def _tte_protocol(tmp_path: Path, n: int = 60) -> Path:
-    text = EXAMPLE.read_text()
-    text = text.replace(
-        "  endpoint: orr\n  model: binary\n  decision: {quantity: rate_difference, delta: 0.0, threshold: 0.975}",
-        "  endpoint: pfs\n  model: tte_weibull\n  decision: {quantity: hazard_ratio, delta: 1.0, threshold: 0.975}",
-    ).replace("    n: 40\n", f"    n: {n}\n")
-    start = text.index("design:\n")
-    text = text[:start] + (
-        "design:\n"
-        "  endpoint: tte\n"
-        "  virtual_control: {n: 150, median_months: 6.0}\n"
-        "  interim_fractions: [0.6]\n"
-        "  efficacy_threshold: 0.999\n"
-        "  futility_threshold: 0.1\n"
-        "  compare_borrowing: [none]\n"
-        "  scenarios:\n"
-        "    - {name: null0, control: 6.0, treatment: 6.0}\n"
-        "    - {name: alt, control: 6.0, treatment: 10.0}\n"
-        "    - {name: drift_null, control: 9.0, treatment: 9.0}\n"
-        "  calibration: {target: 0.025, scenario: null0, bootstrap: 50}\n"
+    """The example with a PFS endpoint (Weibull analysis) and a tte design."""
+    p = with_fields(
+        with_arm_sizes(load_protocol(EXAMPLE), n),
+        {
+            "analysis.endpoint": "pfs",
+            "analysis.model": "tte_weibull",
+            "analysis.decision": {"quantity": "hazard_ratio", "delta": 1.0, "threshold": 0.975},
+            "design": {
+                "endpoint": "tte",
+                "virtual_control": {"n": 150, "median_months": 6.0},
+                "interim_fractions": [0.6],
+                "efficacy_threshold": 0.999,
+                "futility_threshold": 0.1,
+                "compare_borrowing": ["none"],
+                "scenarios": [
+                    {"name": "null0", "control": 6.0, "treatment": 6.0},
+                    {"name": "alt", "control": 6.0, "treatment": 10.0},
+                    {"name": "drift_null", "control": 9.0, "treatment": 9.0},
+                ],
+                "calibration": {"target": 0.025, "scenario": "null0", "bootstrap": 50},
+            },
+        },
     )
-    p = tmp_path / "tte.yaml"
-    p.write_text(text)
-    return p
+    return write_protocol(p, tmp_path / "tte.yaml")
 
 
 def test_tte_design_runs_and_is_sensible(tmp_path):
     pl = design.compile_design(load_protocol(_tte_protocol(tmp_path)))
-    res = design.simulate_design(pl, replicates=2000)
+    res = simulate_design(pl, replicates=2000)
     oc = design.operating_characteristics(pl, res).set_index(["method", "scenario"])
     none_null = oc.loc[("none", "null0")]
     # exponential data, exponential model, vague prior: type I error near 1 - 0.975 (+ interim)
@@ -272,8 +282,8 @@ def test_tte_design_runs_and_is_sensible(tmp_path):
     assert oc.loc[("none", "alt"), "p_success"] > 0.3
     # drift: control better than the virtual arm predicts -> borrowing inflates type I error
     assert oc.loc[("robust_mixture", "drift_null"), "p_success"] > none_null["p_success"]
-    a = design.simulate_design(pl, replicates=50, batch_size=50)
-    b = design.simulate_design(pl, replicates=50, batch_size=3)
+    a = simulate_design(pl, replicates=50, batch_size=50)
+    b = simulate_design(pl, replicates=50, batch_size=3)
     np.testing.assert_array_equal(a["alt"].data["none"]["prob"], b["alt"].data["none"]["prob"])
 
 
@@ -291,11 +301,12 @@ def test_execute_design_bad_input_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_flow_identical_for_any_worker_count(prefect_api, plan):
-    from insilico_trials.adapters.prefect_design import run_design
+    from insilico_trials.adapters.prefect_dask import PrefectDask
 
-    one = run_design(plan, replicates=400, batch_size=400, workers=1)
-    two = run_design(plan, replicates=400, batch_size=90, workers=2)
-    serial = design.simulate_design(plan, replicates=400)
+    one = design_trial(plan, replicates=400, batch_size=400, executor=PrefectDask(workers=1))
+    two = design_trial(plan, replicates=400, batch_size=90, executor=PrefectDask(workers=2))
+    assert one.run_id and two.run_id != one.run_id  # recorded as Prefect flow runs
+    serial = simulate_design(plan, replicates=400)
     for s in plan.scenarios:
         for m in plan.methods:
             for k in ("success", "n", "estimate", "prob"):

@@ -264,23 +264,23 @@ def test_disk_full_while_writing_leaves_previous_state_intact(runs, tmp_path, ca
     from insilico_trials.io.archive import verify_archive
 
     monkeypatch.chdir(runs["tmp"])
-    real_merge = spool_module.merge_parts
+    real_write = spool_module.write_parts
     calls = []
 
-    def full_disk(folder, dest, counts, **kwargs):
+    def full_disk(parts, dest, **kwargs):
         calls.append(dest)
-        if len(calls) == 2:  # endpoints.parquet is in the staging folder; exposure.parquet fails
+        if len(calls) == 3:  # cohort and endpoints are in the staging folder; exposure fails
             raise OSError(errno.ENOSPC, "No space left on device", str(dest))
-        return real_merge(folder, dest, counts, **kwargs)
+        return real_write(parts, dest, **kwargs)
 
-    monkeypatch.setattr(spool_module, "merge_parts", full_disk)
+    monkeypatch.setattr(spool_module, "write_parts", full_disk)
     reports = runs["tmp"] / "reports"
     before = sorted(p.name for p in (reports / "tiny-orr").iterdir())
     assert main(["run", str(runs["protocol"]), "--reports", str(reports), "--workers", "1"]) == 1
     err = capsys.readouterr().err
     assert "cannot write the archive" in err and "No space left on device" in err
     assert "nothing was written and earlier archives are untouched" in err
-    assert len(calls) == 2 and calls[1].name == "exposure.parquet"
+    assert len(calls) == 3 and calls[2].name == "exposure.parquet"
     assert sorted(p.name for p in (reports / "tiny-orr").iterdir()) == before
     assert verify_archive(runs["one"]) == []
 

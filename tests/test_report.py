@@ -1,8 +1,8 @@
 """The run report: every section and figure present, summary numbers equal the archive's.
 
-The archive is built without Prefect or MCMC: the tiny protocol is simulated with
-``trial.simulate_chunk`` and the outcome fit is a conjugate Beta-Binomial stand-in (exact
-posterior draws, seed 7), so the report's plumbing is tested in seconds.
+The archive is built without Prefect or MCMC: the tiny protocol is run by ``run_trial`` on the
+serial executor, with ``testing.mock_fit`` (exact conjugate Beta-Binomial draws, seed 7) as the
+outcome fit, so the report's plumbing is tested in seconds.
 """
 
 from __future__ import annotations
@@ -10,78 +10,33 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 
 from insilico_trials.io.outputs import write_run_outputs
-from insilico_trials.io.spool import Spooled, spool_chunk
+from insilico_trials.io.spool import ParquetSpool
 from insilico_trials.report import render_report
+from insilico_trials.run.trial import run_trial
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import load_protocol
+from insilico_trials.testing import mock_fit
 from tests.conftest import tiny_protocol
-
-
-@dataclass(frozen=True)
-class _ConjugateFit:
-    probability: float
-    decision: str
-    converged: bool
-    diagnostics: dict[str, Any]
-    summary: pd.DataFrame
-    idata: dict[str, Any]
-
-
-def _conjugate_fit(protocol: Any, endpoints: pd.DataFrame) -> _ConjugateFit:
-    rng = np.random.default_rng(7)
-    d = protocol.analysis.decision
-    ctrl = endpoints[endpoints["arm"] == protocol.control_arm.name]["responder"]
-    trt = endpoints[endpoints["arm"] == protocol.treatment_arms[0].name]["responder"]
-    p_c = rng.beta(1 + ctrl.sum(), 1 + len(ctrl) - ctrl.sum(), size=(2, 500))
-    p_t = rng.beta(1 + trt.sum(), 1 + len(trt) - trt.sum(), size=(2, 500))
-    post = {"p_c": p_c, "p_t": p_t, "rate_difference": p_t - p_c}
-    ds = xr.Dataset({k: (("chain", "draw"), v) for k, v in post.items()})
-    prob = float(np.mean(post["rate_difference"] > d.delta))
-    rows = [
-        {"param": k, "mean": float(v.mean()), "sd": float(v.std()),
-         "eti_2.5%": float(np.quantile(v, 0.025)), "eti_97.5%": float(np.quantile(v, 0.975)),
-         "r_hat": 1.0, "ess_bulk": 1000.0}
-        for k, v in post.items()
-    ]  # fmt: skip
-    return _ConjugateFit(
-        probability=prob,
-        decision="go" if prob > d.threshold else "no-go",
-        converged=True,
-        diagnostics={"divergences": 0, "failed": [], "max_rhat": 1.0, "min_ess_bulk": 1000.0},
-        summary=pd.DataFrame(rows),
-        idata={"posterior": SimpleNamespace(to_dataset=lambda: ds)},
-    )
 
 
 def build_archive(root: Path) -> tuple[Path, dict[str, Any]]:
     """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta."""
     path = tiny_protocol(root, n=12)
     protocol = load_protocol(path)
-    cohorts, digests = {}, []
-    keep = trial.summary_columns(protocol)
-    for arm in protocol.arms:
-        cohorts[arm.name] = trial.arm_cohort(protocol, arm)
-        for s, e in trial.chunk_bounds(arm.n, 5):
-            chunk = trial.simulate_chunk(protocol, arm.name, cohorts[arm.name].iloc[s:e])
-            digests.append(spool_chunk(root / "spool", chunk, keep=keep))
-    spooled = Spooled.collect(root / "spool", digests)
-    outcome = SimpleNamespace(
-        cohorts=cohorts, spooled=spooled, fit=_conjugate_fit(protocol, spooled.summary)
+    keep = tuple(trial.summary_columns(protocol))
+    result = run_trial(
+        protocol, sink=ParquetSpool(root / "spool", keep=keep), chunk_size=5, fit=mock_fit
     )
     archive = root / "archive"
     archive.mkdir()
-    groups = write_run_outputs(archive, protocol, path, outcome)
+    groups = write_run_outputs(archive, path, result)
     meta = {
         "run_id": "test-run", "trial_id": protocol.trial_id, "protocol_sha256": protocol.sha256(),
         "seeds": {"protocol": protocol.seed}, "prefect_flow_run_id": "flow-123",

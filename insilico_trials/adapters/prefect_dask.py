@@ -1,4 +1,7 @@
-"""One Prefect API for the driver and its Dask workers.
+"""The Prefect-on-Dask executor, and one Prefect API for the driver and its Dask workers.
+
+:class:`PrefectDask` runs a body of the run layer (:mod:`insilico_trials.run.executor`) as a
+Prefect flow whose submissions are Prefect tasks on a Dask cluster.
 
 With no ``PREFECT_API_URL`` configured, Prefect starts an ephemeral API server in the process
 that first needs one. A Dask worker process does not inherit the driver's in-process settings,
@@ -12,11 +15,23 @@ exports that URL.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["api_and_cluster", "shared_prefect_api"]
+__all__ = [
+    "PrefectDask",
+    "RunCache",
+    "api_and_cluster",
+    "quiet_prefect",
+    "reach_prefect_api",
+    "shared_prefect_api",
+]
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -115,3 +130,161 @@ def api_and_cluster(
             if started is not None:
                 started[1].close()
                 started[0].close()
+
+
+@dataclass(frozen=True)
+class RunCache:
+    """Where a run keeps its stage results, and whether it may take them from there.
+
+    Every stage result is persisted under ``root/tag`` with the key the run layer gives it
+    (``cohort-<arm>``, ``chunk-<arm>-<first>-<last>``, ``fit``, ``sobol-<arm>-<start>``);
+    ``tag`` hashes the protocol and the code, so a changed protocol or a changed program never
+    reuses a result. A normal run refreshes the entries; ``--resume`` takes finished ones.
+    """
+
+    root: str
+    tag: str
+    resume: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.tag
+
+    def options(self, key: str) -> dict[str, Any]:
+        from prefect.cache_policies import CacheKeyFnPolicy
+
+        return {
+            "cache_policy": CacheKeyFnPolicy(cache_key_fn=functools.partial(_fixed_key, key)),
+            "persist_result": True,
+            "result_storage": self.folder,
+            "refresh_cache": not self.resume,
+        }
+
+
+def _fixed_key(key: str, context: Any, parameters: dict[str, Any]) -> str:
+    return key
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return fn(*args)
+
+
+class _PrefectFuture:
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def result(self) -> Any:
+        return self.future.result()
+
+    @property
+    def cached(self) -> bool:
+        return self.future.state.name == "Cached"
+
+
+class _PrefectSession:
+    def __init__(self, run_id: str, cache: RunCache | None) -> None:
+        self.run_id = run_id
+        self.cache = cache
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, key: str, label: str, retries: int = 0
+    ) -> _PrefectFuture:
+        from prefect import task
+        from prefect.cache_policies import NO_CACHE
+
+        # Inputs are protocols and DataFrames: hashing them for Prefect's default cache key
+        # costs time and buys nothing, so caching is off unless the run keys it explicitly.
+        options: dict[str, Any] = {"name": label, "retries": retries, "cache_policy": NO_CACHE}
+        if self.cache is not None:
+            options.update(self.cache.options(key))
+        return _PrefectFuture(task(_call, **options).submit(fn, args))
+
+    def as_completed(self, futures: Iterable[_PrefectFuture]) -> Iterator[_PrefectFuture]:
+        from prefect.futures import as_completed
+
+        by_future = {id(f.future): f for f in futures}
+        for done in as_completed([f.future for f in by_future.values()]):
+            yield by_future[id(done)]
+
+
+@dataclass(frozen=True)
+class PrefectDask:
+    """The executor of the orchestrated runs: the body is a Prefect flow, each submission a
+    Prefect task on Dask (a LocalCluster of ``workers`` processes, or the scheduler at
+    ``dask_address``), on one shared Prefect API. With ``cache``, stage results are persisted
+    under their keys (and reused with ``cache.resume``). ``in_process`` runs the tasks in this
+    process on Prefect's default task runner, without Dask (a single small task)."""
+
+    workers: int | None = None
+    dask_address: str | None = None
+    cache: RunCache | None = None
+    in_process: bool = False
+
+    def run(self, name: str, body: Callable[[Any], T], *, warm: tuple[str, ...] = ()) -> T:
+        quiet_prefect()
+        from prefect import flow
+
+        cache = self.cache
+
+        def orchestrated() -> T:
+            from prefect.runtime import flow_run
+
+            return body(_PrefectSession(str(flow_run.id), cache))
+
+        if self.in_process:
+            return flow(
+                orchestrated, name=name, log_prints=False, persist_result=False,
+                validate_parameters=False,
+            )()  # fmt: skip
+        with api_and_cluster(
+            workers=self.workers, dask_address=self.dask_address, warm=warm
+        ) as runner:
+            orchestrated_flow = flow(
+                orchestrated,
+                name=name,
+                log_prints=False,
+                persist_result=False,
+                validate_parameters=False,
+                task_runner=runner,
+            )
+            return orchestrated_flow()
+
+
+def quiet_prefect() -> None:
+    """Our own progress lines are the user's view; Prefect's and Dask's INFO logs would drown
+    them. Set before Prefect is imported (the variables reach the worker processes too)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API takes ~25 s to start on a loaded 2-core machine; Prefect's default
+    # wait is 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def reach_prefect_api(*, timeout_s: float = 10.0) -> str | None:
+    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts.
+
+    Without the variable the embedded ephemeral API is used and there is nothing to check.
+    Returns None when fine, else why the server cannot be reached.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return None
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc))
+    return (
+        f"the Prefect API at PREFECT_API_URL={url} cannot be reached ({reason}); nothing "
+        "was run. Start that server, or unset PREFECT_API_URL to use the embedded ephemeral API."
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,11 @@ from insilico_trials.io.archive import (
     verify_archive,
     write_manifest,
 )
+from insilico_trials.io.spool import ParquetSpool
 from insilico_trials.run.preflight import checked_protocol
+from insilico_trials.run.trial import RunResult, run_trial
+from insilico_trials.run.update import borrowing_arguments, refit_control
+from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
 
 
@@ -47,22 +50,6 @@ __all__ = [
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _quiet_prefect() -> None:
-    # Our own progress lines are the user's view; Prefect's INFO logs would drown them.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The ephemeral API takes ~25 s to start on a loaded 2-core machine; Prefect's default
-    # wait is 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    # Dask's INFO lines (workers starting and closing) are noise to a trial statistician;
-    # the variable reaches the worker processes too.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    import logging
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def open_archive(archive: Path) -> dict[str, Any] | None:
@@ -89,31 +76,15 @@ def reports_writable(folder: Path, what: str) -> bool:
     return True
 
 
-def reach_prefect_api(*, timeout_s: float = 10.0) -> bool:
-    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts.
+def reach_prefect_api() -> bool:
+    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts;
+    False (after saying why on stderr) when it does not."""
+    from insilico_trials.adapters.prefect_dask import reach_prefect_api as reach
 
-    Without the variable the embedded ephemeral API is used and there is nothing to check.
-    Returns False (after saying why on stderr) when the server does not answer.
-    """
-    import urllib.error
-    import urllib.request
-
-    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-    if not url:
-        return True
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return True
-            reason = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = str(getattr(exc, "reason", exc))
-    print(
-        f"error: the Prefect API at PREFECT_API_URL={url} cannot be reached ({reason}); nothing "
-        "was run. Start that server, or unset PREFECT_API_URL to use the embedded ephemeral API.",
-        file=sys.stderr,
-    )
-    return False
+    if problem := reach():
+        print(f"error: {problem}", file=sys.stderr)
+        return False
+    return True
 
 
 def reach_tracker(*, parent_run_id: str | None = None) -> Any:
@@ -163,9 +134,9 @@ def run_to_archive(
     from insilico_trials.io.outputs import code_sha256
 
     t = time.perf_counter()
-    _quiet_prefect()
-    from insilico_trials.adapters.prefect_run import RunCache, run_trial
+    from insilico_trials.adapters.prefect_dask import PrefectDask, RunCache, quiet_prefect
 
+    quiet_prefect()
     timings["import prefect"] = time.perf_counter() - t
     started = dt.datetime.now(dt.UTC)
     t = time.perf_counter()
@@ -174,13 +145,17 @@ def run_to_archive(
         tag=sha256_bytes(f"{protocol.sha256()}:{code_sha256()}".encode())[:24],
         resume=resume,
     )
-    outcome = run_trial(
-        protocol, workers=workers, dask_address=dask_address, chunk_size=chunk_size, cache=cache
+    result = run_trial(
+        protocol,
+        executor=PrefectDask(workers=workers, dask_address=dask_address, cache=cache),
+        sink=ParquetSpool(cache.folder / "parts", keep=tuple(trial.summary_columns(protocol))),
+        chunk_size=chunk_size,
+        progress=_say,
     )
     flow_total = time.perf_counter() - t
     timings["flow"] = flow_total
-    timings["  start Prefect API and Dask cluster"] = flow_total - sum(outcome.timings.values())
-    for k, v in outcome.timings.items():
+    timings["  start Prefect API and Dask cluster"] = flow_total - sum(result.timings.values())
+    for k, v in result.timings.items():
         timings[f"  {k}"] = v
     t = time.perf_counter()
     try:
@@ -188,7 +163,7 @@ def run_to_archive(
             protocol,
             protocol_path,
             final,
-            outcome,
+            result,
             tracker,
             started,
             workers,
@@ -211,7 +186,7 @@ def _write_archive(
     protocol: TrialProtocol,
     protocol_path: Path,
     final: Path,
-    outcome: Any,
+    result: RunResult,
     tracker: Any,
     started: dt.datetime,
     workers: int | None,
@@ -222,7 +197,7 @@ def _write_archive(
     from insilico_trials.report import render_report
 
     with staged_directory(final) as stage:
-        groups = write_run_outputs(stage, protocol, protocol_path, outcome)
+        groups = write_run_outputs(stage, protocol_path, result)
         design_files = attach_design(stage, protocol, final.parent)
         groups["inputs"] += design_files
         meta = {
@@ -231,7 +206,7 @@ def _write_archive(
             "protocol_sha256": protocol.sha256(),
             "protocol_file_sha256": sha256_file(protocol_path),
             "seeds": {"protocol": protocol.seed},
-            "prefect_flow_run_id": outcome.flow_run_id,
+            "prefect_flow_run_id": result.run_id,
             "mlflow_run_id": tracker.run_id or "",
             "mlflow_tracking_uri": getattr(tracker, "uri", ""),
             "started_utc": started.isoformat(timespec="seconds"),
@@ -395,18 +370,22 @@ def execute_rerun(
     except ProtocolError as exc:
         print(exc, file=sys.stderr)
         return 2
-    _quiet_prefect()
-    from insilico_trials.adapters.prefect_run import run_trial
+    from insilico_trials.adapters.prefect_dask import PrefectDask
 
     # Chunk tables are spooled where the workers can reach them (beside the task cache),
     # and removed whatever happens.
     spool_root = Path.cwd() / ".insilico" / "spool"
     spool_root.mkdir(parents=True, exist_ok=True)
-    spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root))
+    spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root)).resolve()
     try:
-        outcome = run_trial(protocol, workers=workers, dask_address=dask_address, spool=spool)
+        result = run_trial(
+            protocol,
+            executor=PrefectDask(workers=workers, dask_address=dask_address),
+            sink=ParquetSpool(spool, keep=tuple(trial.summary_columns(protocol))),
+            progress=_say,
+        )
         with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
-            write_run_outputs(Path(tmp), protocol, archive / "protocol.yaml", outcome)
+            write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
             rows = compare_outputs(manifest["outputs"], Path(tmp))
     finally:
         shutil.rmtree(spool, ignore_errors=True)
@@ -487,11 +466,9 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
         ArchiveBusyError,
         UpdatePlan,
         archive_lock,
-        borrowing_arguments,
         existing_updates,
         write_update,
     )
-    from insilico_trials.sim import trial
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -561,11 +538,11 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
                 return 1
             timings["tracking (MLflow)"] = time.perf_counter() - t
             t = time.perf_counter()
-            _quiet_prefect()
-            from insilico_trials.adapters.prefect_update import update_flow
+            from insilico_trials.adapters.prefect_dask import PrefectDask
 
-            fit_args = {k: v for k, v in args.items() if k != "paramcd"}
-            result, flow_run_id = update_flow(virtual, real, fit_args)
+            result, flow_run_id = refit_control(
+                virtual, real, protocol, executor=PrefectDask(in_process=True)
+            )
             timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
             t = time.perf_counter()
             tracker.start(

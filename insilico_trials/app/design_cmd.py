@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.io.archive import atomic_write_text, staged_directory
+from insilico_trials.run.design import design_trial
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, issues_at, load_protocol
 
 __all__ = ["execute_design", "oc_markdown"]
@@ -136,7 +137,7 @@ def _write_design(
             "success_threshold": plan.success,
             "operating_characteristics": json.loads(oc.to_json(orient="records")),
             "calibration": None if cal is None else json.loads(cal.to_json(orient="records")),
-            "prefect_flow_run_id": outcome.flow_run_id,
+            "prefect_flow_run_id": outcome.run_id,
             "mlflow_run_id": tracker.run_id or "",
             "started_utc": started.isoformat(timespec="seconds"),
             "ended_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -158,7 +159,6 @@ def execute_design(
     """``insilico-trials design``: returns the process exit code (0 ok, 1 failure, 2 bad input)."""
     from insilico_trials.adapters.mlflow_tracker import flatten
     from insilico_trials.app.commands import (
-        _quiet_prefect,
         _timing_table,
         reach_prefect_api,
         reach_tracker,
@@ -212,17 +212,17 @@ def execute_design(
     status = "FAILED"
     try:
         t = time.perf_counter()
-        _quiet_prefect()
-        from insilico_trials.adapters.prefect_design import run_design
+        from insilico_trials.adapters.prefect_dask import PrefectDask, quiet_prefect
 
+        quiet_prefect()
         timings["import prefect"] = time.perf_counter() - t
         t = time.perf_counter()
-        outcome = run_design(
+        outcome = design_trial(
             plan,
             replicates=replicates,
             batch_size=spec.batch_size,
-            workers=workers,
-            dask_address=dask_address,
+            executor=PrefectDask(workers=workers, dask_address=dask_address),
+            progress=_say,
         )
         flow_total = time.perf_counter() - t
         timings["flow"] = flow_total

@@ -112,7 +112,6 @@ __all__ = [
     "operating_characteristics",
     "replicate_batches",
     "simulate_batch",
-    "simulate_design",
 ]
 
 # --------------------------------------------------------------------------- compiled plan
@@ -667,18 +666,6 @@ def merge_batches(batches: Sequence[BatchResult]) -> dict[str, BatchResult]:
         }
         merged[name] = BatchResult(name, 0, bs[-1].stop, data)
     return merged
-
-
-def simulate_design(
-    plan: DesignPlan, *, replicates: int, batch_size: int = 2500
-) -> dict[str, BatchResult]:
-    """Serial driver: every scenario, every batch, in this process (flows/design.py is the Dask one)."""
-    batches = [
-        simulate_batch(plan, s.name, a, b)
-        for s in plan.scenarios
-        for a, b in replicate_batches(replicates, batch_size)
-    ]
-    return merge_batches(batches)
 
 
 # --------------------------------------------------------------------------- summaries

@@ -1,21 +1,17 @@
-"""Model credibility evidence (ASME V&V 40 / FDA 2023 computational-model guidance).
+"""Global sensitivity of the decision to the uncertain typical values (model credibility
+evidence in the sense of ASME V&V 40 / FDA 2023 computational-model guidance).
 
-Three pieces, each a plain function:
-
-* :func:`sobol_sensitivity` - global sensitivity of the decision quantity to the uncertain
-  population typical values, on the fast simulation path (no MCMC), with SALib's Saltelli/Sobol
-  sampler; archived by ``runs.write_run_outputs`` as ``sensitivity.json``.
-* :func:`read_test_results` - code-verification evidence: counts of passed/failed reference
-  tests from a JUnit XML file recorded at build time (``pytest --junitxml=...``).
-* :func:`model_risk` - the V&V 40 model-risk grid (model influence x decision consequence).
+:func:`sobol_plan` draws a Saltelli/Sobol sample (SALib) of the typical values,
+:func:`sobol_evaluate` simulates a batch of evaluations for one arm on the fast path (no
+MCMC), :func:`sobol_indices` turns them into first-order and total indices. ``run_trial`` runs
+these as its declared ``sensitivity`` stage through its executor (``sensitivity.json`` in the
+archive); :func:`sobol_sensitivity` is the same, serially.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import xml.etree.ElementTree as ET
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,10 +19,12 @@ import pandas as pd
 
 __all__ = [
     "DEFAULT_RSE",
+    "SobolPlan",
     "decision_quantity",
-    "model_risk",
-    "read_test_results",
-    "recorded_test_results",
+    "sobol_batches",
+    "sobol_evaluate",
+    "sobol_indices",
+    "sobol_plan",
     "sobol_sensitivity",
 ]
 
@@ -83,16 +81,28 @@ def _beta_moments(a: float, b: float) -> tuple[float, float]:
     return a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
 
 
-def sobol_sensitivity(
+@dataclass(frozen=True)
+class SobolPlan:
+    """The Saltelli design of :func:`sobol_sensitivity`: which typical values vary, over what
+    range, and the factor each evaluation applies to each of them."""
+
+    names: tuple[str, ...]
+    parameters: tuple[dict[str, Any], ...]
+    problem: dict[str, Any]
+    factors: np.ndarray  # (evaluations, parameters)
+    n_base: int
+    max_patients: int
+    seed: int
+
+
+def sobol_plan(
     protocol: Any, *, n_base: int = 32, seed: int | None = None, max_patients: int = 500
-) -> dict[str, Any] | None:
-    """First-order and total Sobol indices of the decision quantity to the typical values.
+) -> SobolPlan | None:
+    """The Saltelli sample of the uncertain typical values; None when there is none to vary.
 
     Each uncertain typical value (tumour-model rates and CL) is varied over the central 95% of
     its replicate-level uncertainty (lognormal, relative SE from the protocol's
-    ``uncertainty_rse``, or :data:`DEFAULT_RSE` where the protocol states none). The arms' virtual
-    patients are held fixed (common random numbers): a typical value acts on every patient's
-    individual value multiplicatively, so each Saltelli sample rescales the cohort's columns.
+    ``uncertainty_rse``, or :data:`DEFAULT_RSE` where the protocol states none).
 
     Parameters
     ----------
@@ -102,20 +112,9 @@ def sobol_sensitivity(
         Sampler and bootstrap seed; defaults to the protocol seed.
     max_patients
         Virtual patients per arm used (the first ones of each arm).
-
-    Returns
-    -------
-    dict or None
-        None when the protocol has no uncertain typical value to vary. Otherwise
-        ``parameters`` (name, typical, rse, rse_assumed, low, high), ``outputs`` ({quantity:
-        {S1, S1_conf, ST, ST_conf, mean, sd, p05, p95}}; indices only for the contrast, not
-        for ``p_success``), ``n_base``, ``n_evaluations``, ``method``.
     """
-    from SALib.analyze import sobol as sobol_analyze
     from SALib.sample import sobol as sobol_sample
     from scipy.stats import norm
-
-    from insilico_trials.sim import trial
 
     seed = protocol.seed if seed is None else seed
     names = _uncertain_parameters(protocol)
@@ -136,25 +135,47 @@ def sobol_sensitivity(
     problem = {"num_vars": len(names), "names": names, "bounds": [list(_PROB_RANGE)] * len(names)}
     u = sobol_sample.sample(problem, n_base, calc_second_order=False, seed=seed)
     factors = np.exp(norm.ppf(u) * np.array([p["log_sd"] for p in params]))
-    cohorts = {a.name: trial.arm_cohort(protocol, a) for a in protocol.arms}
-    per_arm: dict[str, list[pd.DataFrame]] = {}
-    for arm in protocol.arms:
-        # Cost grows with arm size x evaluations; the first patients (a random sample, as
-        # patient order is random) keep it to seconds for any trial size.
-        base = cohorts[arm.name].iloc[:max_patients]
-        n_pat = len(base)
-        per_batch = max(1, _BATCH_PATIENTS // max(n_pat, 1))
-        parts = []
-        for start in range(0, len(factors), per_batch):
-            block = factors[start : start + per_batch]
-            big = pd.concat([base] * len(block), ignore_index=True)
-            for j, n in enumerate(names):
-                big[n] = big[n].to_numpy(dtype=float) * np.repeat(block[:, j], n_pat)
-            ep = trial.simulate_chunk(protocol, arm.name, big).endpoints
-            ep["sample"] = np.repeat(np.arange(start, start + len(block)), n_pat)
-            parts.append(ep)
-        per_arm[arm.name] = parts
-    joined = pd.concat([p for parts in per_arm.values() for p in parts], ignore_index=True)
+    return SobolPlan(tuple(names), tuple(params), problem, factors, n_base, max_patients, seed)
+
+
+def sobol_batches(plan: SobolPlan, arm_patients: int) -> list[tuple[int, int]]:
+    """Evaluation ranges ``[start, stop)`` simulated together for an arm of ``arm_patients``
+    patients (about :data:`_BATCH_PATIENTS` patient-evaluations per batch)."""
+    n_pat = min(arm_patients, plan.max_patients)
+    per_batch = max(1, _BATCH_PATIENTS // max(n_pat, 1))
+    n = len(plan.factors)
+    return [(s, min(s + per_batch, n)) for s in range(0, n, per_batch)]
+
+
+def sobol_evaluate(
+    protocol: Any, plan: SobolPlan, arm_name: str, cohort: pd.DataFrame, start: int, stop: int
+) -> pd.DataFrame:
+    """Endpoints of evaluations ``start..stop-1`` for one arm (column ``sample``).
+
+    The arm's virtual patients are held fixed (common random numbers): a typical value acts on
+    every patient's individual value multiplicatively, so each evaluation rescales the
+    cohort's columns. Only the first ``plan.max_patients`` patients are used (a random sample,
+    as patient order is random), which keeps the cost to seconds for any trial size.
+    """
+    from insilico_trials.sim import trial
+
+    base = cohort.iloc[: plan.max_patients]
+    n_pat = len(base)
+    block = plan.factors[start:stop]
+    big = pd.concat([base] * len(block), ignore_index=True)
+    for j, n in enumerate(plan.names):
+        big[n] = big[n].to_numpy(dtype=float) * np.repeat(block[:, j], n_pat)
+    ep = trial.simulate_chunk(protocol, arm_name, big).endpoints
+    ep["sample"] = np.repeat(np.arange(start, stop), n_pat)
+    return ep
+
+
+def sobol_indices(protocol: Any, plan: SobolPlan, parts: list[pd.DataFrame]) -> dict[str, Any]:
+    """First-order and total Sobol indices from the evaluated ``parts`` (every arm's batches,
+    arm by arm in protocol order, batches in evaluation order)."""
+    from SALib.analyze import sobol as sobol_analyze
+
+    joined = pd.concat(parts, ignore_index=True)
     values: dict[str, list[float]] = {}
     for _, ep in joined.groupby("sample", sort=True):
         for k, v in decision_quantity(protocol, ep).items():
@@ -168,66 +189,52 @@ def sobol_sensitivity(
             si = {}
         else:
             res = sobol_analyze.analyze(
-                problem, y, calc_second_order=False, seed=seed, print_to_console=False
+                plan.problem, y, calc_second_order=False, seed=plan.seed, print_to_console=False
             )
             si = {key: [float(x) for x in res[key]] for key in ("S1", "S1_conf", "ST", "ST_conf")}
         outputs[k] = {**si, "mean": float(y.mean()), "sd": float(y.std(ddof=1)),
                       "p05": float(np.quantile(y, 0.05)), "p95": float(np.quantile(y, 0.95))}  # fmt: skip
-    for p in params:
-        p.pop("log_sd")
+    params = [{k: v for k, v in p.items() if k != "log_sd"} for p in plan.parameters]
     return {
         "method": "Sobol indices (SALib Saltelli/Sobol sequence, first-order and total), "
         "fast simulation path without MCMC, virtual patients held fixed",
         "parameters": params,
         "outputs": outputs,
-        "n_base": n_base,
-        "patients_per_arm": {a.name: min(a.n, max_patients) for a in protocol.arms},
-        "n_evaluations": len(factors),
-        "seed": seed,
+        "n_base": plan.n_base,
+        "patients_per_arm": {a.name: min(a.n, plan.max_patients) for a in protocol.arms},
+        "n_evaluations": len(plan.factors),
+        "seed": plan.seed,
         "default_rse": DEFAULT_RSE,
     }
 
 
-def recorded_test_results() -> Path | None:
-    """Where build-time test results are: ``$INSILICO_TEST_RESULTS`` or ``build-artifacts/junit.xml``."""
-    env = os.environ.get("INSILICO_TEST_RESULTS")
-    if env:
-        return Path(env)
-    path = Path(__file__).resolve().parents[2] / "build-artifacts" / "junit.xml"
-    return path if path.exists() else None
+def sobol_sensitivity(
+    protocol: Any,
+    *,
+    n_base: int = 32,
+    seed: int | None = None,
+    max_patients: int = 500,
+    cohorts: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, Any] | None:
+    """First-order and total Sobol indices of the decision quantity to the typical values,
+    serially (``run_trial`` runs the same evaluations through its executor).
 
-
-def read_test_results(path: Path | None) -> dict[str, Any] | None:
-    """Counts of a JUnit XML file (pytest ``--junitxml``): per test module and in total.
-
-    Returns ``None`` when there is no file. Reference-value tests are the modules whose tests
-    compare to closed-form or published values (tier 1 and 2 of the test suite).
+    ``cohorts`` are the arms' virtual patients (sampled again when not given). Returns None
+    when the protocol has no uncertain typical value to vary, else ``parameters`` (name,
+    typical, rse, rse_assumed, low, high), ``outputs`` ({quantity: {S1, S1_conf, ST, ST_conf,
+    mean, sd, p05, p95}}; indices only for the contrast, not for ``p_success``), ``n_base``,
+    ``n_evaluations``, ``method``.
     """
-    if path is None or not Path(path).exists():
+    from insilico_trials.sim import trial
+
+    plan = sobol_plan(protocol, n_base=n_base, seed=seed, max_patients=max_patients)
+    if plan is None:
         return None
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    modules: dict[str, dict[str, int]] = {}
-    timestamp = ""
-    for suite in suites:
-        timestamp = timestamp or suite.get("timestamp", "")
-        for case in suite.iter("testcase"):
-            module = (case.get("classname") or "?").split(".")
-            mod = next((m for m in module if m.startswith("test_")), module[-1])
-            row = modules.setdefault(mod, {"passed": 0, "failed": 0, "skipped": 0})
-            if case.find("failure") is not None or case.find("error") is not None:
-                row["failed"] += 1
-            elif case.find("skipped") is not None:
-                row["skipped"] += 1
-            else:
-                row["passed"] += 1
-    total = {k: sum(r[k] for r in modules.values()) for k in ("passed", "failed", "skipped")}
-    return {"source": str(path), "timestamp": timestamp, "modules": modules, "total": total}
-
-
-def model_risk(*, influence: str, consequence: str) -> dict[str, Any]:
-    """V&V 40 model risk from model influence and decision consequence (low/medium/high)."""
-    levels = ["low", "medium", "high"]
-    score = levels.index(influence) + levels.index(consequence)
-    risk = levels[min(2, (score + 1) // 2)] if score != 2 else "medium"
-    return {"influence": influence, "consequence": consequence, "risk": risk}
+    if cohorts is None:
+        cohorts = {a.name: trial.arm_cohort(protocol, a) for a in protocol.arms}
+    parts = [
+        sobol_evaluate(protocol, plan, arm.name, cohorts[arm.name], a, b)
+        for arm in protocol.arms
+        for a, b in sobol_batches(plan, len(cohorts[arm.name]))
+    ]
+    return sobol_indices(protocol, plan, parts)

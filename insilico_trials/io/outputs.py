@@ -24,7 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insilico_trials.infer import analysis
+from insilico_trials.io import spool
 from insilico_trials.io.archive import atomic_write_bytes, atomic_write_text, sha256_file
+from insilico_trials.run.trial import RunResult
 from insilico_trials.spec.protocol import TrialProtocol
 
 __all__ = [
@@ -86,53 +88,48 @@ def _profile_quantiles(times_h: np.ndarray, profiles: dict[str, np.ndarray]) -> 
 
 
 def write_run_outputs(
-    stage: Path, protocol: TrialProtocol, protocol_source: Path, outcome: Any
+    stage: Path, protocol_source: Path, result: RunResult
 ) -> dict[str, list[str]]:
     """Write the protocol and every numeric output of a run into ``stage``.
 
-    ``outcome.spooled`` holds the chunk tables on disk; they are merged table by table into
-    fixed-size row groups, so memory stays bounded by a row group whatever the trial size.
-    Returns the file names grouped as ``inputs`` and ``outputs`` for the manifest.
+    ``result.tables`` yields each per-patient table's parts in (arm, patient) order (from
+    memory or from Parquet parts on disk); they are written table by table into fixed-size row
+    groups, so memory stays bounded by a row group whatever the trial size, and the bytes do not
+    depend on chunking. Returns the file names grouped as ``inputs`` and ``outputs`` for the
+    manifest.
     """
-    from insilico_trials.io.spool import RowGroupWriter
-
+    protocol = result.protocol
     shutil.copyfile(protocol_source, stage / "protocol.yaml")
-    spooled = outcome.spooled
-    cohort = RowGroupWriter(stage / "cohort.parquet")
-    for arm in protocol.arms:
-        cohort.write(outcome.cohorts[arm.name])
-    cohort.close()
-    spooled.merge("endpoints", stage / "endpoints.parquet")
-    spooled.merge("exposure", stage / "exposure.parquet")
+    tables = result.tables
+    spool.write_parts((result.cohorts[arm.name] for arm in protocol.arms), stage / "cohort.parquet")
+    spool.write_parts(tables.parts("endpoints"), stage / "endpoints.parquet")
+    spool.write_parts(tables.parts("exposure"), stage / "exposure.parquet")
     atomic_write_bytes(
         stage / "profiles.parquet",
-        parquet_bytes(_profile_quantiles(spooled.profile_times_h, spooled.profiles)),
+        parquet_bytes(_profile_quantiles(tables.profile_times_h, tables.profiles)),
     )
     screening = {
-        a.name: {"enrolled": len(outcome.cohorts[a.name]),
-                 "screened": int(outcome.cohorts[a.name].attrs.get("screened", a.n))}
+        a.name: {"enrolled": len(result.cohorts[a.name]),
+                 "screened": int(result.cohorts[a.name].attrs.get("screened", a.n))}
         for a in protocol.arms
     }  # fmt: skip
-    fit = outcome.fit
+    fit = result.fit
     write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
     write_json(
         stage / "synthetic_control.json",
-        analysis.virtual_control_summary(protocol, spooled.summary),
+        analysis.virtual_control_summary(protocol, tables.summary),
     )
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
     extra = []
-    validation = analysis.validation_table(protocol, spooled.summary)
+    validation = analysis.validation_table(protocol, tables.summary)
     if validation:  # published values this run can be compared with (credibility section)
         write_json(stage / "validation.json", validation)
         extra.append("validation.json")
-    if spooled.has("tumour_sld"):  # true SLD per visit, for the report's spider plot
-        spooled.merge("tumour_sld", stage / "tumour_sld.parquet")
+    if tables.has("tumour_sld"):  # true SLD per visit, for the report's spider plot
+        spool.write_parts(tables.parts("tumour_sld"), stage / "tumour_sld.parquet")
         extra.append("tumour_sld.parquet")
-    from insilico_trials.infer.sensitivity import sobol_sensitivity
-
-    sensitivity = sobol_sensitivity(protocol)
-    if sensitivity is not None:
-        write_json(stage / "sensitivity.json", sensitivity)
+    if result.sensitivity is not None:
+        write_json(stage / "sensitivity.json", result.sensitivity)
         extra.append("sensitivity.json")
     return {
         "inputs": ["protocol.yaml"],

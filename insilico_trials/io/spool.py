@@ -17,7 +17,8 @@ import contextlib
 import io
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,43 +28,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insilico_trials.io.archive import atomic_write_bytes
+from insilico_trials.run.sinks import ChunkDigest, chunk_frames, digest_of, join_digests
 
 __all__ = [
     "ROWS_PER_GROUP",
-    "ChunkDigest",
+    "ParquetSpool",
     "RowGroupWriter",
     "Spooled",
+    "iter_parts",
     "merge_parts",
-    "sld_frame",
     "spool_chunk",
+    "write_parts",
 ]
 
 ROWS_PER_GROUP = 65_536  # rows per Parquet row group in archived tables
-
-
-@dataclass(frozen=True)
-class ChunkDigest:
-    """What a spooled chunk hands back to the flow: small whatever the chunk size."""
-
-    arm: str
-    start: int
-    n: int
-    summary: pd.DataFrame  # the endpoint columns kept in memory (trial.summary_columns)
-    profile_times_h: np.ndarray
-    profiles: np.ndarray = field(repr=False)  # (m, T) float32, patients < PROFILE_PATIENTS
-
-
-def sld_frame(chunk: Any) -> pd.DataFrame | None:
-    """True SLD (mm) per patient and visit, long: ``arm, patient, visit_day, sld_mm``."""
-    if getattr(chunk, "sld", None) is None:
-        return None
-    n, k = chunk.sld.shape
-    patient = chunk.endpoints["patient"].to_numpy(dtype=np.int64)
-    return pd.DataFrame(
-        {"arm": chunk.arm, "patient": np.repeat(patient, k),
-         "visit_day": np.tile(np.asarray(chunk.visit_days, dtype=float), n),
-         "sld_mm": np.asarray(chunk.sld, dtype=float).reshape(-1)}
-    )  # fmt: skip
 
 
 def _part_path(folder: Path, table: str, arm: str, start: int) -> Path:
@@ -81,24 +59,27 @@ def spool_chunk(folder: str | Path, chunk: Any, *, keep: list[str]) -> ChunkDige
     leaves no part that a merge could read (its retry writes the same bytes).
     """
     folder = Path(folder)
-    tables = {"endpoints": chunk.endpoints, "exposure": chunk.exposure}
-    sld = sld_frame(chunk)
-    if sld is not None:
-        tables["tumour_sld"] = sld
-    for name, frame in tables.items():
+    for name, frame in chunk_frames(chunk).items():
         path = _part_path(folder, name, chunk.arm, chunk.start)
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         pq.write_table(_to_arrow(frame), buf, compression="lz4")
         atomic_write_bytes(path, buf.getvalue())
-    return ChunkDigest(
-        arm=chunk.arm,
-        start=chunk.start,
-        n=len(chunk.endpoints),
-        summary=chunk.endpoints[[c for c in keep if c in chunk.endpoints]].reset_index(drop=True),
-        profile_times_h=chunk.profile_times_h,
-        profiles=chunk.profiles,
-    )
+    return digest_of(chunk, keep=keep)
+
+
+@dataclass(frozen=True)
+class ParquetSpool:
+    """A chunk sink writing Parquet parts under ``folder`` (reachable from every worker)."""
+
+    folder: Path
+    keep: tuple[str, ...]
+
+    def write(self, chunk: Any) -> ChunkDigest:
+        return spool_chunk(self.folder, chunk, keep=list(self.keep))
+
+    def collect(self, digests: list[ChunkDigest]) -> Spooled:
+        return Spooled.collect(self.folder, digests)
 
 
 @dataclass(frozen=True)
@@ -113,24 +94,14 @@ class Spooled:
 
     @classmethod
     def collect(cls, folder: str | Path, digests: list[ChunkDigest]) -> Spooled:
-        digests = sorted(digests, key=lambda d: (d.arm, d.start))
-        summary = (
-            pd.concat([d.summary for d in digests], ignore_index=True)
-            if digests
-            else pd.DataFrame()
-        )
-        profiles = {
-            arm: np.vstack([d.profiles for d in digests if d.arm == arm])
-            for arm in dict.fromkeys(d.arm for d in digests)
-        }
-        counts: dict[str, int] = {}
-        for d in digests:
-            counts[d.arm] = counts.get(d.arm, 0) + d.n
-        times = digests[0].profile_times_h if digests else np.zeros(0)
+        _, summary, profiles, times, counts = join_digests(digests)
         return cls(Path(folder), summary, profiles, times, counts)
 
     def has(self, table: str) -> bool:
         return (self.folder / table).is_dir()
+
+    def parts(self, table: str) -> Iterator[pa.Table]:
+        return iter_parts(self.folder / table, self.counts)
 
     def merge(self, table: str, dest: Path, *, rows_per_group: int = ROWS_PER_GROUP) -> int:
         """Write the parts of ``table`` to ``dest``; returns the number of rows."""
@@ -207,14 +178,8 @@ class RowGroupWriter:
             self._tmp.unlink()
 
 
-def merge_parts(
-    folder: Path,
-    dest: Path,
-    counts: dict[str, int],
-    *,
-    rows_per_group: int = ROWS_PER_GROUP,
-) -> int:
-    """Join ``folder/<arm>/<start>.parquet`` in (arm, start) order into ``dest``.
+def iter_parts(folder: Path, counts: dict[str, int]) -> Iterator[pa.Table]:
+    """The parts ``folder/<arm>/<start>.parquet`` in (arm, start) order.
 
     ``counts`` gives the patients each arm's digests reported; a missing or extra part (a
     folder edited by hand, a cache from elsewhere) is an error, never a silent gap.
@@ -230,29 +195,47 @@ def merge_parts(
         raise RuntimeError(
             f"{folder}: parts for arms {found}, expected {expected} (the spool folder is incomplete)"
         )
+    next_start: dict[str, int] = {}
+    for arm, start, path in parts:
+        if start != next_start.get(arm, 0):
+            raise RuntimeError(
+                f"{path}: part starts at patient {start}, expected {next_start.get(arm, 0)} "
+                "(a chunk's part is missing from the spool folder)"
+            )
+        table = pq.read_table(path)
+        patients = table.column("patient").to_numpy() if "patient" in table.column_names else None
+        next_start[arm] = (
+            int(patients.max()) + 1 if patients is not None and len(patients) else start
+        )
+        yield table
+    for arm, n in counts.items():
+        if next_start.get(arm, 0) != n:
+            raise RuntimeError(
+                f"{folder / arm}: parts cover {next_start.get(arm, 0)} patients, expected {n}"
+            )
+
+
+def write_parts(
+    parts: Iterable[pa.Table | pd.DataFrame], dest: Path, *, rows_per_group: int = ROWS_PER_GROUP
+) -> int:
+    """Write ``parts`` in order into ``dest`` (atomically: all or nothing); returns the rows."""
     writer = RowGroupWriter(dest, rows_per_group=rows_per_group)
     try:
-        next_start: dict[str, int] = {}
-        for arm, start, path in parts:
-            if start != next_start.get(arm, 0):
-                raise RuntimeError(
-                    f"{path}: part starts at patient {start}, expected {next_start.get(arm, 0)} "
-                    "(a chunk's part is missing from the spool folder)"
-                )
-            table = pq.read_table(path)
-            patients = (
-                table.column("patient").to_numpy() if "patient" in table.column_names else None
-            )
-            next_start[arm] = (
-                int(patients.max()) + 1 if patients is not None and len(patients) else start
-            )
-            writer.write(table)
-        for arm, n in counts.items():
-            if next_start.get(arm, 0) != n:
-                raise RuntimeError(
-                    f"{folder / arm}: parts cover {next_start.get(arm, 0)} patients, expected {n}"
-                )
+        for part in parts:
+            writer.write(part)
     except BaseException:
         writer.abort()
         raise
     return writer.close()
+
+
+def merge_parts(
+    folder: Path,
+    dest: Path,
+    counts: dict[str, int],
+    *,
+    rows_per_group: int = ROWS_PER_GROUP,
+) -> int:
+    """Join ``folder/<arm>/<start>.parquet`` in (arm, start) order into ``dest``
+    (:func:`iter_parts`, :func:`write_parts`)."""
+    return write_parts(iter_parts(folder, counts), dest, rows_per_group=rows_per_group)

@@ -24,26 +24,16 @@ import pandas as pd
 
 from insilico_trials.errors import RunFailure
 from insilico_trials.io.archive import MANIFEST, sha256_file, staged_directory, write_manifest
-from insilico_trials.spec.protocol import TrialProtocol
 
 __all__ = [
     "ArchiveBusyError",
     "UpdatePlan",
     "archive_lock",
-    "borrowing_arguments",
     "existing_updates",
     "write_update",
 ]
 
 LOCK_NAME = ".lock-update"
-_METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
-_ENDPOINT = {
-    "binary": "binary",
-    "continuous": "continuous",
-    "tte_weibull": "tte",
-    "tte_pwexp": "tte",
-}
-_PARAMCD = {"orr": "BOR", "pfs": "PFS", "os": "OS"}
 
 
 class ArchiveBusyError(RunFailure):
@@ -82,30 +72,6 @@ def existing_updates(archive: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
-    """Map the protocol's analysis and synthetic-control sections to ``update_control`` arguments."""
-    sc = protocol.synthetic_control
-    params: dict[str, Any] = {}
-    if sc.a0 is not None:
-        params["a0"] = sc.a0
-    if sc.vague_weight is not None:
-        params["weight"] = sc.vague_weight
-    if sc.tau_scale is not None:
-        # tau is a precision; a Gamma(1, 1/tau_scale) prior has mean tau_scale.
-        params.update({"tau_shape": 1.0, "tau_rate": 1.0 / sc.tau_scale})
-    a = protocol.analysis
-    return {
-        "method": _METHOD.get(sc.method, sc.method),
-        "params": params,
-        "endpoint": _ENDPOINT[a.model],
-        "paramcd": _PARAMCD.get(a.endpoint),
-        "draws": a.mcmc.draws,
-        "tune": a.mcmc.tune,
-        "chains": a.mcmc.chains,
-        "seed": protocol.seed,
-    }
 
 
 @dataclass(frozen=True)

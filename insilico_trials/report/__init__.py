@@ -178,7 +178,7 @@ def _updates_figure(updates: list[dict[str, Any]]) -> Figure:
 
 
 def _verification() -> dict[str, Any] | None:
-    from insilico_trials.infer.sensitivity import read_test_results, recorded_test_results
+    from insilico_trials.report.verification import read_test_results, recorded_test_results
 
     return read_test_results(recorded_test_results())
 
@@ -193,7 +193,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     """Render the HTML report of an archive folder; ``meta`` is the manifest's provenance.
 
     Reads only the archive's files (plus, for the code-verification part, the test results
-    recorded at build time, see :func:`insilico_trials.credibility.recorded_test_results`).
+    recorded at build time, see :func:`insilico_trials.report.verification.recorded_test_results`).
     Optional archive files (``tumour_sld.parquet``, ``sensitivity.json``, ``updates/*/update.json``,
     ``oc.csv``) add their figures and tables when present; the section says so when absent.
     """

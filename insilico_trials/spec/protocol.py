@@ -27,6 +27,8 @@ Sections (see ``protocols/`` for complete, runnable examples):
     How the simulated control arm becomes the prior of the real control arm.
 ``execution``
     Patient chunk size for distributed simulation (does not change any number).
+``sensitivity``
+    The Sobol sensitivity stage of ``run`` (on by default; ``sobol: false`` skips it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "ProtocolError",
     "ProtocolIssue",
     "Regimen",
+    "Sensitivity",
     "SyntheticControl",
     "TrialProtocol",
     "issues_at",
@@ -253,6 +256,23 @@ class SyntheticControl(_Spec):
         return self
 
 
+class Sensitivity(_Spec):
+    """The declared sensitivity stage of ``run``: Sobol indices of the decision quantity to the
+    uncertain typical values (:mod:`insilico_trials.infer.sensitivity`), run through the same
+    executor as the simulation, on the cohorts already sampled. ``sobol: false`` skips it."""
+
+    sobol: bool = True
+    n_base: int = Field(default=32, ge=4, le=4096, description="Saltelli base sample, a power of 2")
+    max_patients: int = Field(default=500, ge=1, le=100_000, description="patients per arm used")
+
+    @field_validator("n_base")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of 2 (Sobol sequence), got {v}")
+        return v
+
+
 class Execution(_Spec):
     chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
 
@@ -272,6 +292,7 @@ class TrialProtocol(_Spec):
     analysis: Analysis
     synthetic_control: SyntheticControl = SyntheticControl()
     execution: Execution = Execution()
+    sensitivity: Sensitivity = Sensitivity()
     design: DesignSpec | None = None
 
     @field_validator("arms")

@@ -1,0 +1,262 @@
+"""One in-silico trial, run through an executor: the library's entry point.
+
+:func:`run_trial` takes a validated protocol and returns a :class:`RunResult`. Its stages, each
+submitted to the executor (serial by default) under a key that names what it computes:
+
+1. ``cohort-<arm>``: the virtual patients of each arm (keyed random streams);
+2. ``chunk-<arm>-<first>-<last>``: PK, disease and endpoints for a chunk of patients, its
+   tables handed to the sink (memory, or Parquet parts on a shared folder);
+3. ``fit``: the outcome model and the decision rule;
+4. ``sobol-<arm>-<start>``: the declared sensitivity stage (``protocol.sensitivity``), on the
+   cohorts of stage 1.
+
+No printing here: progress goes to the ``progress`` callable given by the caller.
+
+Examples
+--------
+>>> from insilico_trials.spec.protocol import load_protocol
+>>> result = run_trial(load_protocol("protocols/onc_phase2_orr.yaml"))  # doctest: +SKIP
+>>> result.fit.decision  # doctest: +SKIP
+'go'
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from insilico_trials.infer import analysis, sensitivity
+from insilico_trials.run.executor import Executor, Serial, Session
+from insilico_trials.run.sinks import ChunkDigest, ChunkSink, ChunkTables, MemorySink
+from insilico_trials.sim import trial
+from insilico_trials.spec.protocol import TrialProtocol
+
+__all__ = ["WARM", "RunResult", "run_trial"]
+
+Progress = Callable[[str], None]
+
+# What the simulation tasks import: a cluster's workers may load it before the first task.
+WARM = (
+    "insilico_trials.sim.trial", "insilico_trials.sim.cohort", "insilico_trials.sim.pk",
+    "insilico_trials.sim.tumour", "insilico_trials.sim.endpoints", "insilico_trials.io.spool",
+    "insilico_trials.infer.outcomes", "pymc", "nutpie",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run computed: what the archive writer, the report and the tracker read.
+
+    Attributes
+    ----------
+    cohorts
+        Virtual patients per arm (covariates and individual parameters); ``attrs["screened"]``.
+    tables
+        Every chunk's tables (:class:`~insilico_trials.run.sinks.ChunkTables`): the analysis
+        columns in memory (``tables.summary``), the per-patient tables in the sink.
+    fit
+        The outcome fit and its decision (:class:`~insilico_trials.infer.outcomes.OutcomeFit`).
+    sensitivity
+        Sobol indices of the decision quantity (``None`` when off or nothing to vary).
+    run_id
+        The executor's id of the run (a Prefect flow-run id; empty when serial).
+    timings
+        Seconds per stage.
+    """
+
+    protocol: TrialProtocol
+    cohorts: dict[str, pd.DataFrame]
+    tables: ChunkTables
+    fit: Any
+    sensitivity: dict[str, Any] | None
+    run_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _cohort(protocol: TrialProtocol, arm_name: str) -> pd.DataFrame:
+    arm = next(a for a in protocol.arms if a.name == arm_name)
+    return trial.arm_cohort(protocol, arm)
+
+
+def _simulate(
+    protocol: TrialProtocol, arm_name: str, rows: pd.DataFrame, sink: ChunkSink
+) -> ChunkDigest:
+    """Simulate one chunk (on a worker), hand its tables to the sink, return its digest."""
+    return sink.write(trial.simulate_chunk(protocol, arm_name, rows))
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _stages(
+    session: Session,
+    protocol: TrialProtocol,
+    sink: ChunkSink,
+    size: int,
+    say: Progress,
+    fitter: Callable[[TrialProtocol, pd.DataFrame], Any],
+) -> RunResult:
+    timings: dict[str, float] = {}
+    n_stages = 4 if protocol.sensitivity.sobol else 3
+
+    t0 = time.perf_counter()
+    say(
+        f"[1/{n_stages}] cohort: sampling {sum(a.n for a in protocol.arms)} virtual patients "
+        f"in {len(protocol.arms)} arms"
+    )
+    futures = {
+        a.name: session.submit(
+            _cohort, protocol, a.name, key=f"cohort-{a.name}", label="sample-cohort"
+        )
+        for a in protocol.arms
+    }
+    cohorts = {name: f.result() for name, f in futures.items()}
+    if cached := sum(f.cached for f in futures.values()):
+        say(f"      {cached} cohort(s) taken from the task cache")
+    for name, table in cohorts.items():
+        say(
+            f"      {name}: {len(table)} enrolled of {table.attrs.get('screened', len(table))} screened"
+        )
+    timings["cohort (first tasks also warm the workers)"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    chunks = []
+    for arm in protocol.arms:
+        table = cohorts[arm.name]
+        for start, stop in trial.chunk_bounds(len(table), size):
+            rows = table.iloc[start:stop]
+            key = f"chunk-{arm.name}-{int(rows['patient'].iloc[0])}-{int(rows['patient'].iloc[-1])}"
+            chunks.append(
+                session.submit(
+                    _simulate,
+                    protocol,
+                    arm.name,
+                    rows,
+                    sink,
+                    key=key,
+                    label="simulate-chunk",
+                    retries=2,
+                )
+            )
+    total = len(chunks)
+    say(f"[2/{n_stages}] simulate: {total} chunks of <= {size} patients (PK, tumour, endpoints)")
+    digests, cached = [], 0
+    step = max(1, total // 10)
+    for done, fut in enumerate(session.as_completed(chunks), start=1):
+        digests.append(fut.result())
+        cached += fut.cached
+        if done % step == 0 or done == total:
+            say(f"      {done}/{total} chunks done ({time.perf_counter() - t1:.1f} s)")
+    del chunks  # the digests are all the run keeps; the cluster may drop its copies
+    if cached:
+        say(f"      {cached}/{total} chunks taken from the task cache")
+    tables = sink.collect(digests)
+    timings["simulate"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    a = protocol.analysis
+    say(
+        f"[3/{n_stages}] fit: {a.model} outcome model on {a.endpoint} "
+        f"({a.mcmc.chains} chains x {a.mcmc.draws} draws, first compile is slow)"
+    )
+    fit_future = session.submit(fitter, protocol, tables.summary, key="fit", label="fit-outcome")
+    # The sensitivity evaluations run while the fit samples.
+    sens_futures, plan = [], None
+    if protocol.sensitivity.sobol:
+        s = protocol.sensitivity
+        plan = sensitivity.sobol_plan(protocol, n_base=s.n_base, max_patients=s.max_patients)
+    if plan is not None:
+        for arm in protocol.arms:
+            for start, stop in sensitivity.sobol_batches(plan, len(cohorts[arm.name])):
+                sens_futures.append(
+                    session.submit(
+                        sensitivity.sobol_evaluate,
+                        protocol,
+                        plan,
+                        arm.name,
+                        cohorts[arm.name],
+                        start,
+                        stop,
+                        key=f"sobol-{arm.name}-{start}",
+                        label="sensitivity",
+                    )
+                )
+    fit = fit_future.result()
+    if fit_future.cached:
+        say("      fit taken from the task cache")
+    timings["fit"] = time.perf_counter() - t2
+
+    result_sensitivity = None
+    if protocol.sensitivity.sobol:
+        t3 = time.perf_counter()
+        if plan is None:
+            say(f"[4/{n_stages}] sensitivity: no uncertain typical value to vary")
+        else:
+            say(
+                f"[4/{n_stages}] sensitivity: Sobol indices of {', '.join(plan.names)} "
+                f"({len(plan.factors)} evaluations in {len(sens_futures)} tasks)"
+            )
+            parts = [f.result() for f in sens_futures]  # submission order: arm, then batch
+            result_sensitivity = sensitivity.sobol_indices(protocol, plan, parts)
+        timings["sensitivity"] = time.perf_counter() - t3
+    return RunResult(
+        protocol=protocol,
+        cohorts=cohorts,
+        tables=tables,
+        fit=fit,
+        sensitivity=result_sensitivity,
+        run_id=session.run_id,
+        timings=timings,
+    )
+
+
+def run_trial(
+    protocol: TrialProtocol,
+    *,
+    executor: Executor | None = None,
+    sink: ChunkSink | None = None,
+    chunk_size: int | None = None,
+    progress: Progress | None = None,
+    fit: Callable[[TrialProtocol, pd.DataFrame], Any] = analysis.analyse,
+) -> RunResult:
+    """Run one in-silico trial: cohorts, simulation in chunks, outcome fit, sensitivity.
+
+    Parameters
+    ----------
+    protocol : TrialProtocol
+        A validated protocol (:func:`insilico_trials.spec.protocol.load_protocol`).
+    executor : Executor, optional
+        Where the stages run; default :class:`~insilico_trials.run.executor.Serial` (this
+        process). The Prefect-on-Dask executor is
+        :class:`insilico_trials.adapters.prefect_dask.PrefectDask`.
+    sink : ChunkSink, optional
+        Where each chunk's tables go; default in memory
+        (:class:`~insilico_trials.run.sinks.MemorySink`). With a cluster, use
+        :class:`insilico_trials.io.spool.ParquetSpool` on a folder the workers reach.
+    chunk_size : int, optional
+        Patients per task; default ``protocol.execution.chunk_size``. No effect on any number.
+    progress : callable, optional
+        Receives one line of text per step (the CLI prints them); default silent.
+    fit : callable
+        ``fit(protocol, summary) -> OutcomeFit``: the outcome fit and decision; default
+        :func:`insilico_trials.infer.analysis.analyse` (MCMC where needed). Tests pass
+        :func:`insilico_trials.testing.mock_fit`.
+
+    Returns
+    -------
+    RunResult
+    """
+    executor = executor or Serial()
+    sink = sink or MemorySink(keep=tuple(trial.summary_columns(protocol)))
+    size = chunk_size or protocol.execution.chunk_size
+    say = progress or _quiet
+    return executor.run(
+        "insilico-trial-run",
+        lambda session: _stages(session, protocol, sink, size, say, fit),
+        warm=WARM,
+    )

@@ -1,0 +1,77 @@
+"""A real data cut's refit of the synthetic control, run through an executor.
+
+:func:`borrowing_arguments` compiles the protocol's analysis and synthetic-control sections
+into the arguments of :func:`insilico_trials.infer.borrowing.update_control`;
+:func:`refit_control` runs that refit as one task of the executor (serial by default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from insilico_trials.infer.borrowing import UpdateResult, update_control
+from insilico_trials.run.executor import Executor, Serial
+from insilico_trials.spec.design import ENDPOINT_OF_MODEL
+from insilico_trials.spec.protocol import TrialProtocol
+
+__all__ = ["PARAMCD_OF_ENDPOINT", "borrowing_arguments", "refit_control"]
+
+_METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
+# ADaM PARAMCD of each protocol endpoint in a real data cut
+PARAMCD_OF_ENDPOINT = {"orr": "BOR", "pfs": "PFS", "os": "OS"}
+
+
+def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
+    """Map the protocol's analysis and synthetic-control sections to ``update_control`` arguments."""
+    sc = protocol.synthetic_control
+    params: dict[str, Any] = {}
+    if sc.a0 is not None:
+        params["a0"] = sc.a0
+    if sc.vague_weight is not None:
+        params["weight"] = sc.vague_weight
+    if sc.tau_scale is not None:
+        # tau is a precision; a Gamma(1, 1/tau_scale) prior has mean tau_scale.
+        params.update({"tau_shape": 1.0, "tau_rate": 1.0 / sc.tau_scale})
+    a = protocol.analysis
+    return {
+        "method": _METHOD.get(sc.method, sc.method),
+        "params": params,
+        "endpoint": ENDPOINT_OF_MODEL[a.model],
+        "paramcd": PARAMCD_OF_ENDPOINT.get(a.endpoint),
+        "draws": a.mcmc.draws,
+        "tune": a.mcmc.tune,
+        "chains": a.mcmc.chains,
+        "seed": protocol.seed,
+    }
+
+
+def refit_control(
+    virtual_control: pd.DataFrame,
+    real_control: pd.DataFrame,
+    protocol: TrialProtocol,
+    *,
+    executor: Executor | None = None,
+) -> tuple[UpdateResult, str]:
+    """Refit the control parameter on the real control patients of all cuts so far.
+
+    Returns the :class:`~insilico_trials.infer.borrowing.UpdateResult` and the executor's run
+    id (a Prefect flow-run id; empty when serial).
+    """
+    args = {k: v for k, v in borrowing_arguments(protocol).items() if k != "paramcd"}
+
+    def body(session: Any) -> tuple[UpdateResult, str]:
+        future = session.submit(
+            _refit, virtual_control, real_control, args, key="refit",
+            label="refit-synthetic-control",
+        )  # fmt: skip
+        return future.result(), session.run_id
+
+    return (executor or Serial()).run("insilico-synthetic-control-update", body)
+
+
+def _refit(
+    virtual_control: pd.DataFrame, real_control: pd.DataFrame, args: dict[str, Any]
+) -> UpdateResult:
+    return update_control(virtual_control, [real_control], **args)
