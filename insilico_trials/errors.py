@@ -59,6 +59,10 @@ class InsilicoError(Exception):
         self.expected = expected
         self.where = where
 
+    def report(self) -> str:
+        """The message as the command line prints it."""
+        return f"error: {self}"
+
 
 class InputError(InsilicoError, ValueError):
     """Bad input (protocol, model, data set, archive, arguments): exit code 2, nothing written."""

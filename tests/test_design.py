@@ -287,16 +287,19 @@ def test_tte_design_runs_and_is_sensible(tmp_path):
     np.testing.assert_array_equal(a["alt"].data["none"]["prob"], b["alt"].data["none"]["prob"])
 
 
-def test_execute_design_bad_input_writes_nothing(tmp_path, capsys):
-    from insilico_trials.app.design_cmd import execute_design
+def test_design_bad_input_writes_nothing_and_validate_agrees(tmp_path, capsys):
+    from insilico_trials.app.cli import main
 
     bad = _protocol(tmp_path, {"method: robust_mixture": "method: commensurate\n  tau_scale: 1.0"})
     reports = tmp_path / "reports"
-    code = execute_design(bad, replicates=10, workers=1, dask_address=None, reports=reports)
-    assert code == 2
+    args = ["design", str(bad), "--replicates", "10", "--workers", "1", "--reports", str(reports)]
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "synthetic_control.method" in err and "design.yaml:" in err
     assert not reports.exists()
+    # validate applies the same cross-section rules: the same file fails it the same way
+    assert main(["validate", str(bad)]) == 2
+    assert capsys.readouterr().err == err
 
 
 @pytest.mark.slow
@@ -326,9 +329,9 @@ def test_execute_design_end_to_end(prefect_api, tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     reports = tmp_path / "reports"
-    code = execute_design(EXAMPLE, replicates=500, workers=2, dask_address=None, reports=reports)
-    assert code == 0
+    folder = execute_design(EXAMPLE, replicates=500, workers=2, dask_address=None, reports=reports)
     (out,) = list((reports / "design-binary-borrowing").iterdir())
+    assert out == folder
     assert out.name.startswith("design-")
     doc = json.loads((out / "oc.json").read_text())
     assert len(doc["operating_characteristics"]) == 12

@@ -102,12 +102,13 @@ def test_update_into_a_read_only_archive(open_tmp):
     from tests.test_flow_e2e import _cut
     from tests.test_report import build_archive
 
-    archive, _ = build_archive(open_tmp)
+    archive, meta = build_archive(open_tmp)
     # build_archive writes no manifest; a real archive has one (the same writer as `run`).
     from insilico_trials.io.archive import write_manifest
 
     outputs = sorted(p.name for p in archive.iterdir() if p.suffix in (".parquet", ".json"))
-    write_manifest(archive, inputs=["protocol.yaml"], outputs=outputs, documents=[], meta={})
+    meta = {k: v for k, v in meta.items() if k != "outputs"}
+    write_manifest(archive, inputs=["protocol.yaml"], outputs=outputs, documents=[], meta=meta)
     cut = _cut(open_tmp / "cut", ["P1", "P2"], {"P1"})
     for p in [open_tmp, *open_tmp.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)

@@ -1,8 +1,10 @@
 """The ``insilico-trials`` command.
 
 Exit codes: 0 success; 1 the work ran but its result is a failure (``rerun`` found a difference,
-the archive was tampered with, a service failed); 2 bad input (protocol, data set, archive
-path, arguments), reported before any work starts and with nothing written.
+the archive was tampered with, a service failed: :class:`~insilico_trials.errors.RunFailure`);
+2 bad input (protocol, data set, archive path, arguments:
+:class:`~insilico_trials.errors.InputError`), reported before any work starts and with nothing
+written. This is the only module that maps errors to exit codes.
 """
 
 from __future__ import annotations
@@ -118,11 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(message, file=sys.stderr)
-    return code
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     from insilico_trials.run.preflight import validate_files
 
@@ -139,7 +136,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_run
 
-    return execute_run(
+    execute_run(
         args.protocol,
         reports=args.reports,
         workers=args.workers,
@@ -147,41 +144,46 @@ def cmd_run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         resume=args.resume,
     )
+    return EXIT_OK
 
 
 def cmd_design(args: argparse.Namespace) -> int:
     from insilico_trials.app.design_cmd import execute_design
 
-    return execute_design(
+    execute_design(
         args.protocol,
         replicates=args.replicates,
         workers=args.workers,
         dask_address=args.dask_address,
         reports=args.reports,
     )
+    return EXIT_OK
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_rerun
 
-    return execute_rerun(args.archive, workers=args.workers, dask_address=args.dask_address)
+    execute_rerun(args.archive, workers=args.workers, dask_address=args.dask_address)
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import rebuild_report
 
-    return rebuild_report(args.archive, pdf=args.pdf)
+    rebuild_report(args.archive, pdf=args.pdf)
+    return EXIT_OK
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_update
 
-    return execute_update(args.archive, args.data, control_arm=args.control_arm)
+    execute_update(args.archive, args.data, control_arm=args.control_arm)
+    return EXIT_OK
 
 
 def cmd_pk(args: argparse.Namespace) -> int:
     from insilico_trials.app.pk_cli import simulate_csv
-    from insilico_trials.sim.pk import PKInputError
+    from insilico_trials.errors import InputError
 
     t0 = time.perf_counter()
     try:
@@ -191,10 +193,10 @@ def cmd_pk(args: argparse.Namespace) -> int:
             out_path=args.output,
             covariate_timing=args.covariate_timing,
         )
-    except PKInputError as exc:
-        return _fail(f"error: {exc}")
     except FileNotFoundError as exc:
-        return _fail(f"error: {exc.filename or args.data}: file not found")
+        raise InputError(
+            f"{exc.filename or args.data}: file not found", where=str(exc.filename or args.data)
+        ) from None
     print(f"{args.output}: {rows} rows ({time.perf_counter() - t0:.2f} s)")
     return EXIT_OK
 
@@ -210,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         "update": cmd_update,
         "pk": cmd_pk,
     }[args.command]
-    return handler(args)
+    from insilico_trials.errors import InsilicoError
+
+    try:
+        return handler(args)
+    except InsilicoError as exc:  # the one place where errors become messages and exit codes
+        print(exc.report(), file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""What the CLI's ``run``, ``rerun`` and ``report`` do, end to end.
+"""What the CLI's ``run``, ``rerun``, ``report`` and ``update`` do, end to end.
 
-The edge of the system: it validates input before any work, starts tracking, calls the Prefect
-flow (imported lazily), writes the archive atomically and prints progress and a timing summary.
+The edge of the system: it validates input before any work, probes the services, starts
+tracking, runs the library (``run_trial`` on the Prefect-on-Dask executor), writes the archive
+atomically and prints progress and a timing summary. Failures are raised as
+:class:`~insilico_trials.errors.InsilicoError`; only :mod:`insilico_trials.app.cli` turns them
+into messages and exit codes (the deployable flows let them fail the flow run).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from insilico_trials.errors import RunFailure
+from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import (
     atomic_write_text,
     check_writable,
@@ -31,7 +34,7 @@ from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.run.trial import RunResult, run_trial
 from insilico_trials.run.update import borrowing_arguments, refit_control
 from insilico_trials.sim import trial
-from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
+from insilico_trials.spec.protocol import TrialProtocol, load_protocol
 
 
 class ArchiveWriteError(RunFailure):
@@ -39,7 +42,9 @@ class ArchiveWriteError(RunFailure):
 
 
 __all__ = [
+    "ArchiveMismatch",
     "ArchiveWriteError",
+    "ServiceUnreachable",
     "execute_rerun",
     "execute_run",
     "execute_update",
@@ -52,54 +57,78 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def open_archive(archive: Path) -> dict[str, Any] | None:
-    """The archive's manifest; None (after saying why on stderr) when it cannot be read."""
+class ServiceUnreachable(RunFailure):
+    """A configured service (Prefect API, MLflow store) does not answer; nothing was run."""
+
+
+class ArchiveMismatch(RunFailure):
+    """An archive's files do not match its manifest (missing, modified or unexpected files)."""
+
+
+def open_archive(archive: Path) -> dict[str, Any]:
+    """The archive's manifest.
+
+    Raises
+    ------
+    InputError
+        When ``archive`` is not a folder or holds no readable run manifest.
+    """
     if not archive.is_dir():
-        print(f"error: {archive}: not a folder (expected a run archive)", file=sys.stderr)
-        return None
+        raise InputError(
+            f"{archive}: not a folder (expected a run archive)", where=str(archive),
+            expected="a run archive folder",
+        )  # fmt: skip
     try:
-        return read_manifest(archive)
+        manifest = read_manifest(archive)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+        raise InputError(str(exc), where=str(archive)) from None
+    if "run_id" not in manifest or "trial_id" not in manifest:
+        raise InputError(
+            f"{archive}: this is not a run archive (its manifest names no run; an update folder "
+            "is updates/NNN inside a run archive: give the run archive's folder)",
+            where=str(archive), expected="a run archive folder",
+        )  # fmt: skip
+    return manifest
 
 
-def reports_writable(folder: Path, what: str) -> bool:
-    """Whether ``folder`` takes new files; if not, say why (stderr) before any work is done."""
-    if problem := check_writable(folder):
-        print(
-            f"error: cannot write the {what} folder ({problem}); nothing was run. "
-            "Choose another folder with --reports, or make this one writable.",
-            file=sys.stderr,
+def require_verified(archive: Path, *, ignore: frozenset[str] = frozenset()) -> None:
+    """Raise :class:`ArchiveMismatch` naming every file that does not match the manifest."""
+    problems = [p for p in verify_archive(archive) if p.file not in ignore]
+    if problems:
+        raise ArchiveMismatch(
+            f"{archive}: archive does not match its manifest:\n"
+            + "\n".join(f"  {p}" for p in problems),
+            where=str(archive),
         )
-        return False
-    return True
 
 
-def reach_prefect_api() -> bool:
-    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts;
-    False (after saying why on stderr) when it does not."""
+def require_writable(folder: Path, what: str) -> None:
+    """Raise :class:`RunFailure` before any work when ``folder`` takes no new files."""
+    if problem := check_writable(folder):
+        raise RunFailure(
+            f"cannot write the {what} folder ({problem}); nothing was run. "
+            "Choose another folder with --reports, or make this one writable.",
+            where=str(folder),
+        )
+
+
+def require_prefect_api() -> None:
+    """When ``PREFECT_API_URL`` names a server, check it answers before any work starts."""
     from insilico_trials.adapters.prefect_dask import reach_prefect_api as reach
 
     if problem := reach():
-        print(f"error: {problem}", file=sys.stderr)
-        return False
-    return True
+        raise ServiceUnreachable(problem)
 
 
 def reach_tracker(*, parent_run_id: str | None = None) -> Any:
-    """An MLflow tracker whose store answered; None (after saying why) when it does not.
+    """An MLflow tracker whose store answered (raises ``TrackingError`` otherwise).
 
     Called before any work starts, so an unreachable tracking server costs nothing.
     """
-    from insilico_trials.adapters.mlflow_tracker import MlflowTracker, TrackingError
+    from insilico_trials.adapters.mlflow_tracker import MlflowTracker
 
     tracker = MlflowTracker(Path.cwd(), parent_run_id=parent_run_id)
-    try:
-        tracker.check()
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    tracker.check()
     return tracker
 
 
@@ -263,31 +292,29 @@ def execute_run(
     dask_address: str | None = None,
     chunk_size: int | None = None,
     resume: bool = False,
-) -> int:
-    """``insilico-trials run``: returns the process exit code.
+) -> Path:
+    """``insilico-trials run``: returns the new archive's folder.
 
     ``resume`` takes the stages that an interrupted run of the same protocol (and the same
     code) finished from the task cache instead of computing them again.
+
+    Raises
+    ------
+    InsilicoError
+        Bad input (``ProtocolError``), an unwritable folder, an unreachable service, a failed
+        archive write; nothing is written in any of these cases.
     """
     from insilico_trials.adapters.mlflow_tracker import flatten
     from insilico_trials.io.outputs import new_run_id
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
-        protocol = checked_protocol(protocol_path)
-    except ProtocolError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    protocol = checked_protocol(protocol_path)
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
-    if not reports_writable(reports / protocol.trial_id, "archive"):
-        return 1
+    require_writable(reports / protocol.trial_id, "archive")
     t = time.perf_counter()
-    if not reach_prefect_api():
-        return 1
+    require_prefect_api()
     tracker = reach_tracker()
-    if tracker is None:
-        return 1
     run_id = new_run_id(protocol)
     final = reports / protocol.trial_id / run_id
     tracker.start(
@@ -311,9 +338,6 @@ def execute_run(
         tracker.log_artifacts(final, artifact_path="archive")
         status = "FINISHED"
         timings["tracking (MLflow)"] += time.perf_counter() - t
-    except ArchiveWriteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     finally:
         tracker.end(status=status)
     summary = _read_json(final / "summary.json")
@@ -325,7 +349,7 @@ def execute_run(
     _say(f"archive: {final}")
     _say(f"report:  {final / 'report.html'}")
     _say(f"mlflow run: {manifest['mlflow_run_id']} ({tracker.uri})")
-    return 0
+    return final
 
 
 def _read_json(path: Path) -> Any:
@@ -342,34 +366,25 @@ def _run_metrics(archive: Path) -> dict[str, float]:
     return metrics
 
 
-def _print_problems(archive: Path, problems: list[Any]) -> None:
-    print(f"{archive}: archive does not match its manifest:", file=sys.stderr)
-    for p in problems:
-        print(f"  {p}", file=sys.stderr)
-
-
 def execute_rerun(
     archive: Path, *, workers: int | None = None, dask_address: str | None = None
-) -> int:
-    """``insilico-trials rerun``: verify the archive, re-execute it, compare every numeric output."""
+) -> None:
+    """``insilico-trials rerun``: verify the archive, re-execute it, compare every numeric output.
+
+    Raises
+    ------
+    RunFailure
+        When the archive does not match its manifest, or any numeric output differs.
+    """
     from insilico_trials.io.outputs import write_run_outputs
 
     t_all = time.perf_counter()
     manifest = open_archive(archive)
-    if manifest is None:
-        return 2
-    problems = verify_archive(archive)
-    if problems:
-        _print_problems(archive, problems)
-        return 1
+    require_verified(archive)
     _say(
         f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified)"
     )
-    try:
-        protocol = load_protocol(archive / "protocol.yaml")
-    except ProtocolError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    protocol = load_protocol(archive / "protocol.yaml")
     from insilico_trials.adapters.prefect_dask import PrefectDask
 
     # Chunk tables are spooled where the workers can reach them (beside the task cache),
@@ -399,10 +414,15 @@ def execute_rerun(
         f"rerun: {len(rows) - n_diff}/{len(rows)} numeric outputs identical "
         f"({time.perf_counter() - t_all:.1f} s)"
     )
-    return 0 if n_diff == 0 else 1
+    if n_diff:
+        raise RunFailure(
+            f"rerun: {n_diff} of {len(rows)} numeric outputs DIFFERENT from the archive",
+            rule="a rerun reproduces every numeric output", actual=n_diff, expected="0",
+            where=str(archive),
+        )  # fmt: skip
 
 
-def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = False) -> int:
+def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = False) -> list[Path]:
     """``insilico-trials report``: re-render the report from the archive's files alone.
 
     The rebuilt report replaces ``report.html`` and its hash in the manifest's ``documents``
@@ -411,13 +431,7 @@ def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = Fal
     from insilico_trials.report import render_report
 
     manifest = open_archive(archive)
-    if manifest is None:
-        return 2
-    documents = {"report.html", "report.pdf"}
-    problems = [p for p in verify_archive(archive) if p.file not in documents]
-    if problems:
-        _print_problems(archive, problems)
-        return 1
+    require_verified(archive, ignore=frozenset({"report.html", "report.pdf"}))
     meta = {
         k: v for k, v in manifest.items() if k not in ("inputs", "outputs", "documents", "format")
     }
@@ -432,8 +446,7 @@ def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = Fal
         try:
             render_pdf(target, pdf_target)
         except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            raise RunFailure(str(exc)) from None
         written.append(pdf_target)
     if output is None:
         for path in written:
@@ -443,152 +456,115 @@ def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = Fal
         )
     for path in written:
         _say(f"report: {path}")
-    return 0
+    return written
 
 
-def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = None) -> int:
+def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = None) -> Path:
     """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
 
     Everything is checked before anything is written: the archive's integrity, the cut's
-    schema and content (exit 2 naming file, row and column), and the update lock (another
-    update running: exit 1 at once). Cuts already ingested are re-read from the archive; a
-    subject re-sent with different content is flagged (printed and recorded), and its latest
-    record is used.
+    schema and content (naming file, row and column), and the update lock (another update
+    running: a failure at once). Cuts already ingested are re-read from the archive; a subject
+    re-sent with different content is flagged (printed and recorded), and its latest record is
+    used. Returns the new ``updates/NNN`` folder.
     """
     from insilico_trials.io.outputs import environment_provenance
-    from insilico_trials.io.realdata import (
-        DataCutError,
-        check_append_only,
-        endpoint_frame,
-        load_cut,
-    )
-    from insilico_trials.io.updates import (
-        ArchiveBusyError,
-        UpdatePlan,
-        archive_lock,
-        existing_updates,
-        write_update,
-    )
+    from insilico_trials.io.realdata import check_append_only, endpoint_frame, load_cut
+    from insilico_trials.io.updates import UpdatePlan, archive_lock, existing_updates, write_update
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     manifest = open_archive(archive)
-    if manifest is None:
-        return 2
     if problem := check_writable(archive):
-        print(
-            f"error: cannot write updates into the archive ({problem}); nothing was written "
+        raise RunFailure(
+            f"cannot write updates into the archive ({problem}); nothing was written "
             "and the archive is unchanged.",
-            file=sys.stderr,
+            where=str(archive),
         )
-        return 1
-    try:
-        with archive_lock(archive):
-            problems = verify_archive(archive)
-            if problems:
-                _print_problems(archive, problems)
-                return 1
-            try:
-                protocol = load_protocol(archive / "protocol.yaml")
-                new_cut = load_cut(cut_dir)
-            except ProtocolError as exc:
-                print(exc, file=sys.stderr)
-                return 2
-            except DataCutError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            except FileNotFoundError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
-            flags = [str(i) for i in check_append_only(previous, new_cut)]
-            for flag in flags:
-                print(f"flagged: {flag}", file=sys.stderr)
-            number = len(previous) + 1
-            arm_name = control_arm or protocol.control_arm.name
-            args = borrowing_arguments(protocol)
-            frames = [
-                endpoint_frame(
-                    c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
-                )
-                for c in [*previous, new_cut]
-            ]
-            real = pd_concat_latest(frames)
-            real.attrs["cut_id"] = f"{number:03d}"
-            if real.empty:
-                print(
-                    f"error: {cut_dir}: no subject of arm {arm_name!r} with endpoint "
-                    f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
-                    file=sys.stderr,
-                )
-                return 2
-            endpoints = _read_parquet(archive / "endpoints.parquet")
-            frame = trial.analysis_frame(protocol, endpoints)
-            virtual = frame[frame["arm"] == protocol.control_arm.name].reset_index(drop=True)
-            real = real.assign(arm=protocol.control_arm.name)
-            _say(
-                f"update {number:03d}: {len(real)} real control patients after this cut "
-                f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
+    with archive_lock(archive):
+        require_verified(archive)
+        protocol = load_protocol(archive / "protocol.yaml")
+        try:
+            new_cut = load_cut(cut_dir)
+        except FileNotFoundError as exc:
+            raise InputError(str(exc), where=str(cut_dir)) from None
+        previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
+        flags = [str(i) for i in check_append_only(previous, new_cut)]
+        for flag in flags:
+            print(f"flagged: {flag}", file=sys.stderr)
+        number = len(previous) + 1
+        arm_name = control_arm or protocol.control_arm.name
+        args = borrowing_arguments(protocol)
+        frames = [
+            endpoint_frame(
+                c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
             )
-            t = time.perf_counter()
-            if not reach_prefect_api():
-                return 1
-            tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
-            if tracker is None:
-                return 1
-            timings["tracking (MLflow)"] = time.perf_counter() - t
-            t = time.perf_counter()
-            from insilico_trials.adapters.prefect_dask import PrefectDask
+            for c in [*previous, new_cut]
+        ]
+        real = pd_concat_latest(frames)
+        real.attrs["cut_id"] = f"{number:03d}"
+        if real.empty:
+            raise InputError(
+                f"{cut_dir}: no subject of arm {arm_name!r} with endpoint "
+                f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
+                where=str(cut_dir), actual=arm_name,
+            )  # fmt: skip
+        endpoints = _read_parquet(archive / "endpoints.parquet")
+        frame = trial.analysis_frame(protocol, endpoints)
+        virtual = frame[frame["arm"] == protocol.control_arm.name].reset_index(drop=True)
+        real = real.assign(arm=protocol.control_arm.name)
+        _say(
+            f"update {number:03d}: {len(real)} real control patients after this cut "
+            f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
+        )
+        t = time.perf_counter()
+        require_prefect_api()
+        tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
+        timings["tracking (MLflow)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from insilico_trials.adapters.prefect_dask import PrefectDask
 
-            result, flow_run_id = refit_control(
-                virtual, real, protocol, executor=PrefectDask(in_process=True)
-            )
-            timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
-            t = time.perf_counter()
-            tracker.start(
-                protocol.trial_id,
-                run_name=f"{manifest['run_id']}-update-{number:03d}",
-                tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
-            )
-            meta = {
-                "run_id": manifest["run_id"],
-                "trial_id": protocol.trial_id,
-                "prefect_flow_run_id": flow_run_id,
-                "mlflow_run_id": tracker.run_id or "",
-                "cut_content_sha256": new_cut.content_hash,
-                **environment_provenance(),
-            }
-            try:
-                folder, record = write_update(
-                    archive,
-                    UpdatePlan(
-                        number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
-                    ),
-                    result,
-                    meta=meta,
-                )
-            except OSError as exc:
-                tracker.end(status="FAILED")
-                print(
-                    f"error: cannot write update {number:03d} into {archive}: "
-                    f"{exc.strerror or exc}; nothing was written and earlier updates are untouched",
-                    file=sys.stderr,
-                )
-                return 1
-            metrics = {
-                "posterior_mean": record["posterior_mean"],
-                "prior_ess": record["prior_ess"],
-                "borrowed_virtual": record["borrowed_virtual"],
-                "n_real": record["n_real"],
-                **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
-            }
-            tracker.log_metrics(metrics)
-            tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
-            tracker.end()
-            timings["archive and tracking"] = time.perf_counter() - t
-    except ArchiveBusyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        result, flow_run_id = refit_control(
+            virtual, real, protocol, executor=PrefectDask(in_process=True)
+        )
+        timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tracker.start(
+            protocol.trial_id,
+            run_name=f"{manifest['run_id']}-update-{number:03d}",
+            tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
+        )
+        meta = {
+            "run_id": manifest["run_id"],
+            "trial_id": protocol.trial_id,
+            "prefect_flow_run_id": flow_run_id,
+            "mlflow_run_id": tracker.run_id or "",
+            "cut_content_sha256": new_cut.content_hash,
+            **environment_provenance(),
+        }
+        plan = UpdatePlan(
+            number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
+        )
+        try:
+            folder, record = write_update(archive, plan, result, meta=meta)
+        except OSError as exc:
+            tracker.end(status="FAILED")
+            raise RunFailure(
+                f"cannot write update {number:03d} into {archive}: {exc.strerror or exc}; "
+                "nothing was written and earlier updates are untouched",
+                where=str(archive),
+            ) from None
+        metrics = {
+            "posterior_mean": record["posterior_mean"],
+            "prior_ess": record["prior_ess"],
+            "borrowed_virtual": record["borrowed_virtual"],
+            "n_real": record["n_real"],
+            **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
+        }
+        tracker.log_metrics(metrics)
+        tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
+        tracker.end()
+        timings["archive and tracking"] = time.perf_counter() - t
     vw = record["vague_weight"]
     _say(
         f"control {record['parameter']}: posterior mean {record['posterior_mean']:.4g} "
@@ -599,7 +575,7 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
     )
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
-    return 0
+    return folder
 
 
 def pd_concat_latest(frames: list[Any]) -> Any:

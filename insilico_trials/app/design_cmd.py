@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import atomic_write_text, staged_directory
 from insilico_trials.run.design import design_trial
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, issues_at, load_protocol
@@ -31,18 +31,15 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _validate(protocol_path: Path) -> tuple[TrialProtocol | None, list[Any]]:
-    """The protocol, or the issues that stop a design (every cross-section rule is checked at
-    load, so ``validate`` and ``design`` agree; a design only needs the section to exist)."""
-    try:
-        protocol = load_protocol(protocol_path)
-    except ProtocolError as exc:
-        return None, list(exc.issues)
-    if protocol.design is not None:
-        return protocol, []
-    return None, issues_at(
-        protocol_path, [(("design",), None, "the protocol has no design section")]
-    )
+def _validate(protocol_path: Path) -> TrialProtocol:
+    """The protocol; every cross-section rule is checked at load, so ``validate`` and
+    ``design`` agree, and a design only needs the section to exist (ProtocolError if not)."""
+    protocol = load_protocol(protocol_path)
+    if protocol.design is None:
+        raise ProtocolError(
+            issues_at(protocol_path, [(("design",), None, "the protocol has no design section")])
+        )
+    return protocol
 
 
 def _fmt(v: float, se: float) -> str:
@@ -155,29 +152,32 @@ def execute_design(
     workers: int | None,
     dask_address: str | None,
     reports: Path,
-) -> int:
-    """``insilico-trials design``: returns the process exit code (0 ok, 1 failure, 2 bad input)."""
+) -> Path:
+    """``insilico-trials design``: returns the folder of the design's results.
+
+    Raises
+    ------
+    InsilicoError
+        Bad input, an unwritable folder, an unreachable service, a failed write; nothing is
+        written in any of these cases.
+    """
     from insilico_trials.adapters.mlflow_tracker import flatten
     from insilico_trials.app.commands import (
         _timing_table,
-        reach_prefect_api,
         reach_tracker,
-        reports_writable,
+        require_prefect_api,
+        require_writable,
     )
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     protocol_path = Path(protocol_path)
     if replicates < 1:
-        print(f"error: --replicates: must be >= 1, got {replicates}", file=sys.stderr)
-        return 2
-    protocol, issues = _validate(protocol_path)
-    if protocol is None:
-        for issue in issues:
-            print(issue, file=sys.stderr)
-        return 2
-    if not reports_writable(reports / protocol.trial_id, "design"):
-        return 1
+        raise InputError(
+            f"--replicates: must be >= 1, got {replicates}", actual=replicates, expected=">= 1"
+        )
+    protocol = _validate(protocol_path)
+    require_writable(reports / protocol.trial_id, "design")
     from insilico_trials.infer import design
 
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
@@ -191,11 +191,8 @@ def execute_design(
         + f" patients; methods {', '.join(plan.methods)}; {len(plan.scenarios)} scenarios"
     )
     t = time.perf_counter()
-    if not reach_prefect_api():
-        return 1
+    require_prefect_api()
     tracker = reach_tracker()
-    if tracker is None:
-        return 1
     started = dt.datetime.now(dt.UTC)
     run_name = f"design-{started:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
     final = reports / protocol.trial_id / run_name
@@ -246,13 +243,12 @@ def execute_design(
                 replicates=replicates, workers=workers, dask_address=dask_address,
             )  # fmt: skip
         except OSError as exc:
-            print(
-                f"error: cannot write the design folder {final}: {exc.strerror or exc}"
+            raise RunFailure(
+                f"cannot write the design folder {final}: {exc.strerror or exc}"
                 + (f" ({exc.filename})" if exc.filename else "")
                 + "; nothing was written and earlier results are untouched",
-                file=sys.stderr,
-            )
-            return 1
+                where=str(final),
+            ) from None
         timings["write report"] = time.perf_counter() - t
         t = time.perf_counter()
         tracker.log_params(flatten({"design": spec.model_dump(mode="json")}))
@@ -266,4 +262,4 @@ def execute_design(
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"report: {final}")
     _say(f"mlflow run: {tracker.run_id} ({tracker.uri})")
-    return 0
+    return final

@@ -430,7 +430,16 @@ class ProtocolError(InputError):
 
     def __init__(self, issues: list[ProtocolIssue]) -> None:
         self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
+        first = issues[0] if issues else None
+        super().__init__(
+            "\n".join(str(i) for i in issues),
+            rule=first.message if first else "",
+            actual=first.value if first else None,
+            where=f"{first.file}:{first.line}: {first.path}" if first else "",
+        )
+
+    def report(self) -> str:
+        return str(self)  # already one ``file:line: field: message (got VALUE)`` per issue
 
 
 def _show(value: Any) -> str:

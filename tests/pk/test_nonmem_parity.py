@@ -1,7 +1,7 @@
 """Parity with NONMEM 7 on the nmtests dosing scenarios and the time-varying covariate case.
 
-Reference: NONMEM 7 output, mrgsolve/nmtests commit 5235a697, via ../shared/reference
-(README there gives the model: ADVAN2 TRANS2, CL 1.1, V 20, KA 1.5, CP = A2 / (V / 1000);
+Reference: NONMEM 7 output, public mrgsolve/nmtests repository commit 5235a697, copied verbatim
+into tests/pk/reference/nmtests (README there gives the source and the model: ADVAN2 TRANS2, CL 1.1, V 20, KA 1.5, CP = A2 / (V / 1000);
 LAGT -> ALAG2, BIOAV -> F2, MODE 1 -> R2 = RAT2, MODE 2 -> D2 = DUR2).
 NONMEM prints 5 significant digits, so every record must agree within 5e-5 relative
 (or round to the printed value); zero outputs must be zero to 1e-9.
@@ -13,15 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from insilico_trials.app.pk_cli import simulate_csv
 from insilico_trials.sim.pk.events import simulate_records
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "nmtests"
-pytestmark = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason=f"NONMEM reference folder {REFERENCE} is absent"
-)
+REFERENCE = Path(__file__).resolve().parent / "reference" / "nmtests"  # in the repository
 
 
 def _round5(x: np.ndarray) -> np.ndarray:
