@@ -25,7 +25,7 @@ from insilico_trials.infer.borrowing import (
     robustify,
     update_control,
 )
-from insilico_trials.infer.outcomes import MixturePrior
+from insilico_trials.infer.conjugate import MixturePrior
 
 
 def binary_arm(x: int, n: int) -> pd.DataFrame:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from insilico_trials.infer import borrowing, design, outcomes
+from insilico_trials.infer import borrowing, design
+from insilico_trials.infer.conjugate import MixturePrior
 from insilico_trials.run.design import design_trial
 from insilico_trials.spec.protocol import ProtocolError, load_protocol
 from insilico_trials.testing import with_arm_sizes, with_fields, write_protocol
@@ -48,10 +49,32 @@ def results(plan):
     return simulate_design(plan, replicates=10_000)
 
 
-def test_constants_match_outcomes():
-    assert design.VAGUE_BETA == outcomes.VAGUE_BETA
-    assert design.VAGUE_GAMMA == outcomes.VAGUE_GAMMA
-    assert design.DAYS_PER_MONTH == outcomes.DAYS_PER_MONTH
+def test_batched_conjugate_kernels_equal_one_by_one():
+    """Design evaluates every replicate with the batched kernels; update and the analysis call
+    the same kernels with scalars: both give the same bits."""
+    from insilico_trials.infer import conjugate as cj
+
+    rng = np.random.default_rng(3)
+    w, a, b = (0.7, 0.3), (30.0, 1.0), (70.0, 1.0)
+    n = rng.integers(1, 60, 50)
+    x = rng.integers(0, n + 1)
+    batched = cj.beta_mixture_posterior(w, a, b, x, n)
+    for i in range(len(n)):
+        one = cj.beta_mixture_posterior(w, a, b, int(x[i]), int(n[i]))
+        for got, want in zip(batched, one, strict=True):
+            np.testing.assert_array_equal(got[i], want)
+    ybar = rng.normal(0.0, 5.0, 40)
+    batched = cj.normal_mixture_posterior(w, (1.0, 0.0), (0.3, 10.0), ybar, 25, sigma=2.0)
+    for i, y in enumerate(ybar):
+        one = cj.normal_mixture_posterior(w, (1.0, 0.0), (0.3, 10.0), float(y), 25, sigma=2.0)
+        for got, want in zip(batched, one, strict=True):
+            np.testing.assert_array_equal(got[i], want)
+    d, e = rng.integers(0, 30, 40), rng.uniform(1.0, 200.0, 40)
+    batched = cj.gamma_mixture_posterior(w, (50.0, 0.1), (400.0, 0.01), d, e)
+    for i in range(len(d)):
+        one = cj.gamma_mixture_posterior(w, (50.0, 0.1), (400.0, 0.01), int(d[i]), float(e[i]))
+        for got, want in zip(batched, one, strict=True):
+            np.testing.assert_array_equal(got[i], want)
 
 
 def test_example_loads_and_priors(plan):
@@ -79,7 +102,7 @@ def test_bad_design_is_reported_at_its_field(tmp_path):
 
 
 def test_decision_table_matches_quadrature():
-    prior = borrowing.robustify(outcomes.MixturePrior.single("beta", 41, 161), weight=0.2)
+    prior = borrowing.robustify(MixturePrior.single("beta", 41, 161), weight=0.2)
     prob, mean = design.binary_decision_table(prior, 20, 25, delta=0.05, nodes=2000)
     for xc, xt in [(0, 0), (4, 9), (20, 25), (10, 3)]:
         w, a, b = borrowing.beta_mixture_posterior(prior.weights, prior.a, prior.b, xc, 20)
@@ -172,21 +195,6 @@ def test_calibration_hits_target(plan, results):
     assert r == 10_000
 
 
-def test_normal_posterior_batch_matches_scalar():
-    prior = borrowing.robustify(
-        outcomes.MixturePrior.single("normal", 1.0, 0.3), weight=0.3, sigma=2.0
-    )
-    ybar = np.array([-1.0, 0.4, 2.5])
-    w, m, s = design._normal_posterior_batch(prior, ybar, 17, 2.0)
-    for i, y in enumerate(ybar):
-        w1, m1, s1 = borrowing.normal_mixture_posterior(
-            prior.weights, prior.a, prior.b, y, 17, sigma=2.0
-        )
-        np.testing.assert_allclose(w[i], w1, rtol=1e-12)
-        np.testing.assert_allclose(m[i], m1, rtol=1e-12)
-        np.testing.assert_allclose(s[i], s1, rtol=1e-12)
-
-
 def _normal_protocol(tmp_path: Path) -> Path:
     """The example with a continuous endpoint and a known-sigma design."""
     p = with_fields(
@@ -226,15 +234,7 @@ def test_normal_no_borrowing_power_is_z_test(tmp_path):
     assert abs(cov["coverage95"] - 0.95) < 4 * cov["coverage95_mcse"]
 
 
-def test_gamma_batch_and_hazard_ratio_probability():
-    prior = borrowing.robustify(outcomes.MixturePrior.single("gamma", 50.0, 400.0), weight=0.2)
-    d, e = np.array([3, 20]), np.array([40.0, 150.0])
-    w, a, b = design._gamma_posterior_batch(prior, d, e)
-    for i in range(2):
-        w1, a1, b1 = borrowing.gamma_mixture_posterior(prior.weights, prior.a, prior.b, d[i], e[i])
-        np.testing.assert_allclose(w[i], w1, rtol=1e-12)
-        np.testing.assert_allclose(a[i], a1)
-        np.testing.assert_allclose(b[i], b1)
+def test_hazard_ratio_probability_by_the_f_identity():
     # P(lambda_t / lambda_c < h) by the F identity vs Monte Carlo (seed 3, 1e6 draws, 4 se)
     rng = np.random.default_rng(3)
     at, bt, ac, bc, h = 12.0, 90.0, 30.0, 160.0, 0.8

@@ -15,13 +15,8 @@ import pytest
 import xarray as xr
 from scipy import integrate, stats
 
-from insilico_trials.infer.outcomes import (
-    ConvergenceGates,
-    MixturePrior,
-    OutcomeDataError,
-    fit_outcome,
-    mixture_component_weights,
-)
+from insilico_trials.infer.conjugate import MixturePrior, mixture_component_weights
+from insilico_trials.infer.outcomes import ConvergenceGates, OutcomeDataError, fit_outcome
 from insilico_trials.infer.outcomes import _gates as gates_of  # unit-tested without sampling
 
 # 12/40 responders on control, 20/40 on treatment.

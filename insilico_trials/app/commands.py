@@ -509,13 +509,13 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
                 f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
                 where=str(cut_dir), actual=arm_name,
             )  # fmt: skip
-        endpoints = _read_parquet(archive / "endpoints.parquet")
-        frame = trial.analysis_frame(protocol, endpoints)
-        virtual = frame[frame["arm"] == protocol.control_arm.name].reset_index(drop=True)
+        # The virtual control arm as the run archived it (its sufficient statistics, hashed in
+        # the manifest): the same numbers the run's analysis and report used.
+        virtual = _read_json(archive / "synthetic_control.json")
         real = real.assign(arm=protocol.control_arm.name)
         _say(
             f"update {number:03d}: {len(real)} real control patients after this cut "
-            f"(cut {new_cut.content_hash[:12]}), {len(virtual)} virtual; method {args['method']}"
+            f"(cut {new_cut.content_hash[:12]}), {virtual['n']} virtual; method {args['method']}"
         )
         t = time.perf_counter()
         require_prefect_api()
@@ -586,9 +586,3 @@ def pd_concat_latest(frames: list[Any]) -> Any:
     if "usubjid" in df.columns:
         df = df.drop_duplicates("usubjid", keep="last").reset_index(drop=True)
     return df
-
-
-def _read_parquet(path: Path) -> Any:
-    import pandas as pd
-
-    return pd.read_parquet(path)

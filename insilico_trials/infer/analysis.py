@@ -8,7 +8,9 @@ from typing import Any
 
 import pandas as pd
 
+from insilico_trials.infer.conjugate import arm_statistics
 from insilico_trials.sim.trial import analysis_frame
+from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import TrialProtocol
 from insilico_trials.units import DAYS_PER_MONTH
 
@@ -42,20 +44,17 @@ def analyse(
 
 
 def virtual_control_summary(protocol: TrialProtocol, endpoints: pd.DataFrame) -> dict[str, Any]:
-    """Sufficient statistics of the simulated control arm: the synthetic control's prior source."""
+    """Sufficient statistics of the simulated control arm: the synthetic control's prior source,
+    archived as ``synthetic_control.json`` and read back by ``update``
+    (:func:`insilico_trials.infer.conjugate.arm_statistics`)."""
     frame = analysis_frame(protocol, endpoints)
     ctrl = frame[frame["arm"] == protocol.control_arm.name]
     model = protocol.analysis.model
-    out: dict[str, Any] = {"endpoint": protocol.analysis.endpoint, "model": model, "n": len(ctrl)}
-    if model == "binary":
-        out["responders"] = int(ctrl["response"].sum())
-    elif model == "continuous":
-        out["mean"] = float(ctrl["value"].mean())
-        out["sd"] = float(ctrl["value"].std(ddof=1))
-    else:
-        out["events"] = int(ctrl["event"].sum())
-        out["exposure_days"] = float(ctrl["time"].sum())
-    return out
+    return {
+        "endpoint": protocol.analysis.endpoint,
+        "model": model,
+        **arm_statistics(ctrl, OUTCOME_FAMILIES[model].kind),
+    }
 
 
 def validation_table(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[dict[str, Any]]:

@@ -64,16 +64,18 @@ import pandas as pd
 from scipy import special, stats
 
 from insilico_trials.errors import InputError
-from insilico_trials.infer.outcomes import (
-    DAYS_PER_MONTH,
+from insilico_trials.infer.conjugate import (
     VAGUE_BETA,
     VAGUE_GAMMA,
     VAGUE_NORMAL,
-    ConvergenceGates,
     MixturePrior,
-    OutcomeFit,
-    fit_outcome,
+    beta_mixture_posterior,
+    gamma_mixture_posterior,
+    normal_mixture_posterior,
+    sufficient_stats,
 )
+from insilico_trials.infer.outcomes import ConvergenceGates, OutcomeFit, fit_outcome
+from insilico_trials.spec.catalog import CONJUGATE_OF_KIND, UPDATE_MODEL_OF_KIND
 
 __all__ = [
     "METHODS",
@@ -95,7 +97,7 @@ __all__ = [
 
 METHODS = ("none", "full", "power", "robust", "commensurate", "procova")
 Endpoint = Literal["binary", "continuous", "tte"]
-FAMILY = {"binary": "beta", "continuous": "normal", "tte": "gamma"}
+FAMILY = CONJUGATE_OF_KIND  # kind of data -> conjugate family of the control parameter
 
 
 class BorrowingError(InputError):
@@ -103,76 +105,6 @@ class BorrowingError(InputError):
 
 
 # --------------------------------------------------------------------------- closed forms
-
-
-def beta_mixture_posterior(
-    weights: Sequence[float], a: Sequence[float], b: Sequence[float], successes: int, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Posterior of a beta-mixture prior after ``successes`` of ``n`` Bernoulli trials.
-
-    ``a_k' = a_k + x``, ``b_k' = b_k + n - x``,
-    ``w_k' ∝ w_k B(a_k + x, b_k + n - x) / B(a_k, b_k)`` (the beta-binomial marginal of
-    component k, the binomial coefficient cancels).
-
-    Returns
-    -------
-    (weights, a, b) : arrays of the posterior mixture.
-    """
-    w, a, b = (np.asarray(v, dtype=float) for v in (weights, a, b))
-    x, n = float(successes), float(n)
-    with np.errstate(divide="ignore"):
-        logm = np.log(w) + special.betaln(a + x, b + n - x) - special.betaln(a, b)
-    return np.exp(logm - special.logsumexp(logm)), a + x, b + n - x
-
-
-def normal_mixture_posterior(
-    weights: Sequence[float],
-    means: Sequence[float],
-    sds: Sequence[float],
-    ybar: float,
-    n: int,
-    *,
-    sigma: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Posterior of a normal-mixture prior on a mean after ``n`` observations (known ``sigma``).
-
-    With ``se^2 = sigma^2 / n``: ``s_k'^2 = 1 / (1 / s_k^2 + 1 / se^2)``,
-    ``m_k' = s_k'^2 (m_k / s_k^2 + ybar / se^2)``,
-    ``w_k' ∝ w_k N(ybar; m_k, s_k^2 + se^2)``.
-    """
-    w, m, s = (np.asarray(v, dtype=float) for v in (weights, means, sds))
-    se2 = sigma**2 / n
-    v_post = 1.0 / (1.0 / s**2 + 1.0 / se2)
-    m_post = v_post * (m / s**2 + ybar / se2)
-    with np.errstate(divide="ignore"):
-        logm = np.log(w) + stats.norm.logpdf(ybar, m, np.sqrt(s**2 + se2))
-    return np.exp(logm - special.logsumexp(logm)), m_post, np.sqrt(v_post)
-
-
-def gamma_mixture_posterior(
-    weights: Sequence[float],
-    shape: Sequence[float],
-    rate: Sequence[float],
-    events: float,
-    exposure: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Posterior of a gamma-mixture prior on a hazard rate after ``events`` in ``exposure``.
-
-    Exponential likelihood ``lambda^d exp(-lambda E)`` (E in months):
-    ``a_k' = a_k + d``, ``b_k' = b_k + E``,
-    ``w_k' ∝ w_k b_k^a_k Γ(a_k + d) / (Γ(a_k) (b_k + E)^(a_k + d))``.
-    """
-    w, a, b = (np.asarray(v, dtype=float) for v in (weights, shape, rate))
-    d, e = float(events), float(exposure)
-    with np.errstate(divide="ignore"):
-        logm = (
-            np.log(w)
-            + a * np.log(b)
-            + special.gammaln(a + d)
-            - special.gammaln(a)
-            - (a + d) * np.log(b + e)
-        )
-    return np.exp(logm - special.logsumexp(logm)), a + d, b + e
 
 
 def mixture_posterior(
@@ -301,31 +233,6 @@ def prior_predictive_pvalue(
 # --------------------------------------------------------------------------- priors from the virtual arm
 
 
-def sufficient_stats(data: pd.DataFrame, endpoint: Endpoint) -> dict[str, float]:
-    """Sufficient statistics of a control arm for ``endpoint``.
-
-    binary: ``x`` (responders), ``n``; continuous: ``ybar``, ``n``, ``sd`` (of ``value``);
-    tte: ``d`` (events), ``exposure`` (months: sum of ``time`` in days / 30.4375), ``n``.
-    """
-    if endpoint == "binary":
-        y = data["response"].to_numpy(dtype=float)
-        return {"x": float(y.sum()), "n": float(y.size)}
-    if endpoint == "continuous":
-        y = data["value"].to_numpy(dtype=float)
-        return {
-            "ybar": float(y.mean()) if y.size else 0.0,
-            "n": float(y.size),
-            "sd": float(y.std(ddof=1)) if y.size > 1 else float("nan"),
-        }
-    if endpoint == "tte":
-        return {
-            "d": float(data["event"].to_numpy(dtype=float).sum()),
-            "exposure": float(data["time"].to_numpy(dtype=float).sum() / DAYS_PER_MONTH),
-            "n": float(len(data)),
-        }
-    raise BorrowingError(f"endpoint: must be binary, continuous or tte, got {endpoint!r}")
-
-
 def _vague(endpoint: Endpoint) -> MixturePrior:
     fam = FAMILY[endpoint]
     return MixturePrior.single(
@@ -350,7 +257,7 @@ def _power(
 
 
 def control_prior(
-    virtual_control: pd.DataFrame,
+    virtual_control: pd.DataFrame | Mapping[str, Any],
     *,
     method: str,
     endpoint: Endpoint,
@@ -361,8 +268,10 @@ def control_prior(
 
     Parameters
     ----------
-    virtual_control : DataFrame
-        Simulated control patients, columns as for :func:`insilico_trials.outcomes.fit_outcome`.
+    virtual_control : DataFrame or mapping
+        Simulated control patients (columns as for
+        :func:`insilico_trials.infer.outcomes.fit_outcome`), or their
+        :func:`~insilico_trials.infer.conjugate.arm_statistics` as archived.
     method : {"none", "full", "power", "robust", "procova"}
         See the module docstring ("commensurate" has no conjugate form: see :func:`update_control`).
     endpoint : {"binary", "continuous", "tte"}
@@ -483,7 +392,7 @@ def _cumulative(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def update_control(
-    virtual_control: pd.DataFrame,
+    virtual_control: pd.DataFrame | Mapping[str, Any],
     cuts: Sequence[Any],
     *,
     method: str,
@@ -507,8 +416,10 @@ def update_control(
 
     Parameters
     ----------
-    virtual_control : DataFrame
-        Simulated control patients in :func:`~insilico_trials.outcomes.fit_outcome` columns.
+    virtual_control : DataFrame or mapping
+        Simulated control patients in :func:`~insilico_trials.infer.outcomes.fit_outcome`
+        columns, or their :func:`~insilico_trials.infer.conjugate.arm_statistics` (as the run
+        archives them in ``synthetic_control.json``).
     cuts : sequence of DataFrame
         Real data cuts in arrival order: the control patients of each cut, in fit_outcome
         columns (optional ``usubjid``; ``attrs["cut_id"]`` names the cut). ADaM cuts are
@@ -549,7 +460,7 @@ def update_control(
         )
     )
     vague = _vague(endpoint)
-    model = {"binary": "binary", "continuous": "continuous", "tte": "tte_pwexp"}[endpoint]
+    model = UPDATE_MODEL_OF_KIND[endpoint]
     param_name = {"binary": "p_c", "continuous": "mu_c", "tte": "lambda_c[0]"}[endpoint]
     ess_unit = "events" if endpoint == "tte" else "patients"
     fit_kwargs: dict[str, Any] = {"draws": draws, "tune": tune, "chains": chains, "seed": seed}

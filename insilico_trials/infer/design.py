@@ -68,12 +68,20 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from insilico_trials.infer.conjugate import (
+    VAGUE_BETA,
+    VAGUE_GAMMA,
+    MixturePrior,
+    beta_mixture_posterior,
+    gamma_mixture_posterior,
+    normal_mixture_posterior,
+)
 from insilico_trials.sim.rng import patient_uniforms, stream
 from insilico_trials.spec.design import (
     BORROW,
@@ -87,12 +95,6 @@ from insilico_trials.spec.design import (
     treatment_arm,
 )
 from insilico_trials.units import DAYS_PER_MONTH
-
-if TYPE_CHECKING:
-    from insilico_trials.infer.outcomes import MixturePrior
-
-VAGUE_BETA = (1.0, 1.0)
-VAGUE_GAMMA = (1.0, 0.01)
 
 __all__ = [
     "BatchResult",
@@ -319,7 +321,7 @@ def binary_decision_table(
     """``P(p_t - p_c > delta | x_c, x_t)`` and ``E(p_t - p_c | x_c, x_t)`` on the count lattice.
 
     ``p_c`` has the beta-mixture posterior of ``prior`` after ``x_c`` of ``n_control``
-    (:func:`insilico_trials.borrowing.beta_mixture_posterior`), ``p_t ~ Beta(1 + x_t,
+    (:func:`insilico_trials.infer.conjugate.beta_mixture_posterior`), ``p_t ~ Beta(1 + x_t,
     1 + n_t - x_t)`` (the outcome model's ``Beta(1, 1)`` prior). With Gauss-Legendre nodes
     ``u_i``, weights ``v_i`` on [0, 1]:
 
@@ -334,8 +336,6 @@ def binary_decision_table(
     -------
     prob, mean : arrays of shape ``(n_control + 1, n_treatment + 1)``.
     """
-    from insilico_trials.infer.borrowing import beta_mixture_posterior
-
     # The integrand has a kink where p + delta leaves [0, 1]; integrate only the smooth part
     # [lo, hi] and add the flat part (S_t = 1 for p < -delta) in closed form.
     u, v = _nodes(float(delta), nodes)
@@ -424,20 +424,6 @@ def _binary_counts(
 # --------------------------------------------------------------------------- normal kernel
 
 
-def _normal_posterior_batch(
-    prior: MixturePrior, ybar: np.ndarray, n: int, sigma: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised :func:`insilico_trials.borrowing.normal_mixture_posterior` over ``ybar``."""
-    w, m, s = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
-    se2 = sigma**2 / n
-    v_post = 1.0 / (1.0 / s**2 + 1.0 / se2)
-    m_post = v_post * (m / s**2 + ybar[:, None] / se2)
-    with np.errstate(divide="ignore"):
-        logm = np.log(w) + stats.norm.logpdf(ybar[:, None], m, np.sqrt(s**2 + se2))
-    wp = np.exp(logm - special.logsumexp(logm, axis=1, keepdims=True))
-    return wp, m_post, np.broadcast_to(np.sqrt(v_post), m_post.shape)
-
-
 def _normal_means(
     plan: DesignPlan, scenario: Scenario, reps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -463,7 +449,9 @@ def _normal_means(
 def _normal_look(
     plan: DesignPlan, prior: MixturePrior, yc: np.ndarray, yt: np.ndarray, lk: Look, truth: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w, m, s = _normal_posterior_batch(prior, yc, lk.n_control, plan.sigma)
+    w, m, s = normal_mixture_posterior(
+        prior.weights, prior.a, prior.b, yc, lk.n_control, sigma=plan.sigma
+    )
     # treatment: Normal(0, 1000) prior, known sigma
     pt = 1.0 / 1000.0**2 + lk.n_treatment / plan.sigma**2
     mt, st = (lk.n_treatment * yt / plan.sigma**2) / pt, pt**-0.5
@@ -509,24 +497,6 @@ def _tte_at(
     return on.sum(1), d.sum(1), t.sum(1)
 
 
-def _gamma_posterior_batch(
-    prior: MixturePrior, d: np.ndarray, e: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised :func:`insilico_trials.borrowing.gamma_mixture_posterior`."""
-    w, a, b = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
-    d, e = d[:, None].astype(float), e[:, None]
-    with np.errstate(divide="ignore"):
-        logm = (
-            np.log(w)
-            + a * np.log(b)
-            + special.gammaln(a + d)
-            - special.gammaln(a)
-            - (a + d) * np.log(b + e)
-        )
-    wp = np.exp(logm - special.logsumexp(logm, axis=1, keepdims=True))
-    return wp, a + d, b + e
-
-
 def _tte_look(
     plan: DesignPlan,
     prior: MixturePrior,
@@ -536,7 +506,7 @@ def _tte_look(
     et: np.ndarray,
     truth_log_hr: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w, ac, bc = _gamma_posterior_batch(prior, dc, ec)
+    w, ac, bc = gamma_mixture_posterior(prior.weights, prior.a, prior.b, dc, ec)
     at, bt = (VAGUE_GAMMA[0] + dt_)[:, None], (VAGUE_GAMMA[1] + et)[:, None]
 
     def p_hr_below(h: float) -> np.ndarray:

@@ -51,7 +51,6 @@ diagnostics, and its decision reads ``"not reported (convergence failed)"``.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -63,9 +62,16 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import special, stats
 
 from insilico_trials.errors import InputError
+from insilico_trials.infer.conjugate import (
+    VAGUE_BETA,
+    VAGUE_GAMMA,
+    VAGUE_NORMAL,
+    MixturePrior,
+    mixture_component_weights,
+)
+from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 from insilico_trials.units import DAYS_PER_MONTH
 
 __all__ = [
@@ -80,24 +86,16 @@ __all__ = [
     "mixture_component_weights",
 ]
 
-MODELS = ("binary", "continuous", "tte_weibull", "tte_pwexp")
-ModelName = Literal["binary", "continuous", "tte_weibull", "tte_pwexp"]
+MODELS = tuple(OUTCOME_FAMILIES)
+ModelName = Literal[MODELS]  # type: ignore[valid-type]
 
-# Vague defaults, stated once (units in the module docstring).
-VAGUE_BETA = (1.0, 1.0)
-VAGUE_NORMAL = (0.0, 1000.0)
-VAGUE_GAMMA = (1.0, 0.01)  # shape (events), rate (months of exposure): ~1 event, 0.01 month
 DEFAULT_PWEXP_CUTS_MONTHS = (0.0, 3.0, 6.0, 12.0)
 
-# (quantity -> (models it applies to, default direction))
+# (quantity -> (models it applies to, default direction)), from the family catalog
 QUANTITIES: dict[str, tuple[tuple[str, ...], str]] = {
-    "rate_difference": (("binary",), "greater"),
-    "odds_ratio": (("binary",), "greater"),
-    "log_odds_ratio": (("binary",), "greater"),
-    "risk_ratio": (("binary",), "greater"),
-    "mean_difference": (("continuous",), "greater"),
-    "hazard_ratio": (("tte_weibull", "tte_pwexp"), "less"),
-    "log_hazard_ratio": (("tte_weibull", "tte_pwexp"), "less"),
+    q: (tuple(m for m, g in OUTCOME_FAMILIES.items() if q in g.quantities), f.side)
+    for f in OUTCOME_FAMILIES.values()
+    for q in f.quantities
 }
 
 
@@ -115,110 +113,12 @@ class ConvergenceGates:
     max_divergences: int = 0
 
 
-# NUTS target acceptance per model (others: 0.8, Stan's default). At 0.8 a binary fit with no
-# control responders (0/1,000 or 0/100,000) left one or two divergent transitions in 2,000
-# draws in 7 of 20 seeds: its log-odds posterior has a steep exp(x) wall on one side. At 0.9
-# none of the 20 seeds diverged. (0.9 for the Weibull model lowered its mixing in
-# tests/test_outcomes.py: R-hat 1.011, so it stays at 0.8.)
-TARGET_ACCEPT = {"binary": 0.9}
+# NUTS target acceptance per model (0.8, Stan's default, unless the family says otherwise: see
+# the reasons in insilico_trials.spec.catalog.OUTCOME_FAMILIES).
+TARGET_ACCEPT = {name: f.target_accept for name, f in OUTCOME_FAMILIES.items()}
 
 
 GATES = ConvergenceGates()
-
-
-@dataclass(frozen=True)
-class MixturePrior:
-    """A prior on one control-arm parameter: a finite mixture of conjugate components.
-
-    ``pi(theta) = sum_k weights[k] f(theta | a[k], b[k])`` with ``f`` by ``family``:
-
-    * ``"beta"``: Beta(a, b) on a response rate (binary endpoint);
-    * ``"normal"``: Normal(mean=a, sd=b) on a mean (continuous endpoint, units of ``value``);
-    * ``"gamma"``: Gamma(shape=a, rate=b) on a hazard rate (per month; TTE endpoints).
-
-    ``labels`` names the components (e.g. ``("informative", "vague")`` for a robust prior).
-    """
-
-    family: Literal["beta", "normal", "gamma"]
-    weights: tuple[float, ...]
-    a: tuple[float, ...]
-    b: tuple[float, ...]
-    labels: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.family not in ("beta", "normal", "gamma"):
-            raise ValueError(
-                f"MixturePrior.family: must be beta, normal or gamma, got {self.family!r}"
-            )
-        k = len(self.weights)
-        if k == 0 or len(self.a) != k or len(self.b) != k:
-            raise ValueError(
-                f"MixturePrior: weights, a, b must have the same length >= 1, got "
-                f"{len(self.weights)}, {len(self.a)}, {len(self.b)}"
-            )
-        w = np.asarray(self.weights, dtype=float)
-        if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
-            raise ValueError(f"MixturePrior.weights: must be >= 0 and sum to 1, got {self.weights}")
-        if self.family == "normal":
-            if any(s <= 0 for s in self.b):
-                raise ValueError(f"MixturePrior.b (normal sd): must be > 0, got {self.b}")
-        elif any(x <= 0 for x in (*self.a, *self.b)):
-            raise ValueError(
-                f"MixturePrior.a, b ({self.family}): must be > 0, got {self.a}, {self.b}"
-            )
-        if self.labels is not None and len(self.labels) != k:
-            raise ValueError(f"MixturePrior.labels: need {k} labels, got {self.labels}")
-
-    @property
-    def n_components(self) -> int:
-        return len(self.weights)
-
-    @classmethod
-    def single(cls, family: Literal["beta", "normal", "gamma"], a: float, b: float) -> MixturePrior:
-        """A one-component prior."""
-        return cls(family, (1.0,), (float(a),), (float(b),))
-
-    def logpdf(self, theta: np.ndarray) -> np.ndarray:
-        """Log density of each component at ``theta``: array (len(theta), K), weights included."""
-        theta = np.asarray(theta, dtype=float)[..., None]
-        a, b = np.asarray(self.a), np.asarray(self.b)
-        if self.family == "beta":
-            lp = stats.beta.logpdf(theta, a, b)
-        elif self.family == "normal":
-            lp = stats.norm.logpdf(theta, a, b)
-        else:
-            lp = stats.gamma.logpdf(theta, a, scale=1.0 / b)
-        with np.errstate(divide="ignore"):
-            return lp + np.log(np.asarray(self.weights))
-
-    def mean(self) -> float:
-        a, b, w = np.asarray(self.a), np.asarray(self.b), np.asarray(self.weights)
-        m = a / (a + b) if self.family == "beta" else (a if self.family == "normal" else a / b)
-        return float(w @ m)
-
-    def var(self) -> float:
-        """Variance of the mixture (law of total variance)."""
-        a, b, w = np.asarray(self.a), np.asarray(self.b), np.asarray(self.weights)
-        if self.family == "beta":
-            m = a / (a + b)
-            v = a * b / ((a + b) ** 2 * (a + b + 1))
-        elif self.family == "normal":
-            m, v = a, b**2
-        else:
-            m, v = a / b, a / b**2
-        mu = float(w @ m)
-        return float(w @ (v + m**2) - mu**2)
-
-
-def mixture_component_weights(prior: MixturePrior, draws: np.ndarray) -> np.ndarray:
-    """Posterior weight of each prior component, estimated from posterior draws of theta.
-
-    ``P(component k | data) = E_post[ w_k f_k(theta) / sum_j w_j f_j(theta) ]``: given theta
-    the component label is independent of the data, so averaging the conditional component
-    probabilities over posterior draws (Rao-Blackwellisation) is unbiased.
-    """
-    lp = prior.logpdf(np.ravel(draws))
-    return np.exp(lp - special.logsumexp(lp, axis=1, keepdims=True)).mean(axis=0)
 
 
 # --------------------------------------------------------------------------- data checks
@@ -266,12 +166,7 @@ def _prepare(
 ) -> _Prepared:
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"data: must be a pandas DataFrame, got {type(data).__name__}")
-    needed = {
-        "binary": ["response"],
-        "continuous": ["value"],
-        "tte_weibull": ["time", "event"],
-        "tte_pwexp": ["time", "event"],
-    }[model]
+    needed = list(OUTCOME_FAMILIES[model].columns)
     _require(data, ["arm", *needed, *covariates])
     arm = data["arm"].astype(str)
     bad = ~arm.isin([control, treatment])
@@ -313,7 +208,7 @@ def _prepare(
 
 
 def _prior_arrays(prior: MixturePrior | Sequence[MixturePrior] | None, model: str, n_pieces: int):
-    family = {"binary": "beta", "continuous": "normal"}.get(model, "gamma")
+    family = OUTCOME_FAMILIES[model].conjugate
     default = {"beta": VAGUE_BETA, "normal": VAGUE_NORMAL, "gamma": VAGUE_GAMMA}[family]
     if model == "tte_pwexp":
         if prior is None:
@@ -558,13 +453,10 @@ def _gates(summary: pd.DataFrame, divergences: int, gates: ConvergenceGates) -> 
 
 
 def _criterion(model: str, decision: Mapping[str, Any] | None) -> dict[str, Any]:
-    defaults = {
-        "binary": "rate_difference",
-        "continuous": "mean_difference",
-        "tte_weibull": "hazard_ratio",
-        "tte_pwexp": "hazard_ratio",
-    }
-    crit = {"quantity": defaults[model], "delta": None, "threshold": 0.9, **(decision or {})}
+    crit = {
+        "quantity": OUTCOME_FAMILIES[model].quantity, "delta": None, "threshold": 0.9,
+        **(decision or {}),
+    }  # fmt: skip
     q = crit["quantity"]
     if q not in QUANTITIES or model not in QUANTITIES[q][0]:
         allowed = [k for k, (ms, _) in QUANTITIES.items() if model in ms]
@@ -699,7 +591,7 @@ def fit_outcome(
         cores=min(int(chains), os.cpu_count() or 1),
         seed=int(seed),
         progress_bar=False,
-        target_accept=TARGET_ACCEPT.get(model, 0.8),
+        target_accept=TARGET_ACCEPT[model],
         # Weibull log-scale and shape are strongly correlated; a low-rank mass matrix adapts
         # to that where a diagonal one mixes slowly.
         adaptation="low_rank" if model == "tte_weibull" else "diag",
@@ -709,7 +601,7 @@ def fit_outcome(
     idata = xr.DataTree.from_dict(
         {"posterior": idata["posterior"].to_dataset(), "sample_stats": ss[keep_ss]}
     )
-    control_name = {"binary": "p_c", "continuous": "mu_c"}.get(model, "lambda_c")
+    control_name = OUTCOME_FAMILIES[model].control_parameter
     post_vars = list(idata["posterior"].data_vars)
     if prep.n_treatment == 0:
         # A control-only fit: arm-contrast quantities are prior draws, so leave them out.

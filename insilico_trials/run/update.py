@@ -7,20 +7,20 @@ into the arguments of :func:`insilico_trials.infer.borrowing.update_control`;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from insilico_trials.infer.borrowing import UpdateResult, update_control
 from insilico_trials.run.executor import Executor, Serial
+from insilico_trials.spec.catalog import ENDPOINTS
 from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
 
-__all__ = ["PARAMCD_OF_ENDPOINT", "borrowing_arguments", "refit_control"]
+__all__ = ["borrowing_arguments", "refit_control"]
 
 _METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
-# ADaM PARAMCD of each protocol endpoint in a real data cut
-PARAMCD_OF_ENDPOINT = {"orr": "BOR", "pfs": "PFS", "os": "OS"}
 
 
 def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
         "method": _METHOD.get(sc.method, sc.method),
         "params": params,
         "endpoint": ENDPOINT_OF_MODEL[a.model],
-        "paramcd": PARAMCD_OF_ENDPOINT.get(a.endpoint),
+        "paramcd": ENDPOINTS[a.endpoint].paramcd,
         "draws": a.mcmc.draws,
         "tune": a.mcmc.tune,
         "chains": a.mcmc.chains,
@@ -48,13 +48,16 @@ def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
 
 
 def refit_control(
-    virtual_control: pd.DataFrame,
+    virtual_control: pd.DataFrame | Mapping[str, Any],
     real_control: pd.DataFrame,
     protocol: TrialProtocol,
     *,
     executor: Executor | None = None,
 ) -> tuple[UpdateResult, str]:
     """Refit the control parameter on the real control patients of all cuts so far.
+
+    ``virtual_control`` is the simulated control arm's patients or, as ``update`` passes it,
+    its archived statistics (``synthetic_control.json``).
 
     Returns the :class:`~insilico_trials.infer.borrowing.UpdateResult` and the executor's run
     id (a Prefect flow-run id; empty when serial).
@@ -72,6 +75,8 @@ def refit_control(
 
 
 def _refit(
-    virtual_control: pd.DataFrame, real_control: pd.DataFrame, args: dict[str, Any]
+    virtual_control: pd.DataFrame | Mapping[str, Any],
+    real_control: pd.DataFrame,
+    args: dict[str, Any],
 ) -> UpdateResult:
     return update_control(virtual_control, [real_control], **args)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from insilico_trials.spec.catalog import ENDPOINTS, OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import Arm, TrialProtocol
 from insilico_trials.units import DAYS_PER_YEAR, MONTHS_PER_YEAR
 
@@ -28,14 +29,6 @@ __all__ = [
 ]
 
 PROFILE_PATIENTS = 1000  # patients per arm whose concentration profile goes to the report
-
-_ANALYSIS_COLUMNS = {
-    "orr": {"responder": "response"},
-    "best_pct_change": {"best_pct_change": "value", "SLD0": "baseline"},
-    "pfs": {"pfs_days": "time", "pfs_event": "event"},
-    "os": {"os_days": "time", "os_event": "event"},
-    "ttp": {"ttp_days": "time", "ttp_event": "event"},
-}
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -306,7 +299,7 @@ def summary_columns(protocol: TrialProtocol) -> list[str]:
 
     Enough for the outcome fit, the synthetic control's summary and the validation table.
     """
-    cols = ["arm", "patient", *_ANALYSIS_COLUMNS[protocol.analysis.endpoint]]
+    cols = ["arm", "patient", *ENDPOINTS[protocol.analysis.endpoint].columns]
     if protocol.disease.model == "zhang2017":
         cols += ["ttp_days", "ttp_event", "drug_fraction"]
     return list(dict.fromkeys(cols))
@@ -314,8 +307,8 @@ def summary_columns(protocol: TrialProtocol) -> list[str]:
 
 def analysis_frame(protocol: TrialProtocol, endpoints: pd.DataFrame) -> pd.DataFrame:
     """The endpoint table in the shape the outcome model takes (``arm`` + model columns)."""
-    cols = _ANALYSIS_COLUMNS[protocol.analysis.endpoint]
-    if protocol.analysis.model != "continuous":
+    cols = dict(ENDPOINTS[protocol.analysis.endpoint].columns)
+    if OUTCOME_FAMILIES[protocol.analysis.model].kind != "continuous":
         cols = {k: v for k, v in cols.items() if v != "baseline"}
     frame = endpoints[["arm", *cols]].rename(columns=cols)
     return frame.reset_index(drop=True)

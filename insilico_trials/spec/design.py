@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from insilico_trials.errors import InputError
+from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 
 __all__ = [
     "BORROW",
@@ -35,12 +36,7 @@ Endpoint = Literal["binary", "continuous", "tte"]
 Method = Literal["none", "full", "power", "robust_mixture"]
 Prob = Annotated[float, Field(gt=0, lt=1)]
 BORROW = {"none": "none", "full": "full", "power": "power", "robust_mixture": "robust"}
-ENDPOINT_OF_MODEL = {
-    "binary": "binary",
-    "continuous": "continuous",
-    "tte_weibull": "tte",
-    "tte_pwexp": "tte",
-}
+ENDPOINT_OF_MODEL = {name: f.kind for name, f in OUTCOME_FAMILIES.items()}
 
 
 class DesignError(InputError):

@@ -42,7 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from insilico_trials.errors import InputError
-from insilico_trials.spec.catalog import PK_PARAMETERS, TUMOUR_MODELS
+from insilico_trials.spec.catalog import ENDPOINTS, OUTCOME_FAMILIES, PK_PARAMETERS, TUMOUR_MODELS
 from insilico_trials.spec.design import DesignSpec, design_problems
 from insilico_trials.spec.population import Population
 from insilico_trials.spec.yamlmap import YamlLoadError, load_yaml_with_lines
@@ -194,24 +194,9 @@ class MCMC(_Spec):
     chains: int = Field(default=2, ge=1, le=16)
 
 
-_MODEL_OF_ENDPOINT = {
-    "orr": ("binary",),
-    "best_pct_change": ("continuous",),
-    "pfs": ("tte_weibull", "tte_pwexp"),
-    "os": ("tte_weibull", "tte_pwexp"),
-    "ttp": ("tte_weibull", "tte_pwexp"),
-}
-_QUANTITY_OF_MODEL = {
-    "binary": "rate_difference",
-    "continuous": "mean_difference",
-    "tte_weibull": "hazard_ratio",
-    "tte_pwexp": "hazard_ratio",
-}
-
-
 class Analysis(_Spec):
-    endpoint: Literal["orr", "best_pct_change", "pfs", "os", "ttp"]
-    model: Literal["binary", "continuous", "tte_weibull", "tte_pwexp"]
+    endpoint: Literal[tuple(ENDPOINTS)]  # type: ignore[valid-type]
+    model: Literal[tuple(OUTCOME_FAMILIES)]  # type: ignore[valid-type]
     treatment: str | None = Field(
         default=None, description="arm compared with control (default: first treatment arm)"
     )
@@ -223,13 +208,13 @@ class Analysis(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> Analysis:
-        allowed = _MODEL_OF_ENDPOINT[self.endpoint]
+        allowed = [f.name for f in OUTCOME_FAMILIES.values() if self.endpoint in f.endpoints]
         if self.model not in allowed:
             raise ValueError(
                 f"model {self.model!r} does not fit endpoint {self.endpoint!r}; allowed: "
                 + ", ".join(allowed)
             )
-        wanted = _QUANTITY_OF_MODEL[self.model]
+        wanted = OUTCOME_FAMILIES[self.model].quantity
         if self.decision.quantity != wanted:
             raise ValueError(
                 f"decision.quantity {self.decision.quantity!r} does not fit model "
