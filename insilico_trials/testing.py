@@ -156,25 +156,5 @@ def mock_fit(protocol: TrialProtocol, endpoints: pd.DataFrame, *, seed: int = 7)
         converged=True,
         diagnostics={"divergences": 0, "failed": [], "max_rhat": 1.0, "min_ess_bulk": 1000.0},
         summary=pd.DataFrame(rows),
-        idata=_Posterior(ds),
+        idata=xr.DataTree.from_dict({"posterior": ds}),
     )
-
-
-@dataclass(frozen=True)
-class _Posterior:
-    """``idata["posterior"].to_dataset()`` as ArviZ's DataTree answers it."""
-
-    dataset: Any
-
-    def __getitem__(self, group: str) -> Any:
-        if group != "posterior":
-            raise KeyError(group)
-        return _Group(self.dataset)
-
-
-@dataclass(frozen=True)
-class _Group:
-    dataset: Any
-
-    def to_dataset(self) -> Any:
-        return self.dataset

@@ -126,3 +126,24 @@ def test_serial_run_equals_the_orchestrated_run(reference_runs, tmp_path):
     rows = compare_outputs(read_manifest(archive)["outputs"], out)
     assert [name for name, same, _ in rows if not same] == []
     assert len(rows) >= 8
+
+
+def test_posterior_archived_as_inference_data_that_arviz_opens(tmp_path):
+    """posterior.nc is ArviZ InferenceData (NetCDF): arviz opens it, it holds the same draws as
+    posterior.parquet, and the same draws give the same bytes."""
+    import arviz as az
+    import numpy as np
+    import pandas as pd
+
+    path = tiny_protocol(tmp_path, n=6)
+    result = run_trial(load_protocol(path), fit=mock_fit)
+    a, groups = _archive(tmp_path, result, path, "a")
+    b, _ = _archive(tmp_path, result, path, "b")
+    assert "posterior.nc" in groups["outputs"]
+    assert sha256_file(a / "posterior.nc") == sha256_file(b / "posterior.nc")
+    idata = az.from_netcdf(a / "posterior.nc")
+    post = idata["posterior"].to_dataset()
+    table = pd.read_parquet(a / "posterior.parquet")
+    for name in ("p_c", "p_t", "rate_difference"):
+        np.testing.assert_array_equal(post[name].values.ravel(), table[name].to_numpy())
+    assert az.summary(idata, var_names=["rate_difference"]).shape[0] == 1

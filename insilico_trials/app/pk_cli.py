@@ -1,7 +1,7 @@
 """CSV interface for pharmacometricians: NONMEM-style records in, one output row per record out.
 
 The lead wires :func:`simulate_csv` into ``insilico-trials pk simulate DATA.csv --model M -o OUT``;
-a :class:`~insilico_trials.pk.errors.PKInputError` there means exit code 2 and no output file.
+a :class:`~insilico_trials.errors.PKInputError` there means exit code 2 and no output file.
 """
 
 from __future__ import annotations

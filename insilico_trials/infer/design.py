@@ -4,7 +4,7 @@ A design is evaluated by simulating ``R`` complete trials per *scenario* (true p
 real control and treatment arms) and applying the protocol's Bayesian decision rule at each
 look. Everything here is a pure function of the protocol and the replicate indices: replicate
 ``r`` of scenario ``s`` draws only from keys ``("design", s, ...)`` at index ``r``
-(:func:`insilico_trials.rng.patient_uniforms`), so batches can run in any order, on any number
+(:func:`insilico_trials.sim.rng.patient_uniforms`), so batches can run in any order, on any number
 of workers, and give identical numbers.
 
 Why no MCMC and no patient-level PK/PD here
@@ -39,7 +39,7 @@ the scenario's true parameters:
 
 Why a declared virtual-arm summary
 ----------------------------------
-The prior of the real control arm is built (by :func:`insilico_trials.borrowing.control_prior`)
+The prior of the real control arm is built (by :func:`insilico_trials.infer.borrowing.control_prior`)
 from the virtual control arm. Simulating the virtual arm through PK/PD for every replicate would
 cost minutes each and add nothing to the design question, which is how the decision rule
 behaves when the real control arm agrees with, or drifts from, what the virtual arm predicts.
@@ -861,7 +861,7 @@ def mcmc_agreement(
 
     For each replicate the patient-level data at the final look are rebuilt from the same
     keyed draws (binary: the simulated counts as 0/1 rows; tte: the simulated patients with
-    their censoring at the final look) and fitted with :func:`insilico_trials.outcomes.fit_outcome`
+    their censoring at the final look) and fitted with :func:`insilico_trials.infer.outcomes.fit_outcome`
     using the protocol's ``analysis.model`` and the same control prior. Continuous is exact
     conjugate with known sigma and is not checked here.
 

@@ -19,7 +19,7 @@ parameters refer to a patient with average covariates):
     Without covariates the likelihood is taken in its sufficient form,
     ``x_arm ~ Binomial(n_arm, p_arm)`` (the same posterior, at a cost independent of n).
     Without covariates ``p_c`` and ``p_t`` are conjugate: the posteriors are
-    ``Beta(a + x, b + n - x)`` (mixtures: see :func:`insilico_trials.borrowing.beta_mixture_posterior`).
+    ``Beta(a + x, b + n - x)`` (mixtures: see :func:`insilico_trials.infer.conjugate.beta_mixture_posterior`).
 ``continuous``
     ``y_i ~ Normal(mu_arm[i] + z_i' gamma, sigma)`` (e.g. % change in tumour size, with
     ``baseline`` as covariate), ``mu_c ~ prior`` (normal mixture, default
@@ -516,7 +516,7 @@ def fit_outcome(
         ``P(quantity > delta) > threshold``, or ``P(quantity < delta)`` for hazard ratios.
     prior : MixturePrior or sequence of MixturePrior, optional
         Prior on the control parameter (``p_c``, ``mu_c``, ``lambda_c``; one per piece for
-        ``tte_pwexp``), typically from :mod:`insilico_trials.borrowing`. None: vague.
+        ``tte_pwexp``), typically from :mod:`insilico_trials.infer.borrowing`. None: vague.
     covariates : sequence of str
         Columns used as standardised covariates (e.g. ``baseline``, ``prognostic_score``).
     sigma : float, optional

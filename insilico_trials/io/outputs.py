@@ -120,6 +120,7 @@ def write_run_outputs(
         analysis.virtual_control_summary(protocol, tables.summary),
     )
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
+    write_inference_data(fit.idata, stage / "posterior.nc")
     extra = []
     validation = analysis.validation_table(protocol, tables.summary)
     if validation:  # published values this run can be compared with (credibility section)
@@ -135,7 +136,8 @@ def write_run_outputs(
         "inputs": ["protocol.yaml"],
         "outputs": [
             "cohort.parquet", "endpoints.parquet", "exposure.parquet", "profiles.parquet",
-            "summary.json", "synthetic_control.json", "posterior.parquet", *extra,
+            "summary.json", "synthetic_control.json", "posterior.parquet", "posterior.nc",
+            *extra,
         ],
     }  # fmt: skip
 
@@ -158,6 +160,30 @@ def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) ->
         "arms": {arm.name: {"n": arm.n, "control": arm.control} for arm in protocol.arms},
         "screening": screening,
     }
+
+
+# Attributes that name when or with what a posterior was made, not what it is: left out so that
+# the same draws give the same bytes (the archive's manifest records the versions).
+_VOLATILE_ATTRS = ("created_at", "arviz_version", "inference_library_version", "sampling_time")
+
+
+def write_inference_data(idata: Any, path: Path) -> None:
+    """The fit's posterior and sample statistics as ArviZ InferenceData in NetCDF (h5netcdf):
+    ``arviz``/``xarray.open_datatree(path)`` opens it. Same draws, same bytes."""
+    import xarray as xr
+
+    groups = {}
+    for name in ("posterior", "sample_stats"):
+        try:
+            ds = idata[name].to_dataset()
+        except KeyError:
+            continue
+        ds = ds.copy()
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in _VOLATILE_ATTRS}
+        for var in ds.data_vars:
+            ds[var].attrs = {k: v for k, v in ds[var].attrs.items() if k not in _VOLATILE_ATTRS}
+        groups[name] = ds
+    xr.DataTree.from_dict(groups).to_netcdf(path, engine="h5netcdf")
 
 
 def posterior_draws(fit: Any) -> pd.DataFrame:

@@ -452,7 +452,7 @@ def endpoint_frame(
     control_arm: str | None = None,
     covariates: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """One row per subject in :func:`~insilico_trials.outcomes.fit_outcome` columns.
+    """One row per subject in :func:`~insilico_trials.infer.outcomes.fit_outcome` columns.
 
     ``tte``: ADTTE records with ``PARAMCD == paramcd`` (default ``PFS``): ``time = AVAL``
     (days), ``event = 1 - CNSR``. ``binary``: ADRS records with ``PARAMCD == paramcd`` (default

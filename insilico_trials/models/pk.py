@@ -1,7 +1,7 @@
 """PK model specifications: compartments, parameters and the right-hand sides.
 
-A model is a frozen spec; solving lives in :mod:`insilico_trials.pk.linear` (exact state
-transition for linear models) and :mod:`insilico_trials.pk.ode` (stiff ODE solver for the
+A model is a frozen spec; solving lives in :mod:`insilico_trials.sim.pk.linear` (exact state
+transition for linear models) and :mod:`insilico_trials.sim.pk.ode` (stiff ODE solver for the
 nonlinear ones). Units everywhere: amounts in mg, volumes in L, time in h, clearances in L/h,
 rate constants in 1/h, concentrations in mg/L.
 """

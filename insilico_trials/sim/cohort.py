@@ -2,7 +2,7 @@
 
 Every per-patient draw is keyed by ``(seed, "cohort", replicate, arm, purpose)`` and the
 patient's *candidate index* (its place in the draw order), through the counter-based
-:func:`insilico_trials.rng.patient_normals`. The enrolled patients are the first ``n`` eligible
+:func:`insilico_trials.sim.rng.patient_normals`. The enrolled patients are the first ``n`` eligible
 candidates, so the cohort is the same however candidates are split into chunks or workers.
 Population-level (parameter-uncertainty) values are drawn once per replicate from
 ``stream(seed, "population", replicate)``, shared by all arms of that replicate.
@@ -85,7 +85,7 @@ def population_draw(
     """Typical values and OMEGA for a replicate: declared ones, or one uncertainty draw.
 
     With ``uncertainty=True`` the draw comes from ``stream(seed, "population", replicate)``,
-    so every arm of a replicate shares it (see :mod:`insilico_trials.population` for the laws).
+    so every arm of a replicate shares it (see :mod:`insilico_trials.spec.population` for the laws).
     """
     names = tuple(pop.iiv_names)
     omega = pop.omega_matrix()
@@ -710,7 +710,7 @@ def calibrate(
     pop
         The population spec (for category labels).
     target
-        A :class:`insilico_trials.population.Target`; default ``pop.target``.
+        A :class:`insilico_trials.spec.population.Target`; default ``pop.target``.
     method
         ``"entropy"``: Newton on the entropy-balancing dual over all constraints at once
         (Hainmueller 2012). ``"raking"``: cyclic per-covariate fits (classic raking /
@@ -1064,7 +1064,7 @@ def baseline_table(
     cohorts
         Cohorts to tabulate; cohorts with the same arm name (e.g. replicates) are pooled.
     target
-        Optional :class:`insilico_trials.population.Target`, shown in a ``target`` column
+        Optional :class:`insilico_trials.spec.population.Target`, shown in a ``target`` column
         (mean (SD), median [IQR] from its 0.25/0.5/0.75 quantiles, shares).
     subgroups
         Crossings of categorical covariates to tabulate, e.g. ``[("ANCESTRY", "SEX")]``.

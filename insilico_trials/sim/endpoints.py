@@ -18,7 +18,7 @@ only when the next assessment at least ``confirm_min_days`` later still meets th
 CR or PR for PR) with no PD in between; SD needs one assessment at least ``sd_min_days`` after
 start. Unconfirmed best response is returned too (randomised trials may not require it).
 
-All randomness is keyed per patient (:func:`insilico_trials.rng.patient_normals`), so the
+All randomness is keyed per patient (:func:`insilico_trials.sim.rng.patient_normals`), so the
 table is the same in any chunking of patients.
 """
 

@@ -1,7 +1,7 @@
 """One in-silico trial, as plain functions: cohort -> simulation per patient chunk -> endpoints
 -> outcome fit -> decision.
 
-No Prefect, Dask or MLflow here: the flows in ``flows/`` call these functions as tasks, and the
+No Prefect, Dask or MLflow here: ``run.trial.run_trial`` submits these functions to its executor, and the
 tests call them directly. Every random draw is keyed by (replicate, arm, patient), so the
 numbers do not depend on how patients are chunked or where a chunk runs.
 """

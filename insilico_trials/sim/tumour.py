@@ -945,7 +945,7 @@ def apply_dose_rule(
         Exposure grid (T,) and exposure at full dose (n, T).
     marker
         ``marker(times_days, exposure) -> (n, T)``: the simulated marker on the grid for a
-        given exposure, e.g. a Friberg neutrophil model (``insilico_trials.pk.pd.friberg``,
+        given exposure, e.g. a Friberg neutrophil model (``insilico_trials.sim.pk.pd.friberg``,
         times converted to hours) wrapped by the caller.
 
     Returns

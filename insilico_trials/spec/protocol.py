@@ -10,14 +10,14 @@ Sections (see ``protocols/`` for complete, runnable examples):
     Identity, the question of interest (the context of use of the model), the one seed.
 ``population``
     Covariates, correlations, eligibility, individual parameters with between-subject
-    variability (:mod:`insilico_trials.population`).
+    variability (:mod:`insilico_trials.spec.population`).
 ``pk``
     Structural PK model (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``), output grid, residual error.
 ``arms``
     Two or more arms, exactly one with ``control: true``; each has ``n`` and a ``regimen``
     (``null`` for an untreated or placebo control).
 ``disease``
-    Tumour model and what drives it (:mod:`insilico_trials.tumour`).
+    Tumour model and what drives it (:mod:`insilico_trials.sim.tumour`).
 ``endpoints``
     Visit schedule, RECIST measurement error, new-lesion hazard, survival link, dropout, accrual.
 ``analysis``
@@ -145,7 +145,7 @@ class SurvivalLink(_Spec):
     ``log T = intercept + sum(coefficients[p] * predictor[p]) + scale * W`` with ``W`` standard
     normal (lognormal) or minimum extreme value (weibull); predictors such as
     ``week8_frac_change`` and ``log_ttg_weeks`` (Claret et al. 2009, 2013); see
-    :class:`insilico_trials.endpoints.OSModel`.
+    :class:`insilico_trials.sim.endpoints.OSModel`.
     """
 
     distribution: Literal["lognormal", "weibull", "exponential"] = "lognormal"

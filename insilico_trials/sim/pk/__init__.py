@@ -5,10 +5,10 @@ Public entry points:
 - :func:`simulate_regimen`: population simulation of a regular regimen (the trial flows' path).
 - :func:`simulate_records` / :func:`prepare_records`: NONMEM-style event records (ID, TIME,
   AMT, EVID, CMT, II, ADDL, RATE, SS) with per-row parameters;
-  :func:`insilico_trials.pk.cli.simulate_csv` for CSV files.
+  :func:`insilico_trials.app.pk_cli.simulate_csv` for CSV files.
 - :data:`MODELS`: the model specs (``MODELS["pk2cmt"].parameters``).
-- :func:`add_residual_error`; exposure metrics in :mod:`insilico_trials.pk.exposure`; PD models
-  in :mod:`insilico_trials.pk.pd`.
+- :func:`add_residual_error`; exposure metrics in :mod:`insilico_trials.sim.pk.exposure`; PD models
+  in :mod:`insilico_trials.sim.pk.pd`.
 """
 
 from insilico_trials.errors import PKInputError

@@ -48,7 +48,7 @@ class LinearSystem:
     Parameters
     ----------
     model
-        A linear :class:`~insilico_trials.pk.models.PKModel`.
+        A linear :class:`~insilico_trials.models.pk.PKModel`.
     params
         Parameter arrays of shape (n,) (or scalars), keyed by the model's parameter names.
     """

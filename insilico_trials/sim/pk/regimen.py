@@ -70,7 +70,7 @@ def simulate_regimen(
     Parameters
     ----------
     model
-        Model name, one of :data:`insilico_trials.pk.MODELS` (``pk1cmt``, ``pk2cmt``, ``pk3cmt``,
+        Model name, one of :data:`insilico_trials.models.pk.MODELS` (``pk1cmt``, ``pk2cmt``, ``pk3cmt``,
         ``pk1cmt_mm``).
     params
         Per-patient parameter arrays of shape (n,) keyed by ``MODELS[model].parameters``

@@ -27,7 +27,7 @@ def add_residual_error(
         Both > 0 is the combined error model (NONMEM's ``Y = F + F*EPS(1) + EPS(2)``).
     rng
         Generator the errors are drawn from; derive it from the patient's keyed stream
-        (:mod:`insilico_trials.rng`) so results do not depend on chunking. The proportional
+        (:mod:`insilico_trials.sim.rng`) so results do not depend on chunking. The proportional
         draws come first, then the additive ones, each of ``conc``'s shape; a zero SD draws
         nothing.
 
