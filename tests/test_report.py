@@ -22,13 +22,18 @@ from insilico_trials.report import render_report
 from insilico_trials.run.trial import run_trial
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import load_protocol
-from insilico_trials.testing import mock_fit
+from insilico_trials.testing import mock_fit, with_fields, write_protocol
 from tests.conftest import tiny_protocol
 
 
-def build_archive(root: Path) -> tuple[Path, dict[str, Any]]:
-    """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta."""
+def build_archive(
+    root: Path, changes: dict[str, Any] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta;
+    ``changes`` are protocol fields set first (``testing.with_fields``)."""
     path = tiny_protocol(root, n=12)
+    if changes:
+        path = write_protocol(with_fields(load_protocol(path), changes), path)
     protocol = load_protocol(path)
     keep = tuple(trial.summary_columns(protocol))
     result = run_trial(

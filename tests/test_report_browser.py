@@ -57,3 +57,40 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     assert requests == [], requests
     pdf = render_pdf(page, tmp_path / "report.pdf")
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 50_000
+
+
+# Markup a forger or a careless author might put in a protocol's free-text fields.
+PAYLOAD = (
+    "<script>document.title='PWNED-script'</script>"
+    "<img src=x onerror=\"document.title='PWNED-img'\">"
+    "<style>body{display:none}</style>"
+)
+
+
+@pytest.mark.slow
+def test_markup_in_protocol_text_fields_does_not_run(tmp_path: Path) -> None:
+    """Every free-text field of the protocol carries script and handler markup: the report
+    shows it as text (autoescaping), and the page's Content-Security-Policy would block any
+    script that slipped through. Checked in Chromium: the title is unchanged, no element was
+    injected."""
+    exe = _chromium()
+    fields = {
+        "title": PAYLOAD,
+        "question": PAYLOAD,
+        "arms[1].regimen.drug": PAYLOAD,
+        "population.parameters.CL.unit": PAYLOAD,
+    }
+    archive, meta = build_archive(tmp_path, fields)
+    page = archive / "report.html"
+    html = render_report(archive, meta)
+    page.write_text(html, encoding="utf-8")
+    assert "<script" not in html.lower() and "onerror=" not in html.replace("onerror=&#34;", "")
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    assert html.count("&lt;script&gt;document.title") >= len(fields)
+    dom = subprocess.run(
+        [exe, *chromium_flags(str(tmp_path / "profile")), "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert "PWNED" not in re.search(r"<title>(.*?)</title>", dom.stdout, re.S).group(1)
+    assert "<script" not in dom.stdout.lower() and '<img src="x"' not in dom.stdout
+    assert "&lt;script&gt;document.title='PWNED-script'&lt;/script&gt;" in dom.stdout

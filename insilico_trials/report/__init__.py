@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import io
 import json
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader
+from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -75,10 +75,14 @@ def _posterior_figure(
     return fig
 
 
-def _table(frame: pd.DataFrame, *, floatfmt: str = "{:.3g}") -> str:
-    return frame.to_html(
-        index=False, border=0, classes="tbl", float_format=lambda v: floatfmt.format(v), na_rep=""
-    )
+def _table(frame: pd.DataFrame, *, floatfmt: str = "{:.3g}") -> Markup:
+    """An HTML table whose cells pandas escapes (``escape=True``): markup, never code."""
+    return Markup(
+        frame.to_html(
+            index=False, border=0, classes="tbl", float_format=lambda v: floatfmt.format(v),
+            na_rep="", escape=True,
+        )
+    )  # fmt: skip
 
 
 def _baseline(protocol: Any, cohort: pd.DataFrame, summary: dict[str, Any]) -> tuple[str, str]:
@@ -368,7 +372,8 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
              f"{reg.n_doses} doses"}
         )  # fmt: skip
     verification = _verification()
-    env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
+    # Every value is escaped; only the tables built above (cells escaped by pandas) are Markup.
+    env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True)
     env.filters["num"] = _fmt_num
     tmpl = env.get_template("report.html.j2")
     posterior = pd.DataFrame(summary["posterior"])
@@ -386,7 +391,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         posterior_table=_table(posterior) if not posterior.empty else "",
         baseline_table=baseline_html,
         target_note=target_note,
-        protocol_text=html.escape(protocol_text),
+        protocol_text=protocol_text,
         updates=updates,
         oc_tables=oc_tables,
         sens=sens,
