@@ -56,7 +56,9 @@ def _time(code: str, cwd: Path, env_path: Path, repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=False, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=cwd, env=env, check=False, capture_output=True
+        )
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -85,7 +87,9 @@ def main() -> None:
                 rows.append((step, new, old))
             files = [f"protocols/{p}.yaml" for p in PROTOCOLS]
             new = _cli(["validate", files[0]], ROOT, ROOT, args.repeat, "insilico_trials.app.cli")
-            old = _cli(["validate", files[0]], old_root, old_root, args.repeat, "insilico_trials.cli")
+            old = _cli(
+                ["validate", files[0]], old_root, old_root, args.repeat, "insilico_trials.cli"
+            )
             rows.append(("insilico-trials validate (one protocol, whole process)", new, old))
             new = _cli(["validate", *files], ROOT, ROOT, args.repeat, "insilico_trials.app.cli")
             old = _cli(["validate", *files], old_root, old_root, args.repeat, "insilico_trials.cli")

@@ -111,9 +111,12 @@ def test_failed_gates_withhold_the_decision():
 
 
 @pytest.mark.slow
-def test_to_netcdf_round_trip(binary_fit, tmp_path):
-    path = binary_fit.to_netcdf(tmp_path / "fit.nc")
-    # With a netCDF4-capable engine (h5py) the whole DataTree is written, groups included.
+def test_inference_data_round_trip(binary_fit, tmp_path):
+    """The archive's posterior.nc writer keeps the draws and the sample statistics."""
+    from insilico_trials.io.outputs import write_inference_data
+
+    path = tmp_path / "fit.nc"
+    write_inference_data(binary_fit.idata, path)
     with xr.open_datatree(path) as tree:
         np.testing.assert_array_equal(
             tree["posterior"]["p_c"].values, binary_fit.idata["posterior"]["p_c"].values

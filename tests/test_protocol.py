@@ -149,3 +149,23 @@ def test_protocol_hash_ignores_formatting(tmp_path):
     assert load_protocol(reformatted).sha256() == a.sha256()
     changed = _variant(tmp_path, "seed: 20261124", "seed: 20261125", "changed.yaml")
     assert load_protocol(changed).sha256() != a.sha256()
+
+
+# SHA-256 of the example protocols as archived by `run` at commit f2b8d18 (2026-11-29), before
+# the schema gained its `sensitivity` section.
+ARCHIVED_HASHES = {
+    "onc_phase2_orr": "b43579c66e08cf6a82aa20e6ee400079146793b4f18673ef9e9463ae8d719ba6",
+    "zhang2017_adaptive": "70a78ffa8846736215b834ae87d298ac31eb822b4e9ba9e73903ff650509aa7f",
+    "design_binary_borrowing": "a8670dbbd28ace8922178c3f44e13427a987d06dbd7893bcfedb29b08880165e",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVED_HASHES))
+def test_protocol_hash_survives_a_new_default_section(name):
+    """A section the schema gained later is hashed only when it differs from its default:
+    archived protocols keep their hash (run ids, caches, provenance), changed ones do not."""
+    from insilico_trials.testing import with_fields
+
+    protocol = load_protocol(ROOT / "protocols" / f"{name}.yaml")
+    assert protocol.sha256() == ARCHIVED_HASHES[name]
+    assert with_fields(protocol, {"sensitivity.sobol": False}).sha256() != ARCHIVED_HASHES[name]

@@ -26,9 +26,7 @@ from insilico_trials.testing import mock_fit, with_fields, write_protocol
 from tests.conftest import tiny_protocol
 
 
-def build_archive(
-    root: Path, changes: dict[str, Any] | None = None
-) -> tuple[Path, dict[str, Any]]:
+def build_archive(root: Path, changes: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """A complete archive of the tiny ORR protocol (no Prefect, no MCMC) and its meta;
     ``changes`` are protocol fields set first (``testing.with_fields``)."""
     path = tiny_protocol(root, n=12)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from insilico_trials.errors import RunFailure
 
 __all__ = [
     "MlflowTracker",
-    "NullTracker",
-    "Tracker",
     "TrackingError",
     "default_tracking_uri",
     "flatten",
@@ -26,30 +24,6 @@ __all__ = [
 
 class TrackingError(RunFailure):
     """The tracking store cannot be reached or written."""
-
-
-class Tracker(Protocol):
-    run_id: str | None
-
-    def start(self, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> str: ...
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
-    def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None: ...
-    def end(self, *, status: str = "FINISHED") -> None: ...
-
-
-class NullTracker:
-    """Tracks nothing (used by ``rerun``, which must not add runs to the sponsor's store)."""
-
-    run_id: str | None = None
-
-    def start(self, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> str:
-        return ""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
-    def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None: ...
-    def end(self, *, status: str = "FINISHED") -> None: ...
 
 
 def default_tracking_uri(workdir: Path) -> tuple[str, str]:

@@ -55,7 +55,6 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import arviz as az
@@ -380,35 +379,6 @@ class OutcomeFit:
         return np.asarray(self.idata["posterior"][name].values).reshape(
             -1, *self.idata["posterior"][name].shape[2:]
         )
-
-    def to_netcdf(self, path: str | Path) -> Path:
-        """Write the posterior to NetCDF.
-
-        With a netCDF4 or h5netcdf engine installed the whole DataTree (posterior and
-        sample_stats groups) is written. Without one (this environment), the posterior group
-        is written as a flat netCDF3 file through scipy, with the sample statistics as
-        variables prefixed ``sample_stats__``; ``xarray.open_dataset(path)`` reads it back.
-        """
-        path = Path(path)
-        try:
-            self.idata.to_netcdf(path)
-        except (ValueError, ImportError):  # no netCDF4-capable engine (h5netcdf needs h5py)
-            post = self.idata["posterior"].to_dataset()
-            ss = self.idata["sample_stats"].to_dataset()
-            ss = ss.rename({v: f"sample_stats__{v}" for v in ss.data_vars})
-            # netCDF3 has no bool or 64-bit integer types
-            for v in ss.data_vars:
-                if ss[v].dtype.kind in "biu":
-                    ss[v] = ss[v].astype(np.int32)
-            merged = xr.merge([post, ss])
-            merged.attrs = {k: str(v) for k, v in post.attrs.items()}
-            merged.to_netcdf(path, engine="scipy")
-        return path
-
-    def to_zarr(self, path: str | Path) -> Path:
-        """Write the whole DataTree to a zarr store."""
-        self.idata.to_zarr(Path(path))
-        return Path(path)
 
 
 def _summary(idata, var_names: list[str]) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,7 +141,3 @@ def write_update(
             meta={**meta, **chain, "update": plan.number},
         )
     return final, record
-
-
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -262,6 +262,10 @@ class Execution(_Spec):
     chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
 
 
+# Sections added after the first archives (see TrialProtocol.canonical_json).
+_LATER_SECTIONS = ("sensitivity",)
+
+
 class TrialProtocol(_Spec):
     """A validated, frozen trial protocol."""
 
@@ -387,8 +391,17 @@ class TrialProtocol(_Spec):
         return [a for a in self.arms if not a.control]
 
     def canonical_json(self) -> str:
-        """The protocol as canonical JSON: sorted keys, defaults filled in."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The protocol as canonical JSON: sorted keys, defaults filled in.
+
+        A section added to the schema after archives were made (:data:`_LATER_SECTIONS`) is
+        included only when it differs from its default, so that a protocol's hash (and with it
+        its run ids, task cache and archived provenance) does not change when the schema grows.
+        """
+        data = self.model_dump(mode="json")
+        for name in _LATER_SECTIONS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         """Hash of the canonical protocol (file formatting and comments do not change it)."""
