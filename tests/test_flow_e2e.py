@@ -86,19 +86,24 @@ def test_rerun_identical_then_tampered(runs, capsys, tmp_path):
 
 
 def test_report_rebuilt_from_copied_archive(runs, tmp_path):
+    """The rebuilt report (beside the archive) equals the archived one but for its time, and
+    the archive is not written: its manifest keeps its bytes."""
+    from insilico_trials.io.archive import sha256_file, verify_archive
+
     copy = tmp_path / "elsewhere" / "archive"
     shutil.copytree(runs["one"], copy)
     original = (copy / "report.html").read_text()
+    manifest = sha256_file(copy / "manifest.json")
     assert main(["report", str(copy)]) == 0
-    rebuilt = (copy / "report.html").read_text()
+    rebuilt = (copy.parent / "archive-report.html").read_text()
 
     def strip(html: str) -> str:
         return re.sub(r"generated \S+", "generated X", html)
 
     assert strip(rebuilt) == strip(original)
-    from insilico_trials.io.archive import verify_archive
-
+    assert sha256_file(copy / "manifest.json") == manifest
     assert verify_archive(copy) == []
+    assert main(["report", str(copy), "--output", str(copy / "inside.html")]) == 2
 
 
 def test_real_dask_cluster_matches_localcluster(runs, monkeypatch):
@@ -200,13 +205,19 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     assert "AVAL" in capsys.readouterr().err
     assert not (archive / "updates").exists()
 
-    # Three cuts of 10 real control patients, 1 responder each (10%).
+    # Three cuts of 10 real control patients, 1 responder each (10%). The first carries a
+    # file that is not a dataset (with identifying text): it is neither read nor archived.
     for k in range(3):
         ids = [f"R{k}{i}" for i in range(10)]
         cut = _cut(tmp_path / f"cut{k}", ids, {ids[0]})
+        if k == 0:
+            (cut / "notes.txt").write_text("Jane Doe, born 1961-02-03, 1 High Street\n")
         assert main(["update", str(archive), "--data", str(cut)]) == 0
     out = capsys.readouterr().out
     assert "update 003: 30 real control patients" in out
+    assert "ignored in" in out and "notes.txt" in out
+    kept = sorted(p.name for p in (archive / "updates" / "001" / "cut").iterdir())
+    assert kept == ["adrs.csv", "adsl.csv", "adtte.csv"]
     records = [
         json.loads((archive / "updates" / f"{k:03d}" / "update.json").read_text())
         for k in (1, 2, 3)
@@ -241,6 +252,15 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
         filter_string=f"tags.mlflow.parentRunId = '{manifest['mlflow_run_id']}'",
     )
     assert len(children) == 4
+
+    # The tracking store's record matches the archive; an update removed from the end of the
+    # chain (which no file check can see) is caught against it.
+    assert main(["report", str(archive), "--check-tracking"]) == 0
+    shutil.rmtree(archive / "updates" / "004")
+    assert verify_archive(archive) == []
+    assert main(["report", str(archive), "--check-tracking"]) == 1
+    err = capsys.readouterr().err
+    assert "updates/004: recorded by the tracking store, missing from the archive" in err
 
 
 def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):

@@ -99,6 +99,10 @@ def test_adrs_optional(tmp_path):
         ("CONTACT", ["x@example.org"] * 4, "e-mail"),
         ("NOTE2", ["patient reported feeling much better after the second cycle"] * 4, "free text"),
         ("VISITDT", ["12/03/1961"] * 4, "full calendar date"),
+        # identifier words inside longer names (they passed a whole-name screen)
+        ("PATIENT_NAME", ["Jane Doe", "Bo Lee", "Cy Doe", "Di Roe"], "direct identifier column"),
+        ("SUBJECT_INITIALS", ["JD", "BL", "CD", "DR"], "direct identifier column"),
+        ("BIRTHDATN", ["19610203"] * 4, "direct identifier column"),
     ],
 )
 def test_identifier_columns_refused(tmp_path, column, values, rule):
@@ -221,3 +225,18 @@ def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
     assert s.closed_form.mean() == pytest.approx(shape / rate)
     assert s.prior_ess == pytest.approx(1 + 0.5 * 200)  # events
     assert s.ess_unit == "events"
+
+
+def test_a_linked_dataset_is_refused(tmp_path):
+    """A cut carries its own files: a dataset that is a link (here to a file outside the cut)
+    is refused, so nothing outside the cut can be read into an archive."""
+    adsl, adtte, adrs = tables()
+    elsewhere = write(tmp_path / "elsewhere", adsl, adtte, adrs)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("adsl", "adrs"):
+        (cut / f"{name}.csv").write_bytes((elsewhere / f"{name}.csv").read_bytes())
+    (cut / "adtte.csv").symlink_to(elsewhere / "adtte.csv")
+    with pytest.raises(DataCutError, match="must be a regular file") as err:
+        load_cut(cut)
+    assert err.value.file.endswith("adtte.csv")

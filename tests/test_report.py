@@ -155,9 +155,16 @@ def test_updates_and_oc_rendered_when_present(
     assert "1" * 64 in _section(html, "provenance")
 
 
-def test_verification_counts_from_junit(report: tuple[Path, dict[str, Any], str], tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_verification_counts_come_from_the_archive_only(
+    report: tuple[Path, dict[str, Any], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report shows the test results archived with the run (verification/junit.xml), never
+    whatever results the checkout holds when the report is rebuilt."""
+    from insilico_trials.app.commands import attach_test_results
+
     archive, meta, _ = report
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
     junit = tmp_path / "junit.xml"
     junit.write_text(
         '<testsuites><testsuite name="pytest" timestamp="2026-01-01T00:00:00">'
@@ -167,9 +174,17 @@ def test_verification_counts_from_junit(report: tuple[Path, dict[str, Any], str]
         "</testsuite></testsuites>"
     )
     monkeypatch.setenv("INSILICO_TEST_RESULTS", str(junit))
-    cred = _section(render_report(archive, meta), "credibility")
+    assert attach_test_results(copy) == ["verification/junit.xml"]
+    cred = _section(render_report(copy, meta), "credibility")
     assert "<strong>1 passed</strong>, 1 failed, 1 skipped" in cred
     assert "test_linear" in cred
+    # other results in the checkout at rebuild time change nothing
+    junit.write_text('<testsuites><testsuite name="pytest"></testsuite></testsuites>')
+    assert "<strong>1 passed</strong>, 1 failed, 1 skipped" in _section(
+        render_report(copy, meta), "credibility"
+    )
+    # an archive without results says so, whatever the checkout has
+    assert "No test results were archived" in _section(render_report(archive, meta), "credibility")
 
 
 def test_figures_are_byte_deterministic(report: tuple[Path, dict[str, Any], str]) -> None:

@@ -81,3 +81,28 @@ def test_digest_keeps_only_the_summary_columns(tmp_path):
     assert digest.n == 4
     parts = sorted(p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*.parquet"))
     assert parts == ["endpoints", "exposure", "tumour_sld"]
+
+
+def test_parts_with_different_columns_are_an_error_not_a_lost_column(tmp_path):
+    dest = tmp_path / "t.parquet"
+    writer = RowGroupWriter(dest, rows_per_group=4)
+    writer.write(pd.DataFrame({"patient": [0, 1], "auc": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match=r"parts have different columns.*\['tmax'\] more"):
+        writer.write(pd.DataFrame({"patient": [2], "auc": [3.0], "tmax": [1.0]}))
+    writer.abort()
+    assert not dest.exists()
+
+
+def test_every_arm_has_every_exposure_column(tmp_path):
+    """An untreated arm's exposure table has the treated arms' columns (Tmax as NaN)."""
+    protocol = load_protocol(tiny_protocol(tmp_path, n=3))
+    columns = {
+        arm.name: list(
+            trial.simulate_chunk(protocol, arm.name, trial.arm_cohort(protocol, arm)).exposure
+        )
+        for arm in protocol.arms
+    }
+    control, treated = protocol.control_arm.name, protocol.treatment_arms[0].name
+    assert protocol.control_arm.regimen is None
+    assert columns[control] == columns[treated]
+    assert "tmax_first_h" in columns[control]

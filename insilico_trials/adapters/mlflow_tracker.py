@@ -115,6 +115,42 @@ class MlflowTracker:
         for i in range(0, len(items), 500):
             self._client.log_batch(self.run_id, metrics=items[i : i + 500])
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in sorted(tags.items()):
+            self._client.set_tag(self.run_id, key, str(value))
+
+    def recorded(self, run_id: str) -> dict[str, Any]:
+        """What the store recorded of a run and its updates: ``manifest_sha256`` (the run's
+        tag) and ``updates`` ({number: manifest SHA-256} of its nested update runs).
+
+        Raises
+        ------
+        TrackingError
+            When the store has no such run.
+        """
+        if self._client is None:
+            self.check()
+        try:
+            run = self._client.get_run(run_id)
+        except Exception as exc:  # mlflow raises its own types for an unknown run
+            raise TrackingError(
+                f"the tracking store {self.uri} has no run {run_id!r} ({type(exc).__name__})"
+            ) from None
+        children = self._client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+            max_results=10_000,
+        )
+        updates = {}
+        for child in children:
+            number = child.data.tags.get("insilico.update")
+            if number is not None and child.info.status == "FINISHED":
+                updates[int(number)] = child.data.tags.get("insilico.update_manifest_sha256")
+        return {
+            "manifest_sha256": run.data.tags.get("insilico.manifest_sha256"),
+            "updates": updates,
+        }
+
     def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None:
         self._client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
 

@@ -27,6 +27,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def _workers(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -84,17 +89,49 @@ def _parser() -> argparse.ArgumentParser:
         "--reports", type=Path, default=Path("reports"), help="output root (default: reports/)"
     )
 
+    def sign(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--sign-key",
+            type=Path,
+            default=_env_path("INSILICO_SIGN_KEY"),
+            help="Ed25519 private key (insilico-trials keygen) to sign the manifest with "
+            "(env INSILICO_SIGN_KEY)",
+        )
+
+    def verify(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--verify-key",
+            type=Path,
+            default=_env_path("INSILICO_VERIFY_KEY"),
+            help="Ed25519 public key the archive's manifests must be signed with "
+            "(env INSILICO_VERIFY_KEY)",
+        )
+        sp.add_argument(
+            "--check-tracking",
+            action="store_true",
+            help="also compare the archive with the tracking store's record of its run and "
+            "updates (MLFLOW_TRACKING_URI, or the embedded store)",
+        )
+
+    sign(r)
+
     rr = sub.add_parser("rerun", help="re-execute an archived run and compare every numeric output")
     rr.add_argument("archive", type=Path)
     services(rr)
+    verify(rr)
 
     rp = sub.add_parser(
         "report", help="rebuild the HTML report of an archive from the archive alone"
     )
     rp.add_argument("archive", type=Path)
     rp.add_argument(
-        "--pdf", action="store_true", help="also print it to report.pdf (headless Chromium)"
+        "--pdf", action="store_true", help="also print it to PDF beside it (headless Chromium)"
     )
+    rp.add_argument(
+        "-o", "--output", type=Path, default=None,
+        help="where to write it (default ARCHIVE-report.html beside the archive; never inside)",
+    )  # fmt: skip
+    verify(rp)
 
     up = sub.add_parser("update", help="update the synthetic control arm with a real data cut")
     up.add_argument("archive", type=Path)
@@ -109,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="ARM value of the control arm in the real data (default: the protocol's control arm name)",
     )
+    sign(up)
+    verify(up)
+
+    kg = sub.add_parser("keygen", help="write an Ed25519 key pair for signing archives")
+    kg.add_argument("path", type=Path, help="private key file (PATH.pub: the public key)")
 
     pk = sub.add_parser("pk", help="PK engine tools for pharmacometricians")
     pks = pk.add_subparsers(dest="pk_command", required=True, parser_class=_Parser)
@@ -143,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dask_address=args.dask_address,
         chunk_size=args.chunk_size,
         resume=args.resume,
+        sign_key=args.sign_key,
     )
     return EXIT_OK
 
@@ -163,21 +206,38 @@ def cmd_design(args: argparse.Namespace) -> int:
 def cmd_rerun(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_rerun
 
-    execute_rerun(args.archive, workers=args.workers, dask_address=args.dask_address)
+    execute_rerun(
+        args.archive, workers=args.workers, dask_address=args.dask_address,
+        verify_key=args.verify_key, check_tracking=args.check_tracking,
+    )  # fmt: skip
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import rebuild_report
 
-    rebuild_report(args.archive, pdf=args.pdf)
+    rebuild_report(
+        args.archive, args.output, pdf=args.pdf, verify_key=args.verify_key,
+        check_tracking=args.check_tracking,
+    )  # fmt: skip
     return EXIT_OK
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_update
 
-    execute_update(args.archive, args.data, control_arm=args.control_arm)
+    execute_update(
+        args.archive, args.data, control_arm=args.control_arm, verify_key=args.verify_key,
+        sign_key=args.sign_key, check_tracking=args.check_tracking,
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from insilico_trials.io.signing import generate_key
+
+    key, pub = generate_key(args.path)
+    print(f"private key: {key} (keep it; mode 0600)\npublic key:  {pub} (give it to verifiers)")
     return EXIT_OK
 
 
@@ -210,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "rerun": cmd_rerun,
         "report": cmd_report,
         "update": cmd_update,
+        "keygen": cmd_keygen,
         "pk": cmd_pk,
     }[args.command]
     from insilico_trials.errors import InsilicoError

@@ -20,6 +20,7 @@ from typing import Any
 
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import (
+    MANIFEST,
     atomic_write_text,
     check_writable,
     compare_outputs,
@@ -34,7 +35,7 @@ from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.run.trial import RunResult, run_trial
 from insilico_trials.run.update import borrowing_arguments, refit_control
 from insilico_trials.sim import trial
-from insilico_trials.spec.protocol import TrialProtocol, load_protocol
+from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
 
 
 class ArchiveWriteError(RunFailure):
@@ -91,12 +92,97 @@ def open_archive(archive: Path) -> dict[str, Any]:
     return manifest
 
 
-def require_verified(archive: Path, *, ignore: frozenset[str] = frozenset()) -> None:
-    """Raise :class:`ArchiveMismatch` naming every file that does not match the manifest."""
-    problems = [p for p in verify_archive(archive) if p.file not in ignore]
+def require_verified(
+    archive: Path, manifest: dict[str, Any], *, verify_key: Path | None = None
+) -> TrialProtocol:
+    """The archive's protocol, once everything that can be checked has been: every file
+    against the manifests (paths confined, no links, the update chain unbroken), the protocol
+    against the hash the run id and the manifest record, and, with ``verify_key``, each
+    manifest's Ed25519 signature. Provenance that does not verify is refused, never shown.
+
+    Raises
+    ------
+    ArchiveMismatch
+        Naming every problem found.
+    """
+    problems = [str(p) for p in verify_archive(archive)]
+    protocol = None
+    if not any(p.startswith("protocol.yaml:") for p in problems):
+        try:
+            protocol = load_protocol(archive / "protocol.yaml")
+        except ProtocolError as exc:
+            problems.append(
+                f"protocol.yaml: does not load ({exc.issues[0] if exc.issues else exc})"
+            )
+    if protocol is not None:
+        digest = protocol.sha256()
+        checks = [
+            (manifest.get("protocol_sha256") == digest, "protocol_sha256",
+             manifest.get("protocol_sha256"), digest),
+            (str(manifest.get("run_id", "")).endswith(f"-{digest[:8]}"), "run_id",
+             manifest.get("run_id"), f"...-{digest[:8]}"),
+            (manifest.get("trial_id") == protocol.trial_id, "trial_id",
+             manifest.get("trial_id"), protocol.trial_id),
+            ((manifest.get("seeds") or {}).get("protocol") == protocol.seed, "seeds.protocol",
+             (manifest.get("seeds") or {}).get("protocol"), protocol.seed),
+        ]  # fmt: skip
+        for ok, field, recorded, actual in checks:
+            if not ok:
+                problems.append(
+                    f"protocol.yaml: the protocol is not the one the run recorded (manifest "
+                    f"{field} {recorded!r}, the archived protocol gives {actual!r})"
+                )
+    if verify_key is not None:
+        from insilico_trials.io.archive import update_folders
+        from insilico_trials.io.signing import signature_problem
+
+        for folder in [archive, *update_folders(archive)]:
+            if why := signature_problem(folder, verify_key):
+                rel = folder.relative_to(archive).as_posix()
+                problems.append(f"{'' if rel == '.' else rel + '/'}manifest.json: {why}")
+    if problems or protocol is None:
+        raise ArchiveMismatch(
+            f"{archive}: the archive does not verify; nothing was shown or re-run:\n"
+            + "\n".join(f"  {p}" for p in problems),
+            where=str(archive),
+        )
+    return protocol
+
+
+def require_tracking_record(archive: Path, manifest: dict[str, Any]) -> None:
+    """Compare the archive with the tracking store's record of its run: the run manifest's
+    SHA-256 and each update's. Catches what no file check can: an archive and its manifest
+    rewritten together, and an update removed from the end of the chain.
+
+    Raises
+    ------
+    ArchiveMismatch
+        When the record differs; ``TrackingError`` when the store has no record of the run.
+    """
+    from insilico_trials.io.archive import update_folders
+
+    run_id = manifest.get("mlflow_run_id") or ""
+    if not run_id:
+        raise ArchiveMismatch(f"{archive}: the manifest names no MLflow run to check against")
+    record = reach_tracker().recorded(run_id)
+    problems = []
+    if record["manifest_sha256"] != sha256_file(archive / MANIFEST):
+        problems.append(
+            f"manifest.json: not the manifest the tracking store recorded for run {run_id} "
+            f"(recorded {str(record['manifest_sha256'])[:12]}...)"
+        )
+    present = {int(f.name): sha256_file(f / MANIFEST) for f in update_folders(archive)}
+    for number in sorted(set(record["updates"]) | set(present)):
+        rel = f"updates/{number:03d}"
+        if number not in present:
+            problems.append(f"{rel}: recorded by the tracking store, missing from the archive")
+        elif number not in record["updates"]:
+            problems.append(f"{rel}: not recorded by the tracking store")
+        elif record["updates"][number] != present[number]:
+            problems.append(f"{rel}/manifest.json: differs from the tracking store's record")
     if problems:
         raise ArchiveMismatch(
-            f"{archive}: archive does not match its manifest:\n"
+            f"{archive}: the archive does not match the tracking store's record:\n"
             + "\n".join(f"  {p}" for p in problems),
             where=str(archive),
         )
@@ -151,6 +237,7 @@ def run_to_archive(
     tracker: Any,
     timings: dict[str, float],
     resume: bool = False,
+    sign_key: Path | None = None,
 ) -> dict[str, Any]:
     """Run the flow and write the complete archive at ``final`` (atomically). Returns the manifest.
 
@@ -198,6 +285,7 @@ def run_to_archive(
             workers,
             dask_address,
             chunk_size,
+            sign_key,
         )
     except OSError as exc:
         raise ArchiveWriteError(
@@ -221,6 +309,7 @@ def _write_archive(
     workers: int | None,
     dask_address: str | None,
     chunk_size: int | None,
+    sign_key: Path | None,
 ) -> dict[str, Any]:
     from insilico_trials.io.outputs import environment_provenance, write_run_outputs
     from insilico_trials.report import render_report
@@ -228,7 +317,7 @@ def _write_archive(
     with staged_directory(final) as stage:
         groups = write_run_outputs(stage, protocol_path, result)
         design_files = attach_design(stage, protocol, final.parent)
-        groups["inputs"] += design_files
+        groups["inputs"] += design_files + attach_test_results(stage)
         meta = {
             "run_id": final.name,
             "trial_id": protocol.trial_id,
@@ -258,7 +347,26 @@ def _write_archive(
             documents=["report.html"],
             meta=meta,
         )
+        if sign_key is not None:
+            from insilico_trials.io.signing import sign_manifest
+
+            sign_manifest(stage, sign_key)
     return manifest
+
+
+def attach_test_results(stage: Path) -> list[str]:
+    """Archive the code-verification evidence the report shows: the test suite's JUnit XML
+    recorded at build time (``build-artifacts/junit.xml`` or ``$INSILICO_TEST_RESULTS``), so
+    a report rebuilt later shows what was true when the run was made, not what the checkout
+    holds then. Returns the archived name, or nothing when no results were recorded."""
+    from insilico_trials.report.verification import ARCHIVED, recorded_test_results
+
+    source = recorded_test_results()
+    if source is None or not source.is_file():
+        return []
+    (stage / ARCHIVED).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, stage / ARCHIVED)
+    return [ARCHIVED]
 
 
 def attach_design(stage: Path, protocol: TrialProtocol, trial_dir: Path) -> list[str]:
@@ -292,6 +400,7 @@ def execute_run(
     dask_address: str | None = None,
     chunk_size: int | None = None,
     resume: bool = False,
+    sign_key: Path | None = None,
 ) -> Path:
     """``insilico-trials run``: returns the new archive's folder.
 
@@ -331,9 +440,13 @@ def execute_run(
         manifest = run_to_archive(
             protocol, protocol_path, final, workers=workers, dask_address=dask_address,
             chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
+            sign_key=sign_key,
         )  # fmt: skip
         t = time.perf_counter()
         tracker.log_params(flatten(protocol.model_dump(mode="json")))
+        # The tracking store's own record of the archive: a rewrite of archive and manifest
+        # together no longer matches it (see require_tracking_record).
+        tracker.set_tags({"insilico.manifest_sha256": sha256_file(final / MANIFEST)})
         tracker.log_metrics(_run_metrics(final))
         tracker.log_artifacts(final, artifact_path="archive")
         status = "FINISHED"
@@ -367,7 +480,12 @@ def _run_metrics(archive: Path) -> dict[str, float]:
 
 
 def execute_rerun(
-    archive: Path, *, workers: int | None = None, dask_address: str | None = None
+    archive: Path,
+    *,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    verify_key: Path | None = None,
+    check_tracking: bool = False,
 ) -> None:
     """``insilico-trials rerun``: verify the archive, re-execute it, compare every numeric output.
 
@@ -380,11 +498,13 @@ def execute_rerun(
 
     t_all = time.perf_counter()
     manifest = open_archive(archive)
-    require_verified(archive)
+    protocol = require_verified(archive, manifest, verify_key=verify_key)
+    if check_tracking:
+        require_tracking_record(archive, manifest)
     _say(
-        f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified)"
+        f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified"
+        + (", signature valid)" if verify_key else ")")
     )
-    protocol = load_protocol(archive / "protocol.yaml")
     from insilico_trials.adapters.prefect_dask import PrefectDask
 
     # Chunk tables are spooled where the workers can reach them (beside the task cache),
@@ -422,22 +542,44 @@ def execute_rerun(
         )  # fmt: skip
 
 
-def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = False) -> list[Path]:
+def rebuild_report(
+    archive: Path,
+    output: Path | None = None,
+    *,
+    pdf: bool = False,
+    verify_key: Path | None = None,
+    check_tracking: bool = False,
+) -> list[Path]:
     """``insilico-trials report``: re-render the report from the archive's files alone.
 
-    The rebuilt report replaces ``report.html`` and its hash in the manifest's ``documents``
-    (numeric outputs are never touched; a tampered numeric file stops the rebuild).
+    The archive is verified first (files, protocol, update chain, and the signature with
+    ``verify_key``); the report, with every update appended so far, is written to ``output``
+    (default ``<archive>-report.html`` beside the archive). The archive itself is never
+    written: its manifests and the update chain stay as they were.
     """
     from insilico_trials.report import render_report
 
     manifest = open_archive(archive)
-    require_verified(archive, ignore=frozenset({"report.html", "report.pdf"}))
+    require_verified(archive, manifest, verify_key=verify_key)
+    if check_tracking:
+        require_tracking_record(archive, manifest)
     meta = {
         k: v for k, v in manifest.items() if k not in ("inputs", "outputs", "documents", "format")
     }
     html = render_report(archive, meta)
-    target = output or archive / "report.html"
-    atomic_write_text(target, html)
+    target = output or archive.parent / f"{archive.name}-report.html"
+    if target.resolve().is_relative_to(archive.resolve()):
+        raise InputError(
+            f"{target}: the rebuilt report cannot be written inside the archive (it would "
+            "break the manifest); give --output outside it",
+            where=str(target),
+        )
+    try:
+        atomic_write_text(target, html)
+    except OSError as exc:
+        raise RunFailure(
+            f"cannot write {target}: {exc.strerror or exc}", where=str(target)
+        ) from None
     written = [target]
     if pdf:
         from insilico_trials.report import render_pdf
@@ -448,18 +590,20 @@ def rebuild_report(archive: Path, output: Path | None = None, *, pdf: bool = Fal
         except RuntimeError as exc:
             raise RunFailure(str(exc)) from None
         written.append(pdf_target)
-    if output is None:
-        for path in written:
-            manifest["documents"][path.name] = sha256_file(path)
-        atomic_write_text(
-            archive / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        )
     for path in written:
         _say(f"report: {path}")
     return written
 
 
-def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = None) -> Path:
+def execute_update(
+    archive: Path,
+    cut_dir: Path,
+    *,
+    control_arm: str | None = None,
+    verify_key: Path | None = None,
+    sign_key: Path | None = None,
+    check_tracking: bool = False,
+) -> Path:
     """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
 
     Everything is checked before anything is written: the archive's integrity, the cut's
@@ -482,13 +626,26 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
             where=str(archive),
         )
     with archive_lock(archive):
-        require_verified(archive)
-        protocol = load_protocol(archive / "protocol.yaml")
+        protocol = require_verified(archive, manifest, verify_key=verify_key)
+        if check_tracking:
+            require_tracking_record(archive, manifest)
         try:
             new_cut = load_cut(cut_dir)
         except FileNotFoundError as exc:
             raise InputError(str(exc), where=str(cut_dir)) from None
         previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
+        studies = {
+            str(s): c.cut_id
+            for c in [*previous, new_cut]
+            if "STUDYID" in c.adsl
+            for s in c.adsl["STUDYID"].unique()
+        }
+        if len(studies) > 1:
+            raise InputError(
+                f"{cut_dir}: adsl STUDYID {sorted(studies)} differ (this cut and the archive's "
+                "earlier cuts): every cut of an archive must come from the one trial it follows",
+                where=f"{cut_dir}/adsl", actual=sorted(studies),
+            )  # fmt: skip
         flags = [str(i) for i in check_append_only(previous, new_cut)]
         for flag in flags:
             print(f"flagged: {flag}", file=sys.stderr)
@@ -543,10 +700,18 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
             **environment_provenance(),
         }
         plan = UpdatePlan(
-            number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags
+            number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags,
+            files=tuple(new_cut.files.values()),
+        )  # fmt: skip
+        ignored = sorted(
+            p.name for p in Path(cut_dir).iterdir() if p not in set(new_cut.files.values())
         )
+        if ignored:
+            _say(
+                f"ignored in {cut_dir} (not a dataset of a cut; not archived): {', '.join(ignored)}"
+            )
         try:
-            folder, record = write_update(archive, plan, result, meta=meta)
+            folder, record = write_update(archive, plan, result, meta=meta, sign_key=sign_key)
         except OSError as exc:
             tracker.end(status="FAILED")
             raise RunFailure(
@@ -562,6 +727,7 @@ def execute_update(archive: Path, cut_dir: Path, *, control_arm: str | None = No
             **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
         }
         tracker.log_metrics(metrics)
+        tracker.set_tags({"insilico.update_manifest_sha256": sha256_file(folder / MANIFEST)})
         tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
         tracker.end()
         timings["archive and tracking"] = time.perf_counter() - t

@@ -14,14 +14,16 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 __all__ = [
     "MANIFEST",
+    "SIGNATURE",
     "ArchiveProblem",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -31,11 +33,13 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "staged_directory",
+    "update_folders",
     "verify_archive",
     "write_manifest",
 ]
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # beside a manifest: its Ed25519 signature (insilico_trials.io.signing)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -171,48 +175,152 @@ class ArchiveProblem:
         return f"{self.file}: {self.problem}" + (f" ({self.detail})" if self.detail else "")
 
 
-def _manifests(archive: Path) -> list[Path]:
-    # The run's own manifest, then one per appended update (updates/NNN/manifest.json).
-    found = [archive / MANIFEST]
-    updates = archive / "updates"
-    if updates.is_dir():
-        found += sorted(p / MANIFEST for p in updates.iterdir() if p.is_dir())
-    return found
+def _member(archive: Path, base: Path, name: str) -> tuple[Path | None, str]:
+    """The file a manifest entry names, or why the entry is refused: entries are relative
+    POSIX paths inside the archive, without ``..``, naming regular files (no links)."""
+    pure = PurePosixPath(name)
+    if (
+        not name
+        or pure.is_absolute()
+        or "\\" in name
+        or any(part in ("..", ".", "") for part in name.split("/"))
+    ):
+        return None, "entry names a path outside the archive (absolute, '..' or empty)"
+    path = base.joinpath(*pure.parts)
+    # every component below the archive must be a real folder or file, never a link
+    probe = archive
+    for part in path.relative_to(archive).parts:
+        probe = probe / part
+        try:
+            mode = os.lstat(probe).st_mode
+        except FileNotFoundError:
+            return None, "missing"
+        if stat.S_ISLNK(mode):
+            return None, "is a link (links are not allowed in an archive)"
+    if not stat.S_ISREG(mode):
+        return None, "is not a regular file"
+    return path, ""
+
+
+def update_folders(archive: Path) -> list[Path]:
+    """``updates/NNN`` folders in order (numbered folders only)."""
+    root = archive / "updates"
+    if not root.is_dir() or root.is_symlink():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def verify_archive(archive: str | Path) -> list[ArchiveProblem]:
-    """Check every file listed in every manifest of the archive against its SHA-256.
+    """Check an archive against its manifests; return every problem (empty when intact).
 
-    Returns the problems found (empty when the archive is intact): a listed file that is
-    missing or whose content changed, and a file that no manifest lists.
+    - every entry of every manifest (the run's and each update's) names a regular file inside
+      the archive (no absolute path, no ``..``, no link), present, with its SHA-256;
+    - no file or folder is a link, nothing is there that no manifest lists;
+    - the updates form an unbroken chain: ``updates/001`` .. ``updates/NNN`` numbered without a
+      gap, each recording the SHA-256 of the run's manifest and of the previous update's.
     """
     archive = Path(archive)
     problems: list[ArchiveProblem] = []
-    listed: set[str] = set()
-    for mpath in _manifests(archive):
-        base = mpath.parent
-        rel_base = base.relative_to(archive)
-        if not mpath.exists():
-            problems.append(ArchiveProblem(str(mpath.relative_to(archive)), "missing"))
+    listed: set[str] = {MANIFEST, SIGNATURE}
+    for dirpath, dirnames, filenames in os.walk(archive, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(archive).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                problems.append(ArchiveProblem(rel, "link", "links are not allowed in an archive"))
+            elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                problems.append(ArchiveProblem(rel, "not a regular file"))
+    manifests = [archive]
+    updates = update_folders(archive)
+    for k, folder in enumerate(updates, start=1):
+        if folder.name != f"{k:03d}":
+            problems.append(
+                ArchiveProblem(
+                    f"updates/{k:03d}", "missing",
+                    f"the update chain has a gap: updates/{folder.name} follows updates/{k - 1:03d}",
+                )
+            )  # fmt: skip
+            break
+        manifests.append(folder)
+    for base in manifests:
+        rel_base = base.relative_to(archive).as_posix()
+        prefix = "" if rel_base == "." else f"{rel_base}/"
+        mpath = base / MANIFEST
+        if not mpath.is_file() or mpath.is_symlink():
+            problems.append(ArchiveProblem(f"{prefix}{MANIFEST}", "missing"))
             continue
-        listed.add(str(mpath.relative_to(archive)))
-        manifest = read_manifest(base)
+        listed.add(f"{prefix}{MANIFEST}")
+        listed.add(f"{prefix}{SIGNATURE}")
+        try:
+            manifest = read_manifest(base)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(ArchiveProblem(f"{prefix}{MANIFEST}", "unreadable", str(exc)))
+            continue
         for table in ("inputs", "outputs", "documents"):
             for name, digest in manifest[table].items():
-                rel = str(rel_base / name) if str(rel_base) != "." else name
+                rel = f"{prefix}{name}"
                 listed.add(rel)
-                path = base / name
-                if not path.exists():
-                    problems.append(ArchiveProblem(rel, "missing"))
+                path, why = _member(archive, base, str(name))
+                if path is None:
+                    problems.append(
+                        ArchiveProblem(
+                            rel,
+                            why if why == "missing" else "refused",
+                            "" if why == "missing" else why,
+                        )
+                    )
                 elif sha256_file(path) != digest:
                     problems.append(
                         ArchiveProblem(rel, "modified", "SHA-256 differs from manifest")
                     )
-    for path in sorted(archive.rglob("*")):
-        rel = str(path.relative_to(archive))
-        if path.is_file() and rel not in listed and not path.name.startswith(".lock"):
-            problems.append(ArchiveProblem(rel, "unexpected", "not listed in any manifest"))
+        if base != archive:
+            problems += _chain_problems(archive, base, manifest, prefix)
+    for dirpath, _dirnames, filenames in os.walk(archive, followlinks=False):
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(archive).as_posix()
+            if rel not in listed and not name.startswith(".lock"):
+                problems.append(ArchiveProblem(rel, "unexpected", "not listed in any manifest"))
     return problems
+
+
+def _chain_problems(
+    archive: Path, folder: Path, manifest: dict[str, Any], prefix: str
+) -> list[ArchiveProblem]:
+    number = int(folder.name)
+    out = []
+    where = f"{prefix}{MANIFEST}"
+    if manifest.get("update") != number:
+        out.append(
+            ArchiveProblem(
+                where,
+                "chain broken",
+                f"records update {manifest.get('update')!r}, is in updates/{folder.name}",
+            )
+        )
+    if manifest.get("run_manifest_sha256") != sha256_file(archive / MANIFEST):
+        out.append(
+            ArchiveProblem(
+                where,
+                "chain broken",
+                "the run's manifest.json is not the one this update was appended to",
+            )
+        )
+    previous = manifest.get("previous_update_manifest_sha256")
+    if number == 1:
+        if previous is not None:
+            out.append(ArchiveProblem(where, "chain broken", "update 001 names a previous update"))
+    else:
+        prev = archive / "updates" / f"{number - 1:03d}" / MANIFEST
+        if not prev.is_file() or previous != sha256_file(prev):
+            out.append(
+                ArchiveProblem(
+                    where,
+                    "chain broken",
+                    f"updates/{number - 1:03d}/manifest.json is not the one this update followed",
+                )
+            )
+    return out
 
 
 def compare_outputs(expected: dict[str, str], actual_dir: Path) -> list[tuple[str, bool, str]]:

@@ -52,7 +52,12 @@ REQUIRED = {
 RESPONDER_CODES = frozenset({"CR", "PR"})
 RESPONSE_CODES = frozenset({"CR", "PR", "SD", "PD", "NE", "NON-CR/NON-PD", "MISSING"})
 
-# Column names that carry direct identifiers (whole-word or prefix matches on the upper-cased name).
+# Column names that carry direct identifiers: whole names, and names containing an identifier
+# word anywhere (PATIENT_NAME, SUBJECT_INITIALS, BIRTHDATN, HOME_ADDRESS, ...).
+_IDENTIFIER_WORD = re.compile(
+    r"NAME|INITIAL|BIRTH|DOB|ADDRESS|STREET|POSTCODE|ZIPCODE|PHONE|MOBILE|EMAIL|E_MAIL|"
+    r"PASSPORT|SSN|NHSNO|MEDREC|MRN"
+)
 _IDENTIFIER_NAME = re.compile(
     r"^(NAME|FNAME|LNAME|FIRSTNAME|LASTNAME|SURNAME|GIVENNAME|FULLNAME|PATNAME|SUBJNAME|"
     r"INITIALS?|SUBJINIT|BRTHDTC|BIRTHDT[CM]?|DOB|DATEOFBIRTH|BIRTHDATE|"
@@ -133,6 +138,13 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _find(cut_dir: Path, name: str) -> Path | None:
     hits = [p for p in cut_dir.iterdir() if p.stem.lower() == name and p.suffix.lower() in SUFFIXES]
+    for p in hits:
+        if p.is_symlink() or not p.is_file():
+            raise DataCutError(
+                p, None, None, p.name,
+                "must be a regular file in the cut folder (links and other kinds are refused: "
+                "a cut carries its own data only)",
+            )  # fmt: skip
     if len(hits) > 1:
         raise DataCutError(
             cut_dir,
@@ -156,7 +168,7 @@ def _text(v: object) -> str:
 
 def _check_identifiers(df: pd.DataFrame, path: Path) -> None:
     for col in df.columns:
-        if _IDENTIFIER_NAME.match(col):
+        if _IDENTIFIER_NAME.match(col) or _IDENTIFIER_WORD.search(col):
             first = _text(df[col].iloc[0]) if len(df) else None
             raise DataCutError(
                 path,

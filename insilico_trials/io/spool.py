@@ -136,6 +136,16 @@ class RowGroupWriter:
         if self._schema is None:
             self._schema = table.schema
             self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
+        elif set(table.column_names) != set(self._schema.names):
+            # Parts of one table must have the same columns: writing the first part's columns
+            # only would silently drop the others (a column of one arm lost from the archive).
+            lost = sorted(set(table.column_names) - set(self._schema.names))
+            lacking = sorted(set(self._schema.names) - set(table.column_names))
+            raise ValueError(
+                f"{self.dest.name}: parts have different columns (a later part has "
+                f"{lost or 'no other columns'} more and lacks {lacking or 'none'}); a table's "
+                "parts must share their columns, so that none is lost"
+            )
         elif not table.schema.equals(self._schema, check_metadata=False):
             # A column that is all-null in one chunk has Arrow type null there: take the
             # first part's types (a cast that loses information raises).

@@ -22,7 +22,13 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.errors import RunFailure
-from insilico_trials.io.archive import MANIFEST, sha256_file, staged_directory, write_manifest
+from insilico_trials.io.archive import (
+    MANIFEST,
+    sha256_file,
+    staged_directory,
+    update_folders,
+    write_manifest,
+)
 
 __all__ = [
     "ArchiveBusyError",
@@ -67,10 +73,7 @@ def archive_lock(archive: Path) -> Iterator[None]:
 
 def existing_updates(archive: Path) -> list[Path]:
     """The archive's update folders in order (``updates/001``, ``updates/002``, ...)."""
-    root = archive / "updates"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return update_folders(archive)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class UpdatePlan:
     cut_dir: Path
     cut_sha256: str
     flags: list[str]
+    files: tuple[Path, ...] = ()  # the cut's dataset files that were read (only these are kept)
 
 
 def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
@@ -113,9 +117,19 @@ def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
 
 
 def write_update(
-    archive: Path, plan: UpdatePlan, result: Any, *, meta: dict[str, Any]
+    archive: Path,
+    plan: UpdatePlan,
+    result: Any,
+    *,
+    meta: dict[str, Any],
+    sign_key: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Append ``updates/NNN`` (atomically) for the final state of ``result``."""
+    """Append ``updates/NNN`` (atomically) for the final state of ``result``.
+
+    Only the cut's dataset files that were read and validated are kept (``plan.files``): any
+    other file of the cut folder stays out of the archive and the tracking store. With
+    ``sign_key`` the update's manifest is signed before the folder appears.
+    """
     from insilico_trials.io.outputs import write_json
 
     final = archive / "updates" / f"{plan.number:03d}"
@@ -127,8 +141,8 @@ def write_update(
     with staged_directory(final) as stage:
         (stage / "cut").mkdir()
         copied = []
-        for src in sorted(p for p in plan.cut_dir.iterdir() if p.is_file()):
-            shutil.copyfile(src, stage / "cut" / src.name)
+        for src in sorted(plan.files):
+            shutil.copyfile(src, stage / "cut" / src.name, follow_symlinks=False)
             copied.append(f"cut/{src.name}")
         write_json(stage / "update.json", record)
         table: pd.DataFrame = result.table()
@@ -140,4 +154,8 @@ def write_update(
             documents=[],
             meta={**meta, **chain, "update": plan.number},
         )
+        if sign_key is not None:
+            from insilico_trials.io.signing import sign_manifest
+
+            sign_manifest(stage, sign_key)
     return final, record

@@ -181,10 +181,11 @@ def _updates_figure(updates: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _verification() -> dict[str, Any] | None:
-    from insilico_trials.report.verification import read_test_results, recorded_test_results
+def _verification(archive: Path) -> dict[str, Any] | None:
+    """The test results archived with the run (never the checkout's, which change)."""
+    from insilico_trials.report.verification import ARCHIVED, read_test_results
 
-    return read_test_results(recorded_test_results())
+    return read_test_results(archive / ARCHIVED)
 
 
 def _fmt_num(v: Any) -> str:
@@ -196,8 +197,8 @@ def _fmt_num(v: Any) -> str:
 def render_report(archive: Path, meta: dict[str, Any]) -> str:
     """Render the HTML report of an archive folder; ``meta`` is the manifest's provenance.
 
-    Reads only the archive's files (plus, for the code-verification part, the test results
-    recorded at build time, see :func:`insilico_trials.report.verification.recorded_test_results`).
+    Reads only the archive's files, the code-verification part included (the test results
+    recorded at build time are archived with the run as ``verification/junit.xml``).
     Optional archive files (``tumour_sld.parquet``, ``sensitivity.json``, ``updates/*/update.json``,
     ``oc.csv``) add their figures and tables when present; the section says so when absent.
     """
@@ -371,7 +372,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
              f"{reg.drug} {reg.dose:g} {reg.unit} {reg.route} every {reg.interval_h:g} h, "
              f"{reg.n_doses} doses"}
         )  # fmt: skip
-    verification = _verification()
+    verification = _verification(archive)
     # Every value is escaped; only the tables built above (cells escaped by pandas) are Markup.
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True)
     env.filters["num"] = _fmt_num

@@ -1,4 +1,9 @@
-"""Code-verification evidence for the report: counts of the test suite's results (JUnit XML)."""
+"""Code-verification evidence for the report: counts of the test suite's results (JUnit XML).
+
+``run`` copies the results recorded at build time into the archive (:data:`ARCHIVED`); the
+report reads only that copy, so a report rebuilt years later shows the evidence of the code
+that made the run.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_test_results", "recorded_test_results"]
+__all__ = ["ARCHIVED", "read_test_results", "recorded_test_results"]
+
+#: Where a run archives the test results of the code it ran (an input of its manifest).
+ARCHIVED = "verification/junit.xml"
 
 
 def recorded_test_results() -> Path | None:

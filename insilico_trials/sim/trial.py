@@ -194,8 +194,11 @@ def _exposure_table(times_h: np.ndarray, conc: np.ndarray, arm: Arm) -> pd.DataF
     reg = arm.regimen
     n = conc.shape[0]
     if reg is None:
+        # Every arm's table has the same columns (the archive's table holds all arms); an
+        # untreated patient has no concentration, so no time of its maximum.
         zeros = np.zeros(n)
-        return pd.DataFrame({"auc_first_mg_h_l": zeros, "cmax_first_mg_l": zeros, "auc_last_mg_h_l": zeros,
+        return pd.DataFrame({"auc_first_mg_h_l": zeros, "cmax_first_mg_l": zeros,
+                             "tmax_first_h": np.full(n, np.nan), "auc_last_mg_h_l": zeros,
                              "cmax_last_mg_l": zeros, "ctrough_last_mg_l": zeros})  # fmt: skip
     tau = reg.interval_h
     last = min((reg.n_doses - 1) * tau, max(0.0, times_h[-1] - tau))
