@@ -41,9 +41,17 @@ def make_archive(root: Path) -> Path:
     return archive
 
 
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_archive(tmp_path_factory.mktemp("integrity") / "made")
+
+
 @pytest.fixture
-def archive(tmp_path):
-    return make_archive(tmp_path / "made")
+def archive(made, tmp_path):
+    """A fresh copy of the consistent archive for each test to tamper with."""
+    copy = tmp_path / "archive"
+    shutil.copytree(made, copy, symlinks=True)
+    return copy
 
 
 def _rewrite_manifest(archive: Path, **changes) -> None:

@@ -106,8 +106,8 @@ def test_update_into_a_read_only_archive(open_tmp):
     # build_archive writes no manifest; a real archive has one (the same writer as `run`).
     from insilico_trials.io.archive import write_manifest
 
-    outputs = sorted(p.name for p in archive.iterdir() if p.suffix in (".parquet", ".json"))
-    meta = {k: v for k, v in meta.items() if k != "outputs"}
+    meta = dict(meta)
+    outputs = meta.pop("outputs")
     write_manifest(archive, inputs=["protocol.yaml"], outputs=outputs, documents=[], meta=meta)
     cut = _cut(open_tmp / "cut", ["P1", "P2"], {"P1"})
     for p in [open_tmp, *open_tmp.rglob("*")]:
