@@ -166,7 +166,7 @@ def _continuous(c: ContinuousCovariate, z: np.ndarray) -> np.ndarray:
         assert c.lower is not None and c.upper is not None
         return c.lower + ndtr(z) * (c.upper - c.lower)
     mu, s = c.log_params
-    a, b = c.cdf_bounds()
+    a, b = c.cdf_bounds(ndtr)
     # Inverse-CDF truncation keeps the rank of the normal score, hence the copula.
     score = z if (a, b) == (0.0, 1.0) else ndtri(a + ndtr(z) * (b - a))
     x = mu + s * score

@@ -440,10 +440,16 @@ class ContinuousCovariate(BaseModel):
             return math.log(self.mean) - s2 / 2, math.sqrt(s2)
         return self.mean, self.sd
 
-    def cdf_bounds(self) -> tuple[float, float]:
-        """CDF of the untruncated distribution at ``lower`` and ``upper``."""
-        from scipy.special import ndtr
+    def cdf_bounds(self, ndtr: Callable[[float], float] | None = None) -> tuple[float, float]:
+        """CDF of the untruncated distribution at ``lower`` and ``upper``.
 
+        ``ndtr`` is the standard normal CDF to use: the sampler passes SciPy's (its numbers are
+        defined with it); the schema's check that the bounds hold some probability uses
+        ``0.5 erfc(-x / sqrt 2)`` from the standard library, so loading a protocol does not
+        import SciPy.
+        """
+        if ndtr is None:
+            ndtr = _std_normal_cdf
         if self.distribution == "uniform":
             return 0.0, 1.0
         mu, s = self.log_params
@@ -1107,6 +1113,10 @@ class Population(BaseModel):
             ix = [idx[n] for n in self.omega_block.names]
             om[np.ix_(ix, ix)] = np.asarray(self.omega_block.matrix)
         return om
+
+
+def _std_normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
 def _unit_ok(declared: str | None, needed: str | None) -> bool:
