@@ -188,6 +188,20 @@ def require_tracking_record(archive: Path, manifest: dict[str, Any]) -> None:
         )
 
 
+def require_workers(workers: int | None, dask_address: str | None) -> None:
+    """A LocalCluster of more worker processes than a few per CPU only thrashes the machine:
+    refused before any work (an existing cluster, ``--dask-address``, sizes itself)."""
+    import os
+
+    limit = 4 * (os.cpu_count() or 1)
+    if workers is not None and dask_address is None and workers > limit:
+        raise InputError(
+            f"--workers: {workers} worker processes on {os.cpu_count()} CPUs; at most {limit} "
+            "(4 per CPU) on this machine, or attach a cluster with --dask-address",
+            actual=workers, expected=f"<= {limit}",
+        )  # fmt: skip
+
+
 def require_writable(folder: Path, what: str) -> None:
     """Raise :class:`RunFailure` before any work when ``folder`` takes no new files."""
     if problem := check_writable(folder):
@@ -418,6 +432,7 @@ def execute_run(
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
+    require_workers(workers, dask_address)
     protocol = checked_protocol(protocol_path)
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
     require_writable(reports / protocol.trial_id, "archive")
@@ -497,6 +512,7 @@ def execute_rerun(
     from insilico_trials.io.outputs import write_run_outputs
 
     t_all = time.perf_counter()
+    require_workers(workers, dask_address)
     manifest = open_archive(archive)
     protocol = require_verified(archive, manifest, verify_key=verify_key)
     if check_tracking:

@@ -26,6 +26,8 @@ from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, issues_a
 
 __all__ = ["execute_design", "oc_markdown"]
 
+MAX_SIMULATED_TRIALS = 100_000_000  # replicates x scenarios of one design
+
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
@@ -166,6 +168,7 @@ def execute_design(
         _timing_table,
         reach_tracker,
         require_prefect_api,
+        require_workers,
         require_writable,
     )
 
@@ -176,7 +179,16 @@ def execute_design(
         raise InputError(
             f"--replicates: must be >= 1, got {replicates}", actual=replicates, expected=">= 1"
         )
+    require_workers(workers, dask_address)
     protocol = _validate(protocol_path)
+    simulated = replicates * len(protocol.design.scenarios)
+    if simulated > MAX_SIMULATED_TRIALS:
+        raise InputError(
+            f"--replicates: {replicates} replicates x {len(protocol.design.scenarios)} scenarios "
+            f"= {simulated:,} simulated trials; at most {MAX_SIMULATED_TRIALS:,} (the MCSE of a "
+            "rate at 10^7 replicates is below 2e-4 already)",
+            actual=replicates, expected=f"<= {MAX_SIMULATED_TRIALS // len(protocol.design.scenarios):,}",
+        )  # fmt: skip
     require_writable(reports / protocol.trial_id, "design")
     from insilico_trials.infer import design
 

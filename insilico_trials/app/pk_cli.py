@@ -6,6 +6,7 @@ a :class:`~insilico_trials.errors.PKInputError` there means exit code 2 and no o
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
@@ -50,6 +51,12 @@ def simulate_csv(
     data_path, out_path = Path(data_path), Path(out_path)
     name = data_path.name
     get_model(model)
+    if data_path.is_dir():
+        raise PKInputError(f"{data_path}: a folder; give a CSV file of NONMEM-style records")
+    if out_path.resolve() == data_path.resolve():
+        raise PKInputError(
+            f"-o {out_path}: the output would overwrite the input data set; choose another file"
+        )
     if covariate_timing not in COVARIATE_TIMINGS:
         raise PKInputError(
             f"covariate_timing must be one of {', '.join(COVARIATE_TIMINGS)}, "
@@ -64,6 +71,14 @@ def simulate_csv(
         raise PKInputError(f"{name}: not a readable CSV ({exc})") from None
     if data.empty:
         raise PKInputError(f"{name}: no records")
+    with open(data_path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    seen: set[str] = set()
+    for column in header:
+        key = column.strip().upper()
+        if key in seen:  # pandas would rename the second one and drop it silently
+            raise PKInputError(f"{name}: duplicate column {column!r} in the header")
+        seen.add(key)
     records = prepare_records(data, model=model, source=name)
     out = simulate_records(records, covariate_timing=covariate_timing)
     out_path.parent.mkdir(parents=True, exist_ok=True)

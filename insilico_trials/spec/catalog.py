@@ -16,6 +16,7 @@ __all__ = [
     "ENDPOINTS",
     "OUTCOME_FAMILIES",
     "PK_PARAMETERS",
+    "PK_UNITS",
     "TUMOUR_MODELS",
     "UPDATE_MODEL_OF_KIND",
     "EndpointSpec",
@@ -31,6 +32,12 @@ PK_PARAMETERS: dict[str, tuple[str, ...]] = {
     "pk3cmt": ("CL", "V1", "Q2", "V2", "Q3", "V3", "KA"),
     "pk1cmt_mm": ("VMAX", "KM", "V", "KA"),
 }
+
+# The unit every PK parameter is in (the solvers' units: amounts mg, volumes L, time h).
+PK_UNITS: dict[str, str] = {
+    "CL": "L/h", "Q": "L/h", "Q2": "L/h", "Q3": "L/h", "V": "L", "V1": "L", "V2": "L",
+    "V3": "L", "KA": "1/h", "VMAX": "mg/h", "KM": "mg/L",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class DesignError(InputError):
 
 
 class _D(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class VirtualControl(_D):

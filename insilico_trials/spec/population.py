@@ -133,7 +133,7 @@ _FREQ_TOL = 1e-6
 
 
 def _frozen() -> ConfigDict:
-    return ConfigDict(extra="forbid", frozen=True)
+    return ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _check_name(name: str, what: str) -> str:
@@ -208,15 +208,23 @@ class Expression:
     min, max``.
     """
 
+    MAX_LENGTH = 1000  # characters; a criterion is a line, not a program
+
     def __init__(self, source: str, names: Mapping[str, tuple[str, ...] | None]) -> None:
         self.source = source
         self._names = dict(names)
+        if len(source) > self.MAX_LENGTH:
+            raise ExpressionError(
+                f"{len(source)} characters; an expression is at most {self.MAX_LENGTH}"
+            )
         try:
             tree = ast.parse(source.strip(), mode="eval")
+            self.used: set[str] = set()
+            self._fn = self._compile(tree.body)
         except SyntaxError as exc:
             raise ExpressionError(f"cannot parse {source!r}: {exc.msg}") from None
-        self.used: set[str] = set()
-        self._fn = self._compile(tree.body)
+        except (RecursionError, MemoryError):
+            raise ExpressionError(f"nested too deeply: {source[:60]!r}...") from None
 
     def __call__(self, env: Mapping[str, Any]) -> Any:
         return self._fn(env)
@@ -264,7 +272,12 @@ class Expression:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, int | float):
                 raise self._fail(node, "only numbers are allowed here (labels only in comparisons)")
-            value = float(node.value)
+            try:
+                value = float(node.value)
+            except OverflowError:
+                raise self._fail(node, "number too large") from None
+            if not math.isfinite(value):
+                raise self._fail(node, "numbers must be finite")
             return (lambda env: value), "num"
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:

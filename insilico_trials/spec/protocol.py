@@ -42,7 +42,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from insilico_trials.errors import InputError
-from insilico_trials.spec.catalog import ENDPOINTS, OUTCOME_FAMILIES, PK_PARAMETERS, TUMOUR_MODELS
+from insilico_trials.spec.catalog import (
+    ENDPOINTS,
+    OUTCOME_FAMILIES,
+    PK_PARAMETERS,
+    PK_UNITS,
+    TUMOUR_MODELS,
+)
 from insilico_trials.spec.design import DesignSpec, design_problems
 from insilico_trials.spec.population import Population
 from insilico_trials.spec.yamlmap import YamlLoadError, load_yaml_with_lines
@@ -69,7 +75,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class AdaptiveDosing(_Spec):
@@ -95,7 +101,7 @@ class Regimen(_Spec):
     """A repeated dosing regimen: ``n_doses`` doses of ``dose`` every ``interval_h`` hours."""
 
     drug: str = Field(min_length=1)
-    dose: PositiveFloat = Field(description="amount per dose, in `unit`")
+    dose: PositiveFloat = Field(le=1e6, description="amount per dose, in `unit` (<= 1e6)")
     unit: Literal["mg", "mg/kg", "mg/m2"] = "mg"
     interval_h: PositiveFloat = Field(description="dosing interval, hours")
     n_doses: int = Field(ge=1, le=100_000)
@@ -158,7 +164,7 @@ class SurvivalLink(_Spec):
 
 class Endpoints(_Spec):
     visit_every_weeks: PositiveFloat = 6.0
-    follow_up_weeks: PositiveFloat = 48.0
+    follow_up_weeks: PositiveFloat = Field(default=48.0, le=5200, description="<= 100 years")
     measurement_cv: float = Field(default=0.05, ge=0, le=1)
     new_lesion_hazard_per_day: float = Field(default=0.0, ge=0)
     os: SurvivalLink | None = None
@@ -262,6 +268,11 @@ class Execution(_Spec):
     chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
 
 
+# Bounds that keep a protocol within a machine's memory (see TrialProtocol._size_problems).
+MAX_GRID_POINTS = 2_000_000  # concentration points per patient
+MAX_CHUNK_BYTES = 4 * 2**30
+MAX_VISITS = 10_000
+
 # Sections added after the first archives (see TrialProtocol.canonical_json).
 _LATER_SECTIONS = ("sensitivity",)
 
@@ -319,6 +330,16 @@ class TrialProtocol(_Spec):
                 )
             )
         for name in PK_PARAMETERS[self.pk.model] if self.pk else ():
+            unit = self.population.parameters[name].unit if name in declared else None
+            if unit is not None and unit.replace(" ", "") != PK_UNITS[name]:
+                errors.append(
+                    (
+                        ("population", "parameters", name, "unit"),
+                        unit,
+                        f"model {self.pk.model} takes {name} in {PK_UNITS[name]}; convert the "
+                        f"typical value (and effects) to {PK_UNITS[name]}, or declare that unit",
+                    )
+                )
             if name not in declared:
                 errors.append(
                     (
@@ -365,6 +386,7 @@ class TrialProtocol(_Spec):
                         f"dosing in {arm.regimen.unit} needs covariate {need} in the population",
                     )
                 )
+        errors += self._size_problems()
         treat = self.analysis.treatment
         names = [a.name for a in self.treatment_arms]
         if treat is not None and treat not in names:
@@ -381,6 +403,37 @@ class TrialProtocol(_Spec):
                 ],
             )
         return self
+
+    def _size_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        """Grids and chunks that would need more memory than a machine has, refused with the
+        estimate, before anything runs."""
+        out: list[tuple[tuple[str | int, ...], Any, str]] = []
+        follow_h = self.endpoints.follow_up_weeks * 7 * 24
+        if self.pk is not None:
+            points = follow_h / self.pk.output_interval_h
+            if points > MAX_GRID_POINTS:
+                out.append(
+                    (("pk", "output_interval_h"), self.pk.output_interval_h,
+                     f"{points:,.0f} concentration points per patient over "
+                     f"{self.endpoints.follow_up_weeks:g} weeks; at most {MAX_GRID_POINTS:,}: "
+                     "raise output_interval_h or shorten follow_up_weeks")
+                )  # fmt: skip
+            else:
+                chunk_bytes = points * self.execution.chunk_size * 8 * 4  # a few float arrays
+                if chunk_bytes > MAX_CHUNK_BYTES:
+                    out.append(
+                        (("execution", "chunk_size"), self.execution.chunk_size,
+                         f"a chunk of {self.execution.chunk_size} patients x {points:,.0f} "
+                         f"points needs about {chunk_bytes / 2**30:.1f} GiB; at most "
+                         f"{MAX_CHUNK_BYTES / 2**30:.0f} GiB: lower chunk_size")
+                    )  # fmt: skip
+        visits = self.endpoints.follow_up_weeks / self.endpoints.visit_every_weeks
+        if visits > MAX_VISITS:
+            out.append(
+                (("endpoints", "visit_every_weeks"), self.endpoints.visit_every_weeks,
+                 f"{visits:,.0f} visits per patient; at most {MAX_VISITS:,}: visit less often")
+            )  # fmt: skip
+        return out
 
     @property
     def control_arm(self) -> Arm:

@@ -39,6 +39,7 @@ __all__ = ["COVARIATE_TIMINGS", "Records", "prepare_records", "simulate_records"
 
 COVARIATE_TIMINGS = ("nocb", "locf")
 _DOSING = ("AMT", "EVID", "CMT", "II", "ADDL", "RATE", "SS")
+MAX_ADDL = 100_000  # additional doses one record may expand to (274 years of daily doses)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,16 @@ def _numeric(df: pd.DataFrame, col: str, where, *, default: float | None) -> np.
     raw = df[col]
     if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
         text = raw.astype(str).str.strip()
-        # NONMEM reads "." (and an empty field) as 0
-        text = text.mask(text.isin([".", "", "nan", "NaN"]), "0" if default is None else "nan")
-        vals = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
-        bad = np.flatnonzero(np.isnan(vals) & ~text.isin(["nan"]).to_numpy())
+        # NONMEM reads "." (and an empty field) as 0 (or the default). "nan" or "inf" is not a
+        # number a data set can mean: refused, never read as 0.
+        missing = text.isin([".", ""]).to_numpy()
+        vals = pd.to_numeric(text.mask(missing, "0"), errors="coerce").to_numpy(dtype=float)
+        if default is not None:
+            vals[missing] = np.nan
+        bad = np.flatnonzero(~np.isfinite(vals) & ~missing)
         if bad.size:
             i = int(bad[0])
-            raise PKInputError(f"{where(i)}: {col} must be a number, got {raw.iloc[i]!r}")
+            raise PKInputError(f"{where(i)}: {col} must be a finite number, got {raw.iloc[i]!r}")
     else:
         vals = raw.to_numpy(dtype=float)
     if default is not None:
@@ -176,6 +180,10 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
     check(
         ~np.isfinite(addl) | (addl < 0) | (addl != np.round(addl)),
         lambda i: f"ADDL must be a non-negative integer, got {addl[i]:g}",
+    )
+    check(
+        addl > MAX_ADDL,
+        lambda i: f"ADDL must be <= {MAX_ADDL:,} additional doses per record, got {addl[i]:g}",
     )
     check(~np.isin(ss, [0, 1, 2]), lambda i: f"SS must be one of 0,1,2, got {ss[i]:g}")
     check(
