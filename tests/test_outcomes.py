@@ -266,6 +266,7 @@ def test_mixture_prior_validation():
         MixturePrior("gamma", (1.0,), (0.0,), (1.0,))
 
 
+@pytest.mark.slow  # real NUTS sampling, four seeds per size
 @pytest.mark.parametrize("n", [1000, 100_000])
 def test_binary_fit_without_control_responders_does_not_diverge(n):
     """0 control responders (an untreated arm whose tumours grow): the log-odds posterior has a

@@ -295,6 +295,8 @@ def load_cut(cut_dir: Path | str, *, cut_id: str | None = None) -> Cut:
             )
         df = _read(path)
         _require(df, name, path)
+        if df.empty and name != "adrs":
+            raise DataCutError(path, None, None, 0, f"{name} has no rows (no subjects or records)")
         _check_identifiers(df, path)
         files[name], tables[name] = path, df
 

@@ -24,6 +24,9 @@ Path_ = tuple[str | int, ...]
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 40
 MAX_NODES = 200_000
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
+)
 
 
 class YamlLoadError(InputError):
@@ -73,6 +76,11 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: str, seen
             file, line, "YAML anchors and aliases (&name / *name) are not allowed in a protocol"
         )
     seen.add(id(node))
+    if node.tag not in _PLAIN_TAGS:
+        raise YamlLoadError(
+            file, line, f"not plain YAML data (tag {node.tag}); a protocol is numbers, text, "
+            "true/false, lists and mappings",
+        )  # fmt: skip
     if len(path) > MAX_DEPTH:
         raise YamlLoadError(file, line, f"nested deeper than {MAX_DEPTH} levels")
     if len(seen) > MAX_NODES:
