@@ -411,3 +411,54 @@ def test_two_updates_at_once(reference_runs, work):
     assert verify_archive(archive) == [], report
     assert list(archive.rglob("*.partial")) == [], report
     assert json.loads((archive / "updates" / "001" / "update.json").read_text())["n_real"] == 8
+
+
+def _marked_processes(marker: str) -> list[int]:
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(work, marker):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while the outcome model
+    samples: exit 130 within seconds with a one-line message, no archive, no orphan process,
+    and the MLflow run marked KILLED."""
+    import mlflow
+
+    folder = work["tmp"] / "ctrl-c"
+    folder.mkdir()
+    env = {**work["env"], MARKER: marker + "-ctrl-c"}
+    args = ["run", str(work["protocol"]), "--workers", "1", "--reports", "reports"]
+    cmd = Streamed(args, env=env, cwd=folder)
+    try:
+        cmd.wait_for(re.compile(r"^\[3/4\] fit"), time.monotonic() + DEADLINE_S)
+        time.sleep(1.0)
+        os.killpg(cmd.proc.pid, signal.SIGINT)
+        t = time.monotonic()
+        code = cmd.finish()
+        stopped_after = time.monotonic() - t
+    finally:
+        cmd.kill()
+    err = cmd.stderr()
+    assert code == 130, err[-3000:]
+    assert stopped_after < 30, stopped_after
+    assert "interrupted: run stopped; nothing partial was written" in err
+    assert "Traceback" not in err, err[-3000:]
+    trial_dir = folder / "reports" / "tiny-orr"
+    assert not trial_dir.exists() or list(trial_dir.iterdir()) == []
+    time.sleep(2)
+    assert _marked_processes(marker + "-ctrl-c") == []
+    client = mlflow.tracking.MlflowClient(
+        tracking_uri=f"sqlite:///{folder / '.insilico' / 'mlflow.db'}"
+    )
+    (exp,) = [e for e in client.search_experiments() if e.name == "tiny-orr"]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "KILLED"

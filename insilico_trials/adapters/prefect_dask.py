@@ -124,6 +124,13 @@ def api_and_cluster(
                 started[1].run(_set_environment, "PREFECT_API_URL", url)
                 yield DaskTaskRunner(address=started[0].scheduler_address)
         finally:
+            # Closing a cluster (at the end, or after Ctrl-C) is routine: its workers' last
+            # words ("still alive ... killing", cancelled tasks) are not the user's concern.
+            import logging
+
+            for name in ("distributed.nanny", "distributed.scheduler", "distributed.worker",
+                         "distributed.worker.state_machine", "distributed.core"):  # fmt: skip
+                logging.getLogger(name).setLevel(logging.ERROR)
             if started is None:  # the API did not start: close the cluster if it did
                 with contextlib.suppress(BaseException):
                     started = starting.result()
@@ -232,10 +239,12 @@ class PrefectDask:
             return body(_PrefectSession(str(flow_run.id), cache))
 
         if self.in_process:
-            return flow(
-                orchestrated, name=name, log_prints=False, persist_result=False,
-                validate_parameters=False,
-            )()  # fmt: skip
+            return _interruptible(
+                flow(
+                    orchestrated, name=name, log_prints=False, persist_result=False,
+                    validate_parameters=False,
+                )
+            )  # fmt: skip
         with api_and_cluster(
             workers=self.workers, dask_address=self.dask_address, warm=warm
         ) as runner:
@@ -247,7 +256,31 @@ class PrefectDask:
                 validate_parameters=False,
                 task_runner=runner,
             )
-            return orchestrated_flow()
+            return _interruptible(orchestrated_flow)
+
+
+def _interruptible[T](fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread and wait in this one, so that Ctrl-C (KeyboardInterrupt, raised
+    in the main thread) reaches the caller at once: the cluster and the API are then closed by
+    the ``with`` blocks around the call, instead of the flow engine retrying its reports to an
+    API that the same Ctrl-C has stopped (which held the process for minutes)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="insilico-flow", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def quiet_prefect() -> None:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the work ran but its result is a failure (``rerun`` found a difference,
 the archive was tampered with, a service failed: :class:`~insilico_trials.errors.RunFailure`);
-2 bad input (protocol, data set, archive path, arguments:
+130 interrupted (Ctrl-C; nothing partial written); 2 bad input (protocol, data set, archive
+path, arguments:
 :class:`~insilico_trials.errors.InputError`), reported before any work starts and with nothing
 written. This is the only module that maps errors to exit codes.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -280,7 +281,27 @@ def main(argv: list[str] | None = None) -> int:
     except InsilicoError as exc:  # the one place where errors become messages and exit codes
         print(exc.report(), file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {args.command} stopped; nothing partial was written (archives and "
+            "updates appear only when complete; `run --resume` takes the stages a run finished "
+            "from the task cache)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    """The console script: ``main`` with the process's arguments. After Ctrl-C (work stopped,
+    nothing partial left) the process ends at once, without waiting for threads of the
+    orchestration libraries that the interrupt left behind."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -466,6 +466,9 @@ def execute_run(
         tracker.log_artifacts(final, artifact_path="archive")
         status = "FINISHED"
         timings["tracking (MLflow)"] += time.perf_counter() - t
+    except KeyboardInterrupt:
+        status = "KILLED"  # the tracking store says so, not RUNNING forever
+        raise
     finally:
         tracker.end(status=status)
     summary = _read_json(final / "summary.json")

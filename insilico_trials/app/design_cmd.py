@@ -268,6 +268,9 @@ def execute_design(
         tracker.log_artifacts(final, artifact_path="design")
         timings["tracking (MLflow)"] += time.perf_counter() - t
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker.end(status=status)
     _say(table)
