@@ -232,6 +232,17 @@ def reach_tracker(*, parent_run_id: str | None = None) -> Any:
     return tracker
 
 
+def add_flow_timings(
+    timings: dict[str, float], flow_total: float, stages: dict[str, float]
+) -> None:
+    """The orchestrated part of a command in the timing summary: its stages, and the rest of
+    its time as the start of the Prefect API and the Dask cluster."""
+    timings["flow"] = flow_total
+    timings["  start Prefect API and Dask cluster"] = flow_total - sum(stages.values())
+    for k, v in stages.items():
+        timings[f"  {k}"] = v
+
+
 def _timing_table(timings: dict[str, float], total: float) -> str:
     width = max(len(k) for k in timings) if timings else 5
     lines = ["timing summary:"]
@@ -282,11 +293,7 @@ def run_to_archive(
         chunk_size=chunk_size,
         progress=_say,
     )
-    flow_total = time.perf_counter() - t
-    timings["flow"] = flow_total
-    timings["  start Prefect API and Dask cluster"] = flow_total - sum(result.timings.values())
-    for k, v in result.timings.items():
-        timings[f"  {k}"] = v
+    add_flow_timings(timings, time.perf_counter() - t, result.timings)
     t = time.perf_counter()
     try:
         manifest = _write_archive(

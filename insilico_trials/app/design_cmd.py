@@ -166,6 +166,7 @@ def execute_design(
     from insilico_trials.adapters.mlflow_tracker import flatten
     from insilico_trials.app.commands import (
         _timing_table,
+        add_flow_timings,
         reach_tracker,
         require_prefect_api,
         require_workers,
@@ -233,11 +234,7 @@ def execute_design(
             executor=PrefectDask(workers=workers, dask_address=dask_address),
             progress=_say,
         )
-        flow_total = time.perf_counter() - t
-        timings["flow"] = flow_total
-        timings["  start Prefect API and Dask cluster"] = flow_total - sum(outcome.timings.values())
-        for k, v in outcome.timings.items():
-            timings[f"  {k}"] = v
+        add_flow_timings(timings, time.perf_counter() - t, outcome.timings)
         t = time.perf_counter()
         oc = design.operating_characteristics(plan, outcome.results)
         cal = None
