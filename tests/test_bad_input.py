@@ -355,3 +355,27 @@ def test_fuzz_dataset_cells(tmp_path_factory, where, row, value):
         load_cut(cut)
     except InsilicoError as exc:
         assert str(exc) and "Traceback" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "phrase"),
+    [
+        (["--dask-address", "tcp://127.0.0.1:1"], {}, 1, "Dask scheduler at tcp://127.0.0.1:1"),
+        (["--dask-address", "not-an-address"], {}, 2, "expected tcp://HOST:PORT"),
+        ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, 1, "MLflow tracking store"),
+    ],
+)
+def test_unreachable_services_refused_in_seconds(
+    tmp_path, capsys, monkeypatch, args, env, code, phrase
+):
+    import time
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reports = tmp_path / "reports"
+    t = time.monotonic()
+    assert main(["run", str(ONC), "--reports", str(reports), *args]) == code
+    assert time.monotonic() - t < 60  # a bound against hanging, not a timing figure
+    err = capsys.readouterr().err
+    assert phrase in err and "nothing was run" in err and "Traceback" not in err
+    assert not reports.exists()

@@ -65,6 +65,20 @@ class MlflowTracker:
         """Reach the store before any work starts, so a bad URI fails fast and clearly."""
         from mlflow.tracking import MlflowClient
 
+        if self.uri.startswith(("http://", "https://")):
+            # MLflow's client retries an unreachable server for minutes: ask it once, briefly.
+            import urllib.error
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=10):
+                    pass
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise TrackingError(
+                    f"MLflow tracking store {self.uri} cannot be reached "
+                    f"({getattr(exc, 'reason', exc)}); nothing was run. Start that server, or "
+                    "unset MLFLOW_TRACKING_URI to use the embedded SQLite store."
+                ) from None
         # An explicit client only: mlflow.set_tracking_uri() would also export
         # MLFLOW_TRACKING_URI to this process, and the next run would land in this store.
         try:

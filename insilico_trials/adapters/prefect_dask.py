@@ -27,6 +27,7 @@ __all__ = [
     "RunCache",
     "api_and_cluster",
     "quiet_prefect",
+    "reach_dask_scheduler",
     "reach_prefect_api",
     "shared_prefect_api",
 ]
@@ -296,6 +297,26 @@ def quiet_prefect() -> None:
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def reach_dask_scheduler(address: str, *, timeout_s: float = 10.0) -> str | None:
+    """Whether a Dask scheduler answers at ``address`` (``tcp://host:port``); None when it
+    does, else why not. A plain connection, so a wrong address fails in seconds, not after
+    the client's own minute of retries. Raises ValueError for an address of another form."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        raise ValueError(f"--dask-address {address!r}: expected tcp://HOST:PORT")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return (
+            f"the Dask scheduler at {address} cannot be reached ({exc.strerror or exc}); nothing "
+            "was run. Start it, or leave out --dask-address to use a LocalCluster."
+        )
 
 
 def reach_prefect_api(*, timeout_s: float = 10.0) -> str | None:

@@ -188,6 +188,19 @@ def require_tracking_record(archive: Path, manifest: dict[str, Any]) -> None:
         )
 
 
+def require_dask(dask_address: str | None) -> None:
+    """With ``--dask-address``, check the scheduler answers before any work starts."""
+    if dask_address:
+        from insilico_trials.adapters.prefect_dask import reach_dask_scheduler
+
+        try:
+            problem = reach_dask_scheduler(dask_address)
+        except ValueError as exc:
+            raise InputError(f"{exc}; nothing was run", actual=dask_address) from None
+        if problem:
+            raise ServiceUnreachable(problem)
+
+
 def require_workers(workers: int | None, dask_address: str | None) -> None:
     """A LocalCluster of more worker processes than a few per CPU only thrashes the machine:
     refused before any work (an existing cluster, ``--dask-address``, sizes itself)."""
@@ -440,6 +453,7 @@ def execute_run(
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     require_workers(workers, dask_address)
+    require_dask(dask_address)
     protocol = checked_protocol(protocol_path)
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
     require_writable(reports / protocol.trial_id, "archive")
@@ -523,6 +537,7 @@ def execute_rerun(
 
     t_all = time.perf_counter()
     require_workers(workers, dask_address)
+    require_dask(dask_address)
     manifest = open_archive(archive)
     protocol = require_verified(archive, manifest, verify_key=verify_key)
     if check_tracking:

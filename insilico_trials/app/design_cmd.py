@@ -168,6 +168,7 @@ def execute_design(
         _timing_table,
         add_flow_timings,
         reach_tracker,
+        require_dask,
         require_prefect_api,
         require_workers,
         require_writable,
@@ -181,6 +182,7 @@ def execute_design(
             f"--replicates: must be >= 1, got {replicates}", actual=replicates, expected=">= 1"
         )
     require_workers(workers, dask_address)
+    require_dask(dask_address)
     protocol = _validate(protocol_path)
     simulated = replicates * len(protocol.design.scenarios)
     if simulated > MAX_SIMULATED_TRIALS:
