@@ -379,3 +379,29 @@ def test_unreachable_services_refused_in_seconds(
     err = capsys.readouterr().err
     assert phrase in err and "nothing was run" in err and "Traceback" not in err
     assert not reports.exists()
+
+
+def test_cuts_must_come_from_the_archives_trial(tmp_path):
+    """With real_data.study_id every cut must carry that STUDYID; without it, the first
+    cut's STUDYID binds the archive."""
+    from types import SimpleNamespace
+
+    from insilico_trials.app.commands import _require_one_study
+    from insilico_trials.testing import with_fields
+
+    def cut(study: str | None, name: str):
+        adsl = pd.DataFrame({"USUBJID": ["A"], "ARM": ["control"]})
+        if study is not None:
+            adsl["STUDYID"] = study
+        return SimpleNamespace(adsl=adsl, cut_id=name)
+
+    free = load_protocol(ONC)
+    _require_one_study(free, [cut("ABI-01", "001"), cut("ABI-01", "002")], tmp_path)
+    with pytest.raises(InsilicoError, match=r"STUDYID \['ABI-01', 'ONC-7'\] differ"):
+        _require_one_study(free, [cut("ABI-01", "001"), cut("ONC-7", "002")], tmp_path)
+    bound = with_fields(free, {"real_data.study_id": "ABI-01"})
+    assert bound.sha256() != free.sha256()
+    _require_one_study(bound, [cut("ABI-01", "001")], tmp_path)
+    for other in (cut("ONC-7", "001"), cut(None, "001")):
+        with pytest.raises(InsilicoError, match="takes cuts of study 'ABI-01' only"):
+            _require_one_study(bound, [other], tmp_path)

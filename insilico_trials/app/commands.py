@@ -675,18 +675,7 @@ def execute_update(
         except FileNotFoundError as exc:
             raise InputError(str(exc), where=str(cut_dir)) from None
         previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
-        studies = {
-            str(s): c.cut_id
-            for c in [*previous, new_cut]
-            if "STUDYID" in c.adsl
-            for s in c.adsl["STUDYID"].unique()
-        }
-        if len(studies) > 1:
-            raise InputError(
-                f"{cut_dir}: adsl STUDYID {sorted(studies)} differ (this cut and the archive's "
-                "earlier cuts): every cut of an archive must come from the one trial it follows",
-                where=f"{cut_dir}/adsl", actual=sorted(studies),
-            )  # fmt: skip
+        _require_one_study(protocol, [*previous, new_cut], cut_dir)
         flags = [str(i) for i in check_append_only(previous, new_cut)]
         for flag in flags:
             print(f"flagged: {flag}", file=sys.stderr)
@@ -783,6 +772,34 @@ def execute_update(
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder
+
+
+def _require_one_study(protocol: TrialProtocol, cuts: list[Any], cut_dir: Path) -> None:
+    """Every cut of an archive comes from the one trial it follows: the protocol's
+    ``real_data.study_id`` when declared, else the STUDYID of the archive's first cut.
+
+    Raises
+    ------
+    InputError
+        Naming the STUDYIDs found and the one expected.
+    """
+    found = {str(s) for c in cuts if "STUDYID" in c.adsl for s in c.adsl["STUDYID"].unique()}
+    expected = protocol.real_data.study_id
+    if expected is not None:
+        missing = [c.cut_id for c in cuts if "STUDYID" not in c.adsl]
+        if missing or found - {expected}:
+            raise InputError(
+                f"{cut_dir}: adsl STUDYID {sorted(found) or 'absent'}; this archive's protocol "
+                f"takes cuts of study {expected!r} only (real_data.study_id)",
+                where=f"{cut_dir}/adsl", actual=sorted(found), expected=expected,
+            )  # fmt: skip
+    elif len(found) > 1:
+        raise InputError(
+            f"{cut_dir}: adsl STUDYID {sorted(found)} differ (this cut and the archive's earlier "
+            "cuts): every cut of an archive must come from the one trial it follows (declare it "
+            "as real_data.study_id in the protocol)",
+            where=f"{cut_dir}/adsl", actual=sorted(found),
+        )  # fmt: skip
 
 
 def pd_concat_latest(frames: list[Any]) -> Any:

@@ -29,6 +29,8 @@ Sections (see ``protocols/`` for complete, runnable examples):
     Patient chunk size for distributed simulation (does not change any number).
 ``sensitivity``
     The Sobol sensitivity stage of ``run`` (on by default; ``sobol: false`` skips it).
+``real_data``
+    ``study_id``: the ADSL STUDYID every real data cut of this trial must carry.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ __all__ = [
     "PKSection",
     "ProtocolError",
     "ProtocolIssue",
+    "RealData",
     "Regimen",
     "Sensitivity",
     "SyntheticControl",
@@ -264,6 +267,14 @@ class Sensitivity(_Spec):
         return v
 
 
+class RealData(_Spec):
+    """What the real data cuts of this trial are: ``study_id`` is the ADSL ``STUDYID`` every cut
+    must carry (without it, the first cut's STUDYID binds the archive and later cuts must
+    match it)."""
+
+    study_id: str | None = Field(default=None, min_length=1, max_length=80)
+
+
 class Execution(_Spec):
     chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
 
@@ -274,7 +285,7 @@ MAX_CHUNK_BYTES = 4 * 2**30
 MAX_VISITS = 10_000
 
 # Sections added after the first archives (see TrialProtocol.canonical_json).
-_LATER_SECTIONS = ("sensitivity",)
+_LATER_SECTIONS = ("sensitivity", "real_data")
 
 
 class TrialProtocol(_Spec):
@@ -293,6 +304,7 @@ class TrialProtocol(_Spec):
     synthetic_control: SyntheticControl = SyntheticControl()
     execution: Execution = Execution()
     sensitivity: Sensitivity = Sensitivity()
+    real_data: RealData = RealData()
     design: DesignSpec | None = None
 
     @field_validator("arms")
