@@ -31,7 +31,13 @@ import time
 
 import numpy as np
 
-from insilico_trials.sim.endpoints import derive_endpoints, km_median, response_rates
+from insilico_trials.sim.endpoints import (
+    FollowUp,
+    RecistRules,
+    derive_endpoints,
+    km_median,
+    response_rates,
+)
 from insilico_trials.sim.rng import patient_normals
 from insilico_trials.sim.tumour import CLARET2009_FU, simulate_tumour, zhang_comparison
 
@@ -91,8 +97,7 @@ def run(n: int, seed: int = 2024) -> None:
         visits,
         seed=seed,
         keys=(0, "fu"),
-        measurement_cv=0.1,
-        new_lesion_hazard_per_day=1 / 1500,
+        recist=RecistRules(measurement_cv=0.1, new_lesion_hazard_per_day=1 / 1500),
         os_model={
             "distribution": "lognormal",
             "intercept": 4.0,
@@ -100,9 +105,11 @@ def run(n: int, seed: int = 2024) -> None:
             "scale": 0.8,
             "time_unit": "weeks",
         },
-        dropout_per_day=1 / 3000,
-        admin_censor_days=1200.0,
-        accrual_per_day=200.0,  # 100,000 patients over ~500 days
+        follow_up=FollowUp(
+            dropout_per_day=1 / 3000,
+            admin_censor_days=1200.0,
+            accrual_per_day=200.0,  # 100,000 patients over ~500 days
+        ),
     )
     timings["RECIST + PFS + OS"] = time.perf_counter() - t0
     total = sum(timings.values())

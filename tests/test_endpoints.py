@@ -14,7 +14,9 @@ from insilico_trials.sim.endpoints import (
     PD,
     PR,
     SD,
+    FollowUp,
     OSModel,
+    RecistRules,
     best_overall_response,
     derive_endpoints,
     kaplan_meier,
@@ -44,7 +46,9 @@ CASES = [
     ("name", "sld", "best", "best_u", "pd_day"), CASES, ids=[c[0] for c in CASES]
 )
 def test_recist_hand_built_cases(name, sld, best, best_u, pd_day) -> None:
-    ep = derive_endpoints(np.array([sld], dtype=float), VISITS, seed=0, measurement_cv=0.0)
+    ep = derive_endpoints(
+        np.array([sld], dtype=float), VISITS, seed=0, recist=RecistRules(measurement_cv=0.0)
+    )
     row = ep.iloc[0]
     assert row["best_response"] == best, name
     assert row["best_response_unconfirmed"] == best_u, name
@@ -81,7 +85,11 @@ def test_confirmation_needs_28_days_and_sd_needs_minimum_duration() -> None:
 
 def test_no_post_baseline_assessment_is_ne() -> None:
     ep = derive_endpoints(
-        np.full((1, 5), 50.0), VISITS, seed=0, measurement_cv=0.0, admin_censor_days=10.0
+        np.full((1, 5), 50.0),
+        VISITS,
+        seed=0,
+        recist=RecistRules(measurement_cv=0.0),
+        follow_up=FollowUp(admin_censor_days=10.0),
     )
     assert ep["best_response"].iloc[0] == "NE"
     assert ep["n_assessments"].iloc[0] == 0
@@ -91,7 +99,9 @@ def test_no_post_baseline_assessment_is_ne() -> None:
 def test_measurement_error_has_the_declared_spread() -> None:
     # seed 11, n = 20000: log ratio of two visits has sd sqrt(2) * cv; se of sd ~ 0.5%
     n, cv = 20_000, 0.05
-    ep = derive_endpoints(np.full((n, 2), 50.0), np.array([0.0, 42.0]), seed=11, measurement_cv=cv)
+    ep = derive_endpoints(
+        np.full((n, 2), 50.0), np.array([0.0, 42.0]), seed=11, recist=RecistRules(measurement_cv=cv)
+    )
     sd = np.log1p(ep["best_pct_change"].to_numpy() / 100).std()
     assert sd == pytest.approx(np.sqrt(2) * cv, rel=0.03)
 
@@ -102,12 +112,9 @@ def test_chunk_invariance_with_accrual_and_os() -> None:
     kw = dict(
         seed=9,
         keys=(0, "arm-a"),
-        measurement_cv=0.1,
-        new_lesion_hazard_per_day=0.002,
+        recist=RecistRules(measurement_cv=0.1, new_lesion_hazard_per_day=0.002),
         os_model={"intercept": 3.5, "coefficients": {"week8_frac_change": -1.0}, "scale": 0.7},
-        dropout_per_day=0.001,
-        admin_censor_days=400.0,
-        accrual_per_day=0.5,
+        follow_up=FollowUp(dropout_per_day=0.001, admin_censor_days=400.0, accrual_per_day=0.5),
     )
     full = derive_endpoints(sld, VISITS, **kw)
     parts = [
@@ -137,7 +144,9 @@ def test_os_link_to_week8_change_shifts_survival() -> None:
     n = 20_000
     shrink = np.tile([50.0, 40.0, 35.0, 35.0, 35.0], (n, 1))  # -25% at week 8 (day 56)
     model = {"intercept": 4.0, "coefficients": {"week8_frac_change": -2.0}, "scale": 0.5}
-    ep = derive_endpoints(shrink, VISITS, seed=2, measurement_cv=0.0, os_model=model)
+    ep = derive_endpoints(
+        shrink, VISITS, seed=2, os_model=model, recist=RecistRules(measurement_cv=0.0)
+    )
     w8 = ep["week8_pct_change"].iloc[0] / 100
     assert w8 == pytest.approx(40 / 50 + (35 - 40) / 50 * (14 / 42) - 1)
     assert np.median(ep["os_days"]) == pytest.approx(np.exp(4.0 - 2.0 * w8) * 7, rel=0.03)
@@ -151,23 +160,27 @@ def test_dropout_admin_censoring_and_accrual() -> None:
         VISITS,
         seed=4,
         os_model=OSModel("exponential", np.log(1000.0), {}, 1.0, "days"),
-        dropout_per_day=1 / 1000,
-        admin_censor_days=np.inf,
-        accrual_per_day=2.0,
+        follow_up=FollowUp(dropout_per_day=1 / 1000, admin_censor_days=np.inf, accrual_per_day=2.0),
     )
     # competing exponentials: P(death observed) = 1/2, time ~ Exp(rate 2/1000), mean 500 days
     assert ep["os_event"].mean() == pytest.approx(0.5, abs=0.015)
     assert ep["os_days"].mean() == pytest.approx(500.0, rel=0.03)
     gaps = np.diff(ep["enrol_day"].to_numpy())
     assert gaps.mean() == pytest.approx(0.5, rel=0.03) and (gaps > 0).all()
-    cut = derive_endpoints(sld[:2000], VISITS, seed=4, admin_censor_days=300.0, accrual_per_day=5.0)
+    cut = derive_endpoints(
+        sld[:2000], VISITS, seed=4, follow_up=FollowUp(admin_censor_days=300.0, accrual_per_day=5.0)
+    )
     inside = cut["enrolled"] == 1
     np.testing.assert_array_equal(inside, cut["enrol_day"] <= 300.0)
     assert 0 < inside.sum() < len(cut)
     assert (cut["enrol_day"] + cut["os_days"] <= 300.0 + 1e-9)[inside].all()
     assert (cut.loc[~inside, "os_days"] == 0).all()
     per_patient = derive_endpoints(
-        sld[:50], VISITS, seed=4, measurement_cv=0.0, max_follow_up_days=100.0
+        sld[:50],
+        VISITS,
+        seed=4,
+        recist=RecistRules(measurement_cv=0.0),
+        follow_up=FollowUp(max_follow_up_days=100.0),
     )
     assert (per_patient["os_days"] == 100.0).all() and (per_patient["pfs_days"] == 84.0).all()
     assert (cut["os_event"] == 0).all()
@@ -186,7 +199,10 @@ def test_kaplan_meier_hand_computed() -> None:
 
 def test_response_rates_and_bad_input() -> None:
     ep = derive_endpoints(
-        np.array([c[1] for c in CASES], dtype=float), VISITS, seed=0, measurement_cv=0.0
+        np.array([c[1] for c in CASES], dtype=float),
+        VISITS,
+        seed=0,
+        recist=RecistRules(measurement_cv=0.0),
     )
     rr = response_rates(ep)
     assert rr["n"] == len(CASES)
@@ -194,7 +210,9 @@ def test_response_rates_and_bad_input() -> None:
     with pytest.raises(ValueError, match="visit_days: must start at 0"):
         derive_endpoints(np.ones((1, 2)), np.array([1.0, 2.0]), seed=0)
     with pytest.raises(ValueError, match="dropout_per_day: must be >= 0"):
-        derive_endpoints(np.ones((1, 2)), np.array([0.0, 2.0]), seed=0, dropout_per_day=-1)
+        derive_endpoints(
+            np.ones((1, 2)), np.array([0.0, 2.0]), seed=0, follow_up=FollowUp(dropout_per_day=-1)
+        )
     with pytest.raises(ValueError, match="predictor 'nope' not available"):
         derive_endpoints(
             np.ones((1, 2)), np.array([0.0, 2.0]), seed=0, os_model={"coefficients": {"nope": 1}}
@@ -209,7 +227,7 @@ def test_report_plots_render_without_pyplot_state() -> None:
     from insilico_trials.report.plots_tumour import kaplan_meier_plot, spider_plot, waterfall_plot
 
     sld = np.array([c[1] for c in CASES], dtype=float)
-    ep = derive_endpoints(sld, VISITS, seed=0, measurement_cv=0.0)
+    ep = derive_endpoints(sld, VISITS, seed=0, recist=RecistRules(measurement_cv=0.0))
     before = plt.get_fignums()
     figs = [
         spider_plot(sld, VISITS, best_response=ep["best_response"].to_numpy()),

@@ -24,9 +24,10 @@ table is the same in any chunking of patients.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -44,7 +45,9 @@ __all__ = [
     "RESPONSE_CODES",
     "SD",
     "EndpointError",
+    "FollowUp",
     "OSModel",
+    "RecistRules",
     "best_overall_response",
     "derive_endpoints",
     "kaplan_meier",
@@ -241,6 +244,68 @@ def _interp_rows(y: np.ndarray, t: np.ndarray, at: float) -> np.ndarray:
     return y[:, j] * (1.0 - w) + y[:, j + 1] * w
 
 
+@dataclass(frozen=True)
+class RecistRules:
+    """How tumour assessments are read (RECIST 1.1 surrogates), validated once.
+
+    Attributes
+    ----------
+    measurement_cv
+        SD of the log of the measurement error of the SLD (about its CV; 0 for none).
+    new_lesion_hazard_per_day
+        Constant hazard of a new lesion (PD at the next visit), per day.
+    cr_below_mm, confirm_min_days, sd_min_days
+        RECIST surrogates and windows, see :func:`recist_visit_responses` and
+        :func:`best_overall_response`.
+    """
+
+    measurement_cv: float = 0.05
+    new_lesion_hazard_per_day: float = 0.0
+    cr_below_mm: float = 5.0
+    confirm_min_days: float = 28.0
+    sd_min_days: float = 42.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise EndpointError(f"{f.name}: must be >= 0 and finite, got {v}")
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """How long patients are followed and how they enter, validated once.
+
+    Attributes
+    ----------
+    dropout_per_day
+        Constant hazard of loss to follow-up, per day (censors PFS and OS).
+    admin_censor_days
+        Data cut-off, days from the enrolment of the first patient (trial calendar).
+    max_follow_up_days
+        Per-patient follow-up limit, days from the patient's own enrolment (a protocol's
+        "follow-up of N weeks"); censoring is at the earlier of this and the data cut-off.
+    accrual_per_day
+        Poisson accrual rate of this arm, patients per day; ``None`` enrols all on day 0.
+        Enrolment times are the cumulative sum of keyed exponential gaps over patients
+        ``0..max(patient)``, so they too are chunk-invariant.
+    """
+
+    dropout_per_day: float = 0.0
+    admin_censor_days: float = math.inf
+    max_follow_up_days: float = math.inf
+    accrual_per_day: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.dropout_per_day >= 0:
+            raise EndpointError(f"dropout_per_day: must be >= 0, got {self.dropout_per_day}")
+        for name in ("admin_censor_days", "max_follow_up_days"):
+            if not getattr(self, name) >= 0:
+                raise EndpointError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.accrual_per_day is not None and not self.accrual_per_day > 0:
+            raise EndpointError(f"accrual_per_day: must be > 0 or None, got {self.accrual_per_day}")
+
+
 def derive_endpoints(
     sld: np.ndarray,
     visit_days: np.ndarray,
@@ -248,18 +313,11 @@ def derive_endpoints(
     seed: int,
     keys: tuple[str | int, ...] = (),
     patient: np.ndarray | None = None,
-    measurement_cv: float = 0.05,
-    new_lesion_hazard_per_day: float = 0.0,
+    recist: RecistRules = RecistRules(),
+    follow_up: FollowUp = FollowUp(),
     os_model: OSModel | Mapping[str, object] | None = None,
     covariates: Mapping[str, np.ndarray] | None = None,
     ttg_days: np.ndarray | None = None,
-    dropout_per_day: float = 0.0,
-    admin_censor_days: float = np.inf,
-    max_follow_up_days: float = np.inf,
-    accrual_per_day: float | None = None,
-    cr_below_mm: float = 5.0,
-    confirm_min_days: float = 28.0,
-    sd_min_days: float = 42.0,
 ) -> pd.DataFrame:
     """Derive per-patient endpoints from true SLD trajectories at the protocol's visits.
 
@@ -272,10 +330,11 @@ def derive_endpoints(
     seed, keys, patient
         Protocol seed, stream keys (e.g. ``(replicate, arm)``) and patient indices within the
         arm (default ``0..n-1``): every draw is keyed by them, never by chunk.
-    measurement_cv
-        SD of the log of the measurement error of the SLD (about its CV; 0 for none).
-    new_lesion_hazard_per_day
-        Constant hazard of a new lesion (PD at the next visit), per day.
+    recist
+        How assessments are read: measurement error, new lesions, RECIST windows
+        (:class:`RecistRules`).
+    follow_up
+        Dropout, data cut-off, per-patient follow-up, accrual (:class:`FollowUp`).
     os_model
         :class:`OSModel` or a dict of its fields; ``None`` means no deaths are simulated.
     covariates
@@ -283,21 +342,6 @@ def derive_endpoints(
     ttg_days
         Time to tumour growth per patient, days; default the first visit day at which the
         true SLD is smallest.
-    dropout_per_day
-        Constant hazard of loss to follow-up, per day (censors PFS and OS).
-    admin_censor_days
-        Data cut-off, days from the enrolment of the first patient (trial calendar).
-    max_follow_up_days
-        Per-patient follow-up limit, days from the patient's own enrolment (a protocol's
-        "follow-up of N weeks"); censoring is at the earlier of this and the data cut-off.
-    accrual_per_day
-        Poisson accrual rate of this arm, patients per day; ``None`` enrols all on day 0.
-        Enrolment times are the cumulative sum of keyed exponential gaps over patients
-        ``0..max(patient)``, so they too are chunk-invariant.
-    cr_below_mm, confirm_min_days, sd_min_days
-        RECIST surrogates and windows, see :func:`recist_visit_responses` and
-        :func:`best_overall_response`.
-
     Returns
     -------
     pandas.DataFrame
@@ -322,13 +366,13 @@ def derive_endpoints(
         raise EndpointError(f"visit_days: must start at 0 (baseline) and increase, got {t[:4]}...")
     if not np.all(np.isfinite(y)) or np.any(y[:, 0] <= 0):
         raise EndpointError("sld: must be finite with baseline > 0 mm")
-    for name, v in (
-        ("measurement_cv", measurement_cv),
-        ("new_lesion_hazard_per_day", new_lesion_hazard_per_day),
-        ("dropout_per_day", dropout_per_day),
-    ):
-        if not v >= 0:
-            raise EndpointError(f"{name}: must be >= 0, got {v}")
+    measurement_cv = recist.measurement_cv
+    new_lesion_hazard_per_day = recist.new_lesion_hazard_per_day
+    cr_below_mm, confirm_min_days = recist.cr_below_mm, recist.confirm_min_days
+    sd_min_days = recist.sd_min_days
+    dropout_per_day, accrual_per_day = follow_up.dropout_per_day, follow_up.accrual_per_day
+    admin_censor_days = follow_up.admin_censor_days
+    max_follow_up_days = follow_up.max_follow_up_days
     n, k = y.shape
     pat = np.arange(n) if patient is None else np.asarray(patient, dtype=np.int64)
     if pat.shape != (n,):
@@ -339,8 +383,6 @@ def derive_endpoints(
     if accrual_per_day is None:
         enrol = np.zeros(n)
     else:
-        if not accrual_per_day > 0:
-            raise EndpointError(f"accrual_per_day: must be > 0 or None, got {accrual_per_day}")
         all_p = np.arange(int(pat.max()) + 1 if n else 0)
         gaps = -np.log(patient_uniforms(seed, (*keys, "accrual"), all_p, 1)[:, 0]) / accrual_per_day
         enrol_all = np.cumsum(gaps) - gaps[0]

@@ -107,7 +107,7 @@ def simulate_chunk(
     ``cohort`` holds the chunk's rows of :func:`arm_cohort` (its ``patient`` column keys all
     randomness, so any split of the arm gives the same per-patient results).
     """
-    from insilico_trials.sim.endpoints import derive_endpoints
+    from insilico_trials.sim.endpoints import FollowUp, RecistRules, derive_endpoints
     from insilico_trials.sim.pk import simulate_regimen
     from insilico_trials.sim.tumour import simulate_tumour
 
@@ -155,13 +155,17 @@ def simulate_chunk(
         seed=protocol.seed,
         keys=(replicate, arm.name),
         patient=patient,
-        measurement_cv=ep.measurement_cv,
-        new_lesion_hazard_per_day=ep.new_lesion_hazard_per_day,
+        recist=RecistRules(
+            measurement_cv=ep.measurement_cv,
+            new_lesion_hazard_per_day=ep.new_lesion_hazard_per_day,
+        ),
+        follow_up=FollowUp(
+            dropout_per_day=ep.dropout_per_year / DAYS_PER_YEAR,
+            # follow_up_weeks is each patient's follow-up from enrolment, not a calendar cut-off.
+            max_follow_up_days=ep.follow_up_weeks * 7.0,
+            accrual_per_day=ep.accrual_per_month * MONTHS_PER_YEAR / DAYS_PER_YEAR,
+        ),
         os_model=ep.os.model_dump() if ep.os is not None else None,
-        dropout_per_day=ep.dropout_per_year / DAYS_PER_YEAR,
-        # follow_up_weeks is each patient's follow-up from enrolment, not a calendar cut-off.
-        max_follow_up_days=ep.follow_up_weeks * 7.0,
-        accrual_per_day=ep.accrual_per_month * MONTHS_PER_YEAR / DAYS_PER_YEAR,
     )
     endpoints.insert(1, "arm", arm.name)
     if "SLD0" in cohort:
