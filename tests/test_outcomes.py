@@ -286,3 +286,11 @@ def test_binary_fit_without_control_responders_does_not_diverge(n):
         )  # fmt: skip
         assert fit.diagnostics["divergences"] == 0, (seed, fit.diagnostics)
         assert fit.converged and fit.decision == "go"
+
+
+def test_every_outcome_family_has_one_likelihood():
+    """A family is a catalog row (spec) and its likelihood (infer): neither without the other."""
+    from insilico_trials.infer.outcomes import LIKELIHOODS
+    from insilico_trials.spec.catalog import OUTCOME_FAMILIES
+
+    assert set(LIKELIHOODS) == set(OUTCOME_FAMILIES)

@@ -254,6 +254,65 @@ def _control_prior_rv(pm, name: str, family: str, w, a, b, *, shape=None):
     return pm.Mixture(name, w=w, comp_dists=comp, shape=shape)
 
 
+def _binary_likelihood(pm, pt, d, trt, lin, extra) -> None:
+    p_c = _control_prior_rv(pm, "p_c", "beta", d["prior_w"], d["prior_a"], d["prior_b"])
+    p_t = pm.Beta("p_t", *VAGUE_BETA)
+    logit_p = pt.switch(pt.eq(trt, 1), pm.math.logit(p_t), pm.math.logit(p_c)) + lin
+    if extra == "counts":
+        pm.Binomial("y", n=d["n_data"], logit_p=logit_p, observed=d["y_data"], shape=2)
+    else:
+        pm.Bernoulli("y", logit_p=logit_p, observed=d["y_data"], shape=d["y_data"].shape)
+    pm.Deterministic("rate_difference", p_t - p_c)
+    log_or = pm.math.logit(p_t) - pm.math.logit(p_c)
+    pm.Deterministic("log_odds_ratio", log_or)
+    pm.Deterministic("odds_ratio", pt.exp(log_or))
+    pm.Deterministic("risk_ratio", p_t / p_c)
+
+
+def _continuous_likelihood(pm, pt, d, trt, lin, extra) -> None:
+    mu_c = _control_prior_rv(pm, "mu_c", "normal", d["prior_w"], d["prior_a"], d["prior_b"])
+    mu_t = pm.Normal("mu_t", *VAGUE_NORMAL)
+    sigma = d["sigma_known"] if extra == "known_sigma" else pm.HalfNormal("sigma", 1000.0)
+    mu = pt.switch(pt.eq(trt, 1), mu_t, mu_c) + lin
+    pm.Normal("y", mu=mu, sigma=sigma, observed=d["y_data"], shape=d["y_data"].shape)
+    pm.Deterministic("mean_difference", mu_t - mu_c)
+
+
+def _weibull_likelihood(pm, pt, d, trt, lin, extra) -> None:
+    lam_c = _control_prior_rv(pm, "lambda_c", "gamma", d["prior_w"], d["prior_a"], d["prior_b"])
+    k = pm.LogNormal("k", 0.0, 1.0)
+    beta = pm.Normal("log_hazard_ratio", 0.0, 2.5)
+    t = d["time_months"]
+    eta = beta * trt + lin
+    log_h = pt.log(lam_c) + pt.log(k) + (k - 1.0) * pt.log(t) + eta
+    cum_h = lam_c * t**k * pt.exp(eta)
+    pm.Potential("loglik", pt.sum(d["event"] * log_h - cum_h))
+    pm.Deterministic("hazard_ratio", pt.exp(beta))
+
+
+def _pwexp_likelihood(pm, pt, d, trt, lin, extra) -> None:
+    n_pieces = extra
+    lam = _control_prior_rv(
+        pm, "lambda_c", "gamma", d["prior_w"], d["prior_a"], d["prior_b"], shape=n_pieces
+    )
+    beta = pm.Normal("log_hazard_ratio", 0.0, 2.5)
+    eta = beta * trt + lin
+    log_h = pt.log(lam)[None, :] + eta[:, None]
+    ll = pt.sum(d["d"] * log_h) - pt.sum(d["exposure"] * pt.exp(log_h))
+    pm.Potential("loglik", ll)
+    pm.Deterministic("hazard_ratio", pt.exp(beta))
+
+
+# The likelihood of each outcome family (spec.catalog.OUTCOME_FAMILIES names them): the
+# control parameter's mixture prior, the treatment effect, the data, the reported contrasts.
+LIKELIHOODS = {
+    "binary": _binary_likelihood,
+    "continuous": _continuous_likelihood,
+    "tte_weibull": _weibull_likelihood,
+    "tte_pwexp": _pwexp_likelihood,
+}
+
+
 def _build(key: tuple, init: dict[str, np.ndarray]):
     """Build the PyMC model for a structure key, with ``init`` as initial data."""
     import pymc as pm
@@ -265,52 +324,11 @@ def _build(key: tuple, init: dict[str, np.ndarray]):
         trt = d["trt"]
         lin = 0.0
         if q:
-            gamma_sd = 2.5 if model in ("binary", "tte_weibull", "tte_pwexp") else VAGUE_NORMAL[1]
+            continuous = OUTCOME_FAMILIES[model].kind == "continuous"
+            gamma_sd = VAGUE_NORMAL[1] if continuous else 2.5
             gamma = pm.Normal("gamma", 0.0, gamma_sd, shape=q)
             lin = pt.dot(d["z"], gamma)
-        if model == "binary":
-            p_c = _control_prior_rv(pm, "p_c", "beta", d["prior_w"], d["prior_a"], d["prior_b"])
-            p_t = pm.Beta("p_t", *VAGUE_BETA)
-            logit_p = pt.switch(pt.eq(trt, 1), pm.math.logit(p_t), pm.math.logit(p_c)) + lin
-            if extra == "counts":
-                pm.Binomial("y", n=d["n_data"], logit_p=logit_p, observed=d["y_data"], shape=2)
-            else:
-                pm.Bernoulli("y", logit_p=logit_p, observed=d["y_data"], shape=d["y_data"].shape)
-            pm.Deterministic("rate_difference", p_t - p_c)
-            log_or = pm.math.logit(p_t) - pm.math.logit(p_c)
-            pm.Deterministic("log_odds_ratio", log_or)
-            pm.Deterministic("odds_ratio", pt.exp(log_or))
-            pm.Deterministic("risk_ratio", p_t / p_c)
-        elif model == "continuous":
-            mu_c = _control_prior_rv(pm, "mu_c", "normal", d["prior_w"], d["prior_a"], d["prior_b"])
-            mu_t = pm.Normal("mu_t", *VAGUE_NORMAL)
-            sigma = d["sigma_known"] if extra == "known_sigma" else pm.HalfNormal("sigma", 1000.0)
-            mu = pt.switch(pt.eq(trt, 1), mu_t, mu_c) + lin
-            pm.Normal("y", mu=mu, sigma=sigma, observed=d["y_data"], shape=d["y_data"].shape)
-            pm.Deterministic("mean_difference", mu_t - mu_c)
-        elif model == "tte_weibull":
-            lam_c = _control_prior_rv(
-                pm, "lambda_c", "gamma", d["prior_w"], d["prior_a"], d["prior_b"]
-            )
-            k = pm.LogNormal("k", 0.0, 1.0)
-            beta = pm.Normal("log_hazard_ratio", 0.0, 2.5)
-            t = d["time_months"]
-            eta = beta * trt + lin
-            log_h = pt.log(lam_c) + pt.log(k) + (k - 1.0) * pt.log(t) + eta
-            cum_h = lam_c * t**k * pt.exp(eta)
-            pm.Potential("loglik", pt.sum(d["event"] * log_h - cum_h))
-            pm.Deterministic("hazard_ratio", pt.exp(beta))
-        else:  # tte_pwexp
-            n_pieces = extra
-            lam = _control_prior_rv(
-                pm, "lambda_c", "gamma", d["prior_w"], d["prior_a"], d["prior_b"], shape=n_pieces
-            )
-            beta = pm.Normal("log_hazard_ratio", 0.0, 2.5)
-            eta = beta * trt + lin
-            log_h = pt.log(lam)[None, :] + eta[:, None]
-            ll = pt.sum(d["d"] * log_h) - pt.sum(d["exposure"] * pt.exp(log_h))
-            pm.Potential("loglik", ll)
-            pm.Deterministic("hazard_ratio", pt.exp(beta))
+        LIKELIHOODS[model](pm, pt, d, trt, lin, extra)
     return m
 
 
