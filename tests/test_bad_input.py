@@ -70,6 +70,13 @@ PROTOCOL_CASES = [
     ("boolean arm size", _edit("    n: 40\n", "    n: true\n"), [], 2, "valid integer"),
     ("fractional arm size", _edit("    n: 40\n", "    n: 40.5\n"), [], 2, "valid integer"),
     ("CL in mL/min", _edit("unit: L/h", "unit: mL/min"), [], 2, "takes CL in L/h"),
+    (
+        "CL in mL/h, unit kept",
+        _edit("typical: 10, unit: L/h", "typical: 10000000, unit: L/h"),
+        [],
+        2,
+        "outside the plausible range [0.0001, 10000] L/h",
+    ),
     ("dose 1e300", _edit("dose: 200,", "dose: 1.0e+300,"), [], 2, "less than or equal to 1000000"),
     (
         "python tag",

@@ -16,6 +16,7 @@ __all__ = [
     "ENDPOINTS",
     "OUTCOME_FAMILIES",
     "PK_PARAMETERS",
+    "PK_PLAUSIBLE",
     "PK_UNITS",
     "TUMOUR_MODELS",
     "UPDATE_MODEL_OF_KIND",
@@ -37,6 +38,15 @@ PK_PARAMETERS: dict[str, tuple[str, ...]] = {
 PK_UNITS: dict[str, str] = {
     "CL": "L/h", "Q": "L/h", "Q2": "L/h", "Q3": "L/h", "V": "L", "V1": "L", "V2": "L",
     "V3": "L", "KA": "1/h", "VMAX": "mg/h", "KM": "mg/L",
+}  # fmt: skip
+
+# Plausible typical values of PK parameters, in PK_UNITS: wide enough for any drug in humans
+# (a clearance of 1e-4 to 1e4 L/h spans renal-sparing antibodies to hepatic blood flow many
+# times over); outside them a value is almost surely a unit or typing error.
+PK_PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "CL": (1e-4, 1e4), "Q": (1e-4, 1e4), "Q2": (1e-4, 1e4), "Q3": (1e-4, 1e4),
+    "V": (1e-3, 1e5), "V1": (1e-3, 1e5), "V2": (1e-3, 1e5), "V3": (1e-3, 1e5),
+    "KA": (1e-4, 1e3), "VMAX": (1e-4, 1e6), "KM": (1e-6, 1e4),
 }  # fmt: skip
 
 

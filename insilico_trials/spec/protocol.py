@@ -48,6 +48,7 @@ from insilico_trials.spec.catalog import (
     ENDPOINTS,
     OUTCOME_FAMILIES,
     PK_PARAMETERS,
+    PK_PLAUSIBLE,
     PK_UNITS,
     TUMOUR_MODELS,
 )
@@ -352,6 +353,18 @@ class TrialProtocol(_Spec):
                         f"typical value (and effects) to {PK_UNITS[name]}, or declare that unit",
                     )
                 )
+            if name in declared:
+                low, high = PK_PLAUSIBLE[name]
+                typical = self.population.parameters[name].typical
+                if not low <= typical <= high:
+                    errors.append(
+                        (
+                            ("population", "parameters", name, "typical"),
+                            typical,
+                            f"{name} {typical:g} {PK_UNITS[name]} is outside the plausible "
+                            f"range [{low:g}, {high:g}] {PK_UNITS[name]}; check its unit",
+                        )
+                    )
             if name not in declared:
                 errors.append(
                     (
