@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from insilico_trials.infer.conjugate import MixturePrior
 from insilico_trials.sim.trial import analysis_frame
 from insilico_trials.spec.protocol import TrialProtocol
 
@@ -123,13 +124,22 @@ class MockFit:
     idata: Any
 
 
-def mock_fit(protocol: TrialProtocol, endpoints: pd.DataFrame, *, seed: int = 7) -> MockFit:
-    """Posterior draws of a binary protocol from independent Beta(1 + r, 1 + n - r) posteriors.
+def mock_fit(
+    protocol: TrialProtocol,
+    endpoints: pd.DataFrame,
+    prior: MixturePrior | None = None,
+    *,
+    seed: int = 7,
+) -> MockFit:
+    """Exact posterior draws of a binary protocol: ``p_t ~ Beta(1 + r, 1 + n - r)``, ``p_c``
+    from the conjugate posterior of ``prior`` (a beta mixture; None: Beta(1, 1)).
 
-    Exact for the binary model without covariates and a vague prior; no MCMC. Other outcome
-    families are not mocked (use the real fit).
+    Exact for the binary model without covariates; no MCMC. Other outcome families are not
+    mocked (use the real fit).
     """
     import xarray as xr
+
+    from insilico_trials.infer.conjugate import beta_mixture_posterior
 
     if protocol.analysis.model != "binary":
         raise NotImplementedError(f"mock_fit: binary protocols only, got {protocol.analysis.model}")
@@ -139,7 +149,12 @@ def mock_fit(protocol: TrialProtocol, endpoints: pd.DataFrame, *, seed: int = 7)
     treat = protocol.analysis.treatment or protocol.treatment_arms[0].name
     ctrl = frame.loc[frame["arm"] == protocol.control_arm.name, "response"]
     trt = frame.loc[frame["arm"] == treat, "response"]
-    p_c = rng.beta(1 + ctrl.sum(), 1 + len(ctrl) - ctrl.sum(), size=(2, 500))
+    if prior is None:
+        p_c = rng.beta(1 + ctrl.sum(), 1 + len(ctrl) - ctrl.sum(), size=(2, 500))
+    else:
+        w, a, b = beta_mixture_posterior(prior.weights, prior.a, prior.b, ctrl.sum(), len(ctrl))
+        k = rng.choice(w.size, size=(2, 500), p=w / w.sum())
+        p_c = rng.beta(a[k], b[k])
     p_t = rng.beta(1 + trt.sum(), 1 + len(trt) - trt.sum(), size=(2, 500))
     post = {"p_c": p_c, "p_t": p_t, "rate_difference": p_t - p_c}
     ds = xr.Dataset({k: (("chain", "draw"), v) for k, v in post.items()})

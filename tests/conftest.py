@@ -149,6 +149,9 @@ def tiny_protocol(tmp_path: Path, *, n: int = 12, chunk: int = 5, draws: int = 6
             "execution.chunk_size": chunk,
             "endpoints.follow_up_weeks": 24,
             "arms[1].regimen.n_doses": 84,
+            # the synthetic control's replicate virtual arms, small: 4 arms of 20 patients
+            "synthetic_control.virtual_replicates": 4,
+            "synthetic_control.virtual_patients": 20,
         },
     )
     return write_protocol(protocol, tmp_path / "tiny.yaml")

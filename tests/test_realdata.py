@@ -223,7 +223,8 @@ def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
     row = s.summary.set_index("param").loc["lambda_c[0]"]
     assert abs(row["mean"] - shape / rate) < 4 * row["mcse_mean"]
     assert s.closed_form.mean() == pytest.approx(shape / rate)
-    assert s.prior_ess == pytest.approx(1 + 0.5 * 200)  # events
+    # ELIR of Gamma(a, b) with an exponential likelihood is a - 1 events (RBesT)
+    assert s.prior_ess == pytest.approx(0.5 * 200)  # events
     assert s.ess_unit == "events"
 
 

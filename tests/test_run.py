@@ -47,14 +47,16 @@ def test_sensitivity_stage_is_declared_and_can_be_switched_off(tmp_path):
     lines: list[str] = []
     on = run_trial(protocol, fit=mock_fit, progress=lines.append)
     assert on.sensitivity is not None and on.sensitivity["n_evaluations"] > 0
-    assert any(line.startswith("[4/4] sensitivity: Sobol indices of") for line in lines)
+    # stages: cohort, simulate, synthetic control (the ORR example borrows), fit, sensitivity
+    assert any(line.startswith("[5/5] sensitivity: Sobol indices of") for line in lines)
+    assert any(line.startswith("[3/5] synthetic control: 4 replicate") for line in lines)
     assert "sensitivity" in on.timings
     off_protocol = with_fields(protocol, {"sensitivity.sobol": False})
     path = write_protocol(off_protocol, tmp_path / "off.yaml")
     lines.clear()
     off = run_trial(off_protocol, fit=mock_fit, progress=lines.append)
     assert off.sensitivity is None and "sensitivity" not in off.timings
-    assert lines[0].startswith("[1/3] cohort") and not any("sensitivity" in x for x in lines)
+    assert lines[0].startswith("[1/4] cohort") and not any("sensitivity" in x for x in lines)
     _, groups = _archive(tmp_path, off, path, "off")
     assert "sensitivity.json" not in groups["outputs"]
 

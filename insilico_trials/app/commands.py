@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from insilico_trials.errors import InputError, RunFailure
+from insilico_trials.infer.synthetic import VirtualPrior
 from insilico_trials.io.archive import (
     MANIFEST,
     atomic_write_text,
@@ -33,7 +34,7 @@ from insilico_trials.io.archive import (
 from insilico_trials.io.spool import ParquetSpool
 from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.run.trial import RunResult, run_trial
-from insilico_trials.run.update import borrowing_arguments, refit_control
+from insilico_trials.run.update import borrowing_arguments, refit_control, virtual_source
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
 
@@ -698,11 +699,17 @@ def execute_update(
             )  # fmt: skip
         # The virtual control arm as the run archived it (its sufficient statistics, hashed in
         # the manifest): the same numbers the run's analysis and report used.
-        virtual = _read_json(archive / "synthetic_control.json")
+        record = _read_json(archive / "synthetic_control.json")
+        virtual = virtual_source(record)
         real = real.assign(arm=protocol.control_arm.name)
+        worth = (
+            f"prior worth {virtual.prior_ess:.1f} patients ({virtual.ess_method}) from "
+            f"{virtual.n_replicates} replicate virtual arms"
+            if isinstance(virtual, VirtualPrior) else f"{record['n']} virtual"
+        )  # fmt: skip
         _say(
             f"update {number:03d}: {len(real)} real control patients after this cut "
-            f"(cut {new_cut.content_hash[:12]}), {virtual['n']} virtual; method {args['method']}"
+            f"(cut {new_cut.content_hash[:12]}), {worth}; method {args['method']}"
         )
         t = time.perf_counter()
         require_prefect_api()

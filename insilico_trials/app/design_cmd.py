@@ -115,7 +115,7 @@ def _metrics(oc: pd.DataFrame, calibration: pd.DataFrame | None) -> dict[str, fl
 def _write_design(
     final: Path, protocol: Any, plan: Any, oc: Any, cal: Any, table: str, outcome: Any,
     tracker: Any, started: dt.datetime, *, replicates: int, workers: int | None,
-    dask_address: str | None,
+    dask_address: str | None, virtual: Any,
 ) -> None:  # fmt: skip
     """Write the design folder atomically (staged, then renamed into place)."""
     spec = protocol.design
@@ -133,6 +133,9 @@ def _write_design(
             "design": spec.model_dump(mode="json"),
             "looks": [lk.__dict__ for lk in plan.looks],
             "methods": list(plan.methods),
+            # the prior of every method, as the run's analysis and update will use it
+            "virtual_priors": {m: vp.to_json() for m, vp in plan.virtual_priors.items()},
+            "virtual_arms": virtual.to_json(),
             "success_threshold": plan.success,
             "operating_characteristics": json.loads(oc.to_json(orient="records")),
             "calibration": None if cal is None else json.loads(cal.to_json(orient="records")),
@@ -196,10 +199,29 @@ def execute_design(
     from insilico_trials.infer import design
 
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
+    from insilico_trials.run.virtual import simulate_virtual_arms, virtual_patients
+
     t = time.perf_counter()
-    plan = design.compile_design(protocol)
+    require_prefect_api()  # an unreachable server fails here, before any simulation
+    timings["reach Prefect API"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sc = protocol.synthetic_control
+    _say(
+        f"virtual arms: {sc.virtual_replicates} replicate control arms of "
+        f"{virtual_patients(protocol)} patients, simulated as run simulates them"
+    )
+    virtual = simulate_virtual_arms(protocol)
+    timings["virtual arms (simulation)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = design.compile_design(protocol, virtual=virtual)
     spec = protocol.design
-    timings["plan (priors, decision tables)"] = time.perf_counter() - t
+    for m, vp in plan.virtual_priors.items():
+        _say(
+            f"  prior {m}: ESS {vp.prior_ess:.1f} ({vp.ess_method}; moment "
+            f"{vp.ess['moment']:.1f}, Morita {vp.ess['morita']:.1f})"
+            + (f", capped at {vp.cap:g} from {vp.uncapped_ess:.1f}" if vp.cap_factor < 1 else "")
+        )
+    timings["plan (MAP priors, decision tables)"] = time.perf_counter() - t
     _say(
         f"design: {plan.endpoint}, {len(plan.looks)} looks at "
         + ", ".join(f"{lk.n_control}+{lk.n_treatment}" for lk in plan.looks)
@@ -252,6 +274,7 @@ def execute_design(
             _write_design(
                 final, protocol, plan, oc, cal, table, outcome, tracker, started,
                 replicates=replicates, workers=workers, dask_address=dask_address,
+                virtual=virtual,
             )  # fmt: skip
         except OSError as exc:
             raise RunFailure(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from insilico_trials.infer.conjugate import arm_statistics
+from insilico_trials.infer.conjugate import MixturePrior, arm_statistics
 from insilico_trials.sim.trial import analysis_frame
 from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import TrialProtocol
@@ -18,9 +18,15 @@ __all__ = ["analyse", "validation_table", "virtual_control_summary"]
 
 
 def analyse(
-    protocol: TrialProtocol, endpoints: pd.DataFrame, *, treatment: str | None = None
+    protocol: TrialProtocol,
+    endpoints: pd.DataFrame,
+    prior: MixturePrior | None = None,
+    *,
+    treatment: str | None = None,
 ) -> Any:
-    """Fit the protocol's outcome model (control vs one treatment arm) and apply its decision rule."""
+    """Fit the protocol's outcome model (control vs one treatment arm) and apply its decision
+    rule, with ``prior`` on the control parameter (the synthetic control's prior,
+    :func:`insilico_trials.run.virtual.synthetic_prior`; None: vague)."""
     from insilico_trials.infer.outcomes import fit_outcome
 
     treat = treatment or protocol.analysis.treatment or protocol.treatment_arms[0].name
@@ -35,7 +41,7 @@ def analyse(
         treatment=treat,
         decision={**a.decision.model_dump(exclude={"direction"}), "direction": a.decision.side},
         covariates=tuple(a.covariates),
-        prior=None,
+        prior=prior,
         draws=a.mcmc.draws,
         tune=a.mcmc.tune,
         chains=a.mcmc.chains,

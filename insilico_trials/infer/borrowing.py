@@ -18,15 +18,18 @@ for a constant (exponential) hazard rate. The borrowing methods (``method=``):
     robust mixture prior (Schmidli et al. 2014; RBesT ``robustify``):
     ``(1 - w) pi_power(theta) + w pi_vague(theta)`` with the vague component a unit-information
     prior: Beta(m (n + 1), (1 - m)(n + 1)) (n = 1, m = 1/2 gives Beta(1, 1), as RBesT);
-    Normal(m, sigma / sqrt(n)); Gamma(m n, n). The posterior is again a mixture with
+    Normal(m, sigma / sqrt(n)); Gamma(n, n / m) (n events at rate m, unit-free). The posterior is again a mixture with
     weights ``∝ w_k m_k(data)`` (the prior predictive of each component), so the posterior
     weight of the vague component measures prior-data conflict.
 ``commensurate``
     commensurate prior (Hobbs et al. 2011): on the link scale ``phi = logit p``, ``mu`` or
-    ``log lambda``, ``phi_c ~ Normal(phi_v, 1 / sqrt(tau))`` with ``phi_v`` informed by the
-    virtual data and ``tau ~ Gamma(tau_shape, tau_rate)`` (precision; default Gamma(1, 0.01),
-    mostly small tau, i.e. little borrowing unless the data agree). Fitted jointly by MCMC
-    on virtual and real sufficient statistics.
+    ``log lambda``, ``phi_c ~ Normal(phi_v, s)`` with ``phi_v`` informed by the virtual data
+    and the commensurability sd ``s ~ HalfNormal(sd_scale)`` (default 0.5: logits a priori
+    within about +-1 of the virtual one; a small scale borrows strongly, a large one weakly).
+    Non-centred (``phi_c = phi_v + s z``, ``z ~ N(0, 1)``) and fitted jointly by MCMC on
+    virtual and real sufficient statistics. (Earlier versions put a Gamma(1, 0.01) prior on
+    the precision and called its mean ``tau_scale``: that is a median sd of 0.12 on the logit
+    scale, i.e. strong borrowing, the opposite of what the name suggested.)
 ``procova``
     PROCOVA-style prognostic covariate adjustment (Schuler et al. 2021): a prognostic score
     per real patient (column ``prognostic_score``, predicted by the digital-twin model trained
@@ -75,6 +78,7 @@ from insilico_trials.infer.conjugate import (
     sufficient_stats,
 )
 from insilico_trials.infer.outcomes import ConvergenceGates, OutcomeFit, fit_outcome
+from insilico_trials.infer.synthetic import VirtualPrior, prior_ess
 from insilico_trials.spec.catalog import CONJUGATE_OF_KIND, UPDATE_MODEL_OF_KIND
 
 __all__ = [
@@ -148,7 +152,10 @@ def robustify(
 
     * beta: Beta(mean (n + 1), (1 - mean)(n + 1)); default mean 1/2, so Beta(1, 1);
     * normal: Normal(mean, sigma / sqrt(n)); needs ``sigma``; default mean the prior's mean;
-    * gamma: Gamma(mean n, n); default mean the prior's mean.
+    * gamma (hazard rate, exponential likelihood): Gamma(n, n / mean), i.e. ``n`` events
+      (default one) at the prior's mean rate, as RBesT's ``robustify`` for an exponential
+      likelihood (``mn2gamma(m, n, likelihood = "exp")``). Unit-free: expressing time in other
+      units rescales the rate and leaves the component's information (one event) unchanged.
     """
     if not 0.0 < weight < 1.0:
         raise BorrowingError(f"robust weight: must be in (0, 1), got {weight!r}")
@@ -164,7 +171,9 @@ def robustify(
         comp = (m, sigma / math.sqrt(n))
     else:
         m = prior.mean() if mean is None else float(mean)
-        comp = (m * n, float(n))
+        if not m > 0:
+            raise BorrowingError(f"robust mean (gamma): must be > 0, got {m!r}")
+        comp = (float(n), float(n) / m)
     labels = prior.labels or (
         ("informative",)
         if prior.n_components == 1
@@ -180,20 +189,14 @@ def robustify(
 
 
 def ess_mixture(prior: MixturePrior, *, sigma: float | None = None) -> float:
-    """Moment-matching effective sample size of a mixture prior (RBesT ``ess(method="moment")``).
+    """Moment-matching effective sample size of a mixture prior (RBesT ``ess(method="moment")``):
+    :func:`insilico_trials.infer.ess.ess_moment` (beta ``m (1 - m) / v - 1`` patients; normal
+    ``sigma^2 / v`` patients; gamma ``m^2 / v`` events)."""
+    from insilico_trials.infer.ess import ess_moment
 
-    Mean ``m`` and variance ``v`` of the mixture are matched to one conjugate component:
-    beta ``m (1 - m) / v - 1`` (patients); normal ``sigma^2 / v`` (patients, needs the
-    per-patient sd ``sigma``); gamma ``m^2 / v`` (events, the matched shape).
-    """
-    m, v = prior.mean(), prior.var()
-    if prior.family == "beta":
-        return m * (1.0 - m) / v - 1.0
-    if prior.family == "normal":
-        if sigma is None:
-            raise BorrowingError("ess (normal): needs the per-patient sd sigma")
-        return sigma**2 / v
-    return m**2 / v
+    if prior.family == "normal" and sigma is None:
+        raise BorrowingError("ess (normal): needs the per-patient sd sigma")
+    return ess_moment(prior, sigma=sigma)
 
 
 def ess_beta_mixture(weights: Sequence[float], a: Sequence[float], b: Sequence[float]) -> float:
@@ -426,8 +429,8 @@ def update_control(
         converted with :func:`insilico_trials.io.realdata.endpoint_frame`.
     method : {"none", "full", "power", "robust", "commensurate", "procova"}
     params : mapping
-        ``a0``; ``weight``, ``robust_mean``, ``robust_n`` (robust); ``tau_shape``,
-        ``tau_rate`` (commensurate); see the module docstring.
+        ``a0``; ``weight``, ``robust_mean``, ``robust_n`` (robust); ``sd_scale``
+        (commensurate); see the module docstring.
     endpoint : {"binary", "continuous", "tte"}
     seed : int
         Sampler seed, the same for every state (a state is reproducible on its own).
@@ -450,15 +453,28 @@ def update_control(
         raise BorrowingError(f"method procova: continuous endpoint only, got {endpoint!r}")
     if not cuts:
         raise BorrowingError("cuts: need at least one real data cut")
-    vstats = sufficient_stats(virtual_control, endpoint)
-    ess_sigma = sigma if sigma is not None else vstats.get("sd")
-    prior = (
-        None
-        if method == "commensurate"
-        else control_prior(
-            virtual_control, method=method, endpoint=endpoint, params=params, sigma=ess_sigma
+    ess_method = "elir"
+    if isinstance(virtual_control, VirtualPrior):
+        # The prior the run (and design) used: replicate virtual arms, MAP or pooled, a0, cap.
+        vp = virtual_control
+        if vp.kind != endpoint:
+            raise BorrowingError(
+                f"virtual prior: made for a {vp.kind} endpoint, the update is {endpoint}"
+            )
+        prior = vp.prior if method != "commensurate" else None
+        vstats = dict(vp.pseudo)
+        ess_sigma = sigma if sigma is not None else vp.sigma
+        ess_method = vp.ess_method
+    else:
+        vstats = sufficient_stats(virtual_control, endpoint)
+        ess_sigma = sigma if sigma is not None else vstats.get("sd")
+        prior = (
+            None
+            if method == "commensurate"
+            else control_prior(
+                virtual_control, method=method, endpoint=endpoint, params=params, sigma=ess_sigma
+            )
         )
-    )
     vague = _vague(endpoint)
     model = UPDATE_MODEL_OF_KIND[endpoint]
     param_name = {"binary": "p_c", "continuous": "mu_c", "tte": "lambda_c[0]"}[endpoint]
@@ -467,6 +483,7 @@ def update_control(
     if gates is not None:
         fit_kwargs["gates"] = gates
 
+    prior_ess = _prior_ess(prior, vstats, method, endpoint, params, ess_sigma, ess_method)
     frames: list[pd.DataFrame] = []
     states: list[UpdateState] = []
     for i, cut in enumerate(cuts):
@@ -494,6 +511,9 @@ def update_control(
             if method != "procova" and (endpoint != "continuous" or sigma is not None):
                 closed = mixture_posterior(prior, rstats, sigma=sigma)
         post_mean, post_var = float(draws_c.mean()), float(draws_c.var())
+        # The exact posterior variance where a closed form exists (MCMC noise in a tiny
+        # variance would otherwise inflate the borrowed figure without bound).
+        exact_var = closed.var() if closed is not None else post_var
         # Reference: the same real data under the vague prior (conjugate, closed form; the
         # continuous case with sigma unknown uses the sample variance of the real values).
         ref_sigma = sigma if sigma is not None else rstats.get("sd")
@@ -502,7 +522,7 @@ def update_control(
             rho = float(np.corrcoef(real["prognostic_score"], real["value"])[0, 1])
             borrowed = rstats["n"] * rho**2 / (1.0 - rho**2)
         else:
-            borrowed = max(0.0, n_size * (ref.var() / post_var - 1.0))
+            borrowed = max(0.0, n_size * (ref.var() / exact_var - 1.0))
         post_ess = _ess_from_moments(FAMILY[endpoint], post_mean, post_var, ess_sigma)
         conflict: dict[str, float] = {}
         if prior is not None and method not in ("none", "procova"):
@@ -535,9 +555,13 @@ def update_control(
                 summary=fit.summary,
                 posterior_mean=post_mean,
                 posterior_sd=math.sqrt(post_var),
-                prior_ess=_prior_ess(prior, vstats, method, endpoint, params, ess_sigma),
+                prior_ess=prior_ess,
                 posterior_ess=post_ess,
-                borrowed_virtual=float(borrowed),
+                # Never more than the prior is worth: the effective historical sample size
+                # is bounded by the prior's ESS (both in the ESS unit).
+                borrowed_virtual=float(min(borrowed, prior_ess))
+                if method != "procova"
+                else float(borrowed),
                 ess_unit=ess_unit,
                 conflict=conflict,
                 converged=fit.converged,
@@ -557,17 +581,18 @@ def _ess_from_moments(family: str, m: float, v: float, sigma: float | None) -> f
     return m**2 / v
 
 
-def _prior_ess(prior, vstats, method, endpoint, params, sigma) -> float:
+def _prior_ess(prior, vstats, method, endpoint, params, sigma, ess_method="elir") -> float:
     if prior is not None:
-        return ess_mixture(prior, sigma=sigma)
+        if endpoint == "continuous" and sigma is None:
+            return float("nan")
+        return prior_ess(prior, ess_method, sigma)
     # commensurate: moment-matched ESS of the implied prior on theta_c, by simulation
-    # (phi_v from its virtual-data posterior, tau from its prior; fixed seed, 20 000 draws).
+    # (phi_v from its virtual-data posterior, the sd from its HalfNormal prior; fixed seed,
+    # 20 000 draws).
     rng = np.random.default_rng(20_000)
     phi_v, scale = _virtual_link_posterior(vstats, endpoint, sigma, rng, 20_000)
-    tau = rng.gamma(
-        float(params.get("tau_shape", 1.0)), 1.0 / float(params.get("tau_rate", 0.01)), 20_000
-    )
-    phi_c = phi_v + rng.standard_normal(20_000) / np.sqrt(tau)
+    sd = np.abs(rng.standard_normal(20_000)) * float(params.get("sd_scale", 0.5))
+    phi_c = phi_v + rng.standard_normal(20_000) * sd
     theta = scale(phi_c)
     return _ess_from_moments(FAMILY[endpoint], float(theta.mean()), float(theta.var()), sigma)
 
@@ -594,8 +619,7 @@ def _fit_commensurate(vstats, rstats, endpoint, params, sigma, fit_kwargs):
 
     key = (endpoint, sigma is None)
     data = {
-        "tau_shape": np.asarray(float(params.get("tau_shape", 1.0))),
-        "tau_rate": np.asarray(float(params.get("tau_rate", 0.01))),
+        "sd_scale": np.asarray(float(params.get("sd_scale", 0.5))),
     }
     if endpoint == "binary":
         data |= {
@@ -629,26 +653,31 @@ def _fit_commensurate(vstats, rstats, endpoint, params, sigma, fit_kwargs):
     if key not in _COMM_CACHE:
         with pm.Model() as m:
             d = {k: pm.Data(k, v) for k, v in data.items()}
-            tau = pm.Gamma("tau", alpha=d["tau_shape"], beta=d["tau_rate"])
+            s_c = pm.HalfNormal("sd_commensurate", sigma=d["sd_scale"])
             if endpoint == "binary":
                 phi_v = pm.Normal("phi_v", 0.0, 2.5)
-                z = pm.Normal("z", 0.0, 1.0)  # non-centred: phi_c = phi_v + z / sqrt(tau)
-                phi_c = phi_v + z / pm.math.sqrt(tau)
-                pm.Binomial("xv_obs", n=d["nv"], logit_p=phi_v, observed=d["xv"])
+                z = pm.Normal("z", 0.0, 1.0)  # non-centred: phi_c = phi_v + s z
+                phi_c = phi_v + s_c * z
+                # the virtual information may be pseudo-data with non-integer counts (the
+                # capped prior's mean and ESS): its binomial kernel, not a Binomial variable
+                pm.Potential(
+                    "xv_obs",
+                    d["xv"] * phi_v - d["nv"] * pm.math.log1pexp(phi_v),
+                )
                 pm.Binomial("xr_obs", n=d["nr"], logit_p=phi_c, observed=d["xr"])
                 pm.Deterministic("p_c", pm.math.invlogit(phi_c))
             elif endpoint == "continuous":
                 phi_v = pm.Normal("phi_v", VAGUE_NORMAL[0], VAGUE_NORMAL[1])
                 z = pm.Normal("z", 0.0, 1.0)
-                phi_c = phi_v + z / pm.math.sqrt(tau)
+                phi_c = phi_v + s_c * z
                 pm.Normal("yv_obs", phi_v, d["se_v"], observed=d["ybar_v"])
                 pm.Normal("yr_obs", phi_c, d["se_r"], observed=d["ybar_r"])
                 pm.Deterministic("mu_c", phi_c)
             else:
                 phi_v = pm.Normal("phi_v", -3.0, 3.0)  # log hazard per month
                 z = pm.Normal("z", 0.0, 1.0)
-                phi_c = phi_v + z / pm.math.sqrt(tau)
-                pm.Poisson("dv_obs", d["ev"] * pm.math.exp(phi_v), observed=d["dv"])
+                phi_c = phi_v + s_c * z
+                pm.Potential("dv_obs", d["dv"] * phi_v - d["ev"] * pm.math.exp(phi_v))
                 pm.Poisson("dr_obs", d["er"] * pm.math.exp(phi_c), observed=d["dr"])
                 pm.Deterministic("lambda_c", pm.math.exp(phi_c))
         _COMM_CACHE[key] = nutpie.compile_pymc_model(m)
@@ -662,7 +691,7 @@ def _fit_commensurate(vstats, rstats, endpoint, params, sigma, fit_kwargs):
         progress_bar=False,
     )
     name = {"binary": "p_c", "continuous": "mu_c", "tte": "lambda_c"}[endpoint]
-    summary = oc._summary(idata, [name, "tau"])
+    summary = oc._summary(idata, [name, "sd_commensurate"])
     div = int(np.asarray(idata["sample_stats"]["diverging"].values).sum())
     diag = oc._gates(summary, div, fit_kwargs.get("gates", oc.GATES))
     ss = idata["sample_stats"].to_dataset()

@@ -76,21 +76,18 @@ from scipy import special, stats
 
 from insilico_trials.infer.conjugate import (
     VAGUE_BETA,
-    VAGUE_GAMMA,
     MixturePrior,
     beta_mixture_posterior,
-    gamma_mixture_posterior,
     normal_mixture_posterior,
 )
+from insilico_trials.infer.synthetic import VirtualArms, pooled_statistics, protocol_prior
 from insilico_trials.sim.rng import patient_uniforms, stream
 from insilico_trials.spec.design import (
-    BORROW,
     Calibration,
     DesignError,
     DesignSpec,
     Endpoint,
     Scenario,
-    VirtualControl,
     design_problems,
     treatment_arm,
 )
@@ -103,7 +100,6 @@ __all__ = [
     "DesignPlan",
     "DesignSpec",
     "Scenario",
-    "VirtualControl",
     "binary_decision_table",
     "calibrate",
     "compile_design",
@@ -154,6 +150,7 @@ class DesignPlan:
     follow_up_months: float = float("nan")
     dropout_per_month: float = 0.0
     virtual_parameter: float = float("nan")
+    virtual_priors: Mapping[str, Any] = field(default_factory=dict, repr=False)
     tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
     true_tables: Mapping[tuple[str, str, int], np.ndarray] = field(default_factory=dict, repr=False)
     mean_tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
@@ -174,43 +171,6 @@ class DesignPlan:
         return next(s for s in self.scenarios if s.name == name)
 
 
-def _virtual_frame(endpoint: Endpoint, vc: VirtualControl) -> pd.DataFrame:
-    if endpoint == "binary":
-        x = round(vc.n * float(vc.rate))
-        return pd.DataFrame({"response": np.r_[np.ones(x), np.zeros(vc.n - x)]})
-    if endpoint == "continuous":
-        return pd.DataFrame({"value": np.full(vc.n, float(vc.mean))})
-    mean_months = float(vc.median_months) / math.log(2.0)
-    return pd.DataFrame(
-        {"time": np.full(vc.n, mean_months * DAYS_PER_MONTH), "event": np.ones(vc.n)}
-    )
-
-
-def method_prior(
-    endpoint: Endpoint,
-    vc: VirtualControl,
-    method: str,
-    *,
-    a0: float | None = None,
-    vague_weight: float | None = None,
-) -> MixturePrior:
-    """Prior on the control parameter from the virtual-arm summary (borrowing.control_prior)."""
-    from insilico_trials.infer.borrowing import control_prior
-
-    params: dict[str, Any] = {}
-    if method == "power":
-        params["a0"] = a0 if a0 is not None else 1.0
-    if method == "robust_mixture":
-        params["weight"] = vague_weight if vague_weight is not None else 0.2
-    return control_prior(
-        _virtual_frame(endpoint, vc),
-        method=BORROW[method],
-        endpoint=endpoint,
-        params=params,
-        sigma=vc.sd if endpoint == "continuous" else None,
-    )
-
-
 def _looks(protocol: Any, d: DesignSpec) -> tuple[Look, ...]:
     n_c, n_t = protocol.control_arm.n, treatment_arm(protocol).n
     fr = list(d.interim_fractions) or [k / (n_c + n_t) for k in d.interim_patients]
@@ -224,11 +184,17 @@ def _looks(protocol: Any, d: DesignSpec) -> tuple[Look, ...]:
 def compile_design(
     protocol: Any,
     *,
+    virtual: VirtualArms,
     replicates: int | None = None,
     methods: Sequence[str] | None = None,
     success_threshold: float | None = None,
 ) -> DesignPlan:
     """Turn a validated protocol with a ``design`` section into a :class:`DesignPlan`.
+
+    ``virtual`` are the protocol's replicate virtual control arms
+    (:func:`insilico_trials.run.virtual.simulate_virtual_arms`, or as a run archived them):
+    every method's prior is :func:`insilico_trials.infer.synthetic.protocol_prior` of them,
+    the prior the run's analysis and ``update`` use.
 
     Raises
     ------
@@ -246,10 +212,13 @@ def compile_design(
     sc = protocol.synthetic_control
     if methods is None:
         methods = [sc.method] + [m for m in d.compare_borrowing if m != sc.method]
-    priors = {
-        m: method_prior(d.endpoint, d.virtual_control, m, a0=sc.a0, vague_weight=sc.vague_weight)
-        for m in methods
-    }
+    if virtual.kind != d.endpoint:
+        raise DesignError(
+            f"virtual arms: simulated for a {virtual.kind} endpoint, the design is {d.endpoint}"
+        )
+    virtual_priors = {m: protocol_prior(protocol, virtual, method=m) for m in methods}
+    priors = {m: vp.prior for m, vp in virtual_priors.items()}
+    pooled = pooled_statistics(virtual)
     looks = _looks(protocol, d)
     n_int = len(looks) - 1
     eff = d.efficacy_threshold
@@ -259,15 +228,15 @@ def compile_design(
     dec = protocol.analysis.decision
     success = success_threshold or d.success_threshold or dec.threshold
     ep = protocol.endpoints
-    vc = d.virtual_control
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"virtual_priors": virtual_priors}
     if d.endpoint == "continuous":
-        extra["sigma"] = float(vc.sd)
-        extra["virtual_parameter"] = float(vc.mean)
+        extra["sigma"] = float(virtual.sigma())
+        extra["virtual_parameter"] = float(pooled["ybar"])
     elif d.endpoint == "binary":
-        extra["virtual_parameter"] = float(vc.rate)
+        extra["virtual_parameter"] = float(pooled["x"] / pooled["n"])
     else:
-        extra["virtual_parameter"] = float(vc.median_months)
+        # the pooled virtual median (months) under a constant hazard
+        extra["virtual_parameter"] = math.log(2.0) * pooled["exposure"] / max(pooled["d"], 1.0)
         extra["accrual_per_month"] = float(ep.accrual_per_month)
         extra["follow_up_months"] = ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH
         extra["dropout_per_month"] = ep.dropout_per_year / 12.0
@@ -497,6 +466,77 @@ def _tte_at(
     return on.sum(1), d.sum(1), t.sum(1)
 
 
+# The analysis's prior on the log hazard ratio (outcomes._pwexp_likelihood): Normal(0, 2.5).
+LOG_HR_PRIOR_SD = 2.5
+TTE_NODES = 128
+
+
+class TteLogHrPosterior:
+    """The exact posterior of ``beta = log HR`` of the constant-hazard analysis, per replicate.
+
+    The analysis (``tte_exponential``: :func:`insilico_trials.infer.outcomes.fit_outcome`) has
+    control hazard ``lambda_c`` with the gamma-mixture ``prior``, treatment hazard
+    ``lambda_c exp(beta)``, ``beta ~ Normal(0, 2.5)``. Integrating ``lambda_c`` out in closed
+    form (``D = d_c + d_t``, exposures in months):
+
+    ``p(beta | data) ∝ N(beta; 0, 2.5) exp(beta d_t)
+    sum_k w_k b_k^a_k Γ(a_k + D) / (Γ(a_k) (b_k + E_c + exp(beta) E_t)^(a_k + D))``
+
+    a one-dimensional density. Its integrals are Gauss-Legendre quadratures (``nodes`` points
+    per interval) on a per-replicate window covering every component's mode by 10 posterior
+    sds; probabilities ``P(beta < c)`` split the window at ``c`` so the step is never inside
+    an interval (the quadrature error is that of a smooth integrand: below 1e-9 in the tests).
+    """
+
+    def __init__(self, prior: MixturePrior, dc, ec, dt_, et, *, nodes: int = TTE_NODES) -> None:
+        w, a, b = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
+        dc, ec, dt_, et = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (dc, ec, dt_, et))
+        self.ec, self.et, self.dt = np.maximum(ec, 1e-12), np.maximum(et, 1e-12), dt_
+        self.a, self.b = a, b
+        self.dsum = dc + dt_
+        with np.errstate(divide="ignore"):
+            self.log_k = (
+                np.log(w) + a * np.log(b) + special.gammaln(a + self.dsum) - special.gammaln(a)
+            )
+        centre = np.log((dt_ + 0.5) / self.et) - np.log((a + dc) / (b + self.ec))
+        sd = np.minimum(np.sqrt(1.0 / (dt_ + 1.0) + 1.0 / (a + dc)), LOG_HR_PRIOR_SD)
+        self.lo = np.maximum((centre - 10.0 * sd).min(1), -10.0 * LOG_HR_PRIOR_SD)
+        self.hi = np.minimum((centre + 10.0 * sd).max(1), 10.0 * LOG_HR_PRIOR_SD)
+        self.nodes = nodes
+        # the log of the density's scale: its value at the centre of the window (avoids overflow)
+        self.shift = self.log_density(0.5 * (self.lo + self.hi)[:, None])[:, 0]
+        self.total = self._integral(self.lo, self.hi)
+
+    def log_density(self, beta: np.ndarray) -> np.ndarray:
+        """Unnormalised log posterior at ``beta`` (R, m)."""
+        denom = np.log(
+            self.b + self.ec[:, :, None] * 1.0 + np.exp(beta)[:, :, None] * self.et[:, :, None]
+        )
+        log_mix = special.logsumexp(
+            self.log_k[:, None, :] - (self.a + self.dsum)[:, None, :] * denom, axis=2
+        )
+        return -0.5 * (beta / LOG_HR_PRIOR_SD) ** 2 + beta * self.dt + log_mix
+
+    def _integral(self, lo: np.ndarray, hi: np.ndarray, moment: bool = False) -> np.ndarray:
+        u, v = _gauss_legendre01(self.nodes)
+        width = np.maximum(hi - lo, 0.0)[:, None]
+        beta = lo[:, None] + width * u[None, :]
+        f = np.exp(self.log_density(beta) - self.shift[:, None])
+        if moment:
+            f = f * beta
+        return (f * v[None, :] * width).sum(1)
+
+    def cdf(self, c: float) -> np.ndarray:
+        """``P(beta < c | data)`` per replicate."""
+        cut = np.clip(c, self.lo, self.hi)
+        below = self._integral(self.lo, cut)
+        above = self._integral(cut, self.hi)
+        return below / (below + above)
+
+    def mean(self) -> np.ndarray:
+        return self._integral(self.lo, self.hi, moment=True) / self.total
+
+
 def _tte_look(
     plan: DesignPlan,
     prior: MixturePrior,
@@ -506,18 +546,9 @@ def _tte_look(
     et: np.ndarray,
     truth_log_hr: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w, ac, bc = gamma_mixture_posterior(prior.weights, prior.a, prior.b, dc, ec)
-    at, bt = (VAGUE_GAMMA[0] + dt_)[:, None], (VAGUE_GAMMA[1] + et)[:, None]
-
-    def p_hr_below(h: float) -> np.ndarray:
-        return (w * stats.f.cdf(h * bt * ac / (at * bc), 2 * at, 2 * ac)).sum(1)
-
-    prob = p_hr_below(plan.delta)
-    est = (special.digamma(at) - np.log(bt)).ravel() - (w * (special.digamma(ac) - np.log(bc))).sum(
-        1
-    )
-    # coverage uses P(log HR <= truth); "above truth" = 1 - that, for a common convention
-    return prob, est, 1.0 - p_hr_below(math.exp(truth_log_hr))
+    post = TteLogHrPosterior(prior, dc, ec, dt_, et)
+    prob = post.cdf(math.log(plan.delta))
+    return prob, post.mean(), 1.0 - post.cdf(truth_log_hr)
 
 
 # --------------------------------------------------------------------------- batches
@@ -653,8 +684,14 @@ def _quantile_with_mcse(x: np.ndarray, q: float) -> tuple[float, float]:
 
 
 def _prop(x: np.ndarray) -> tuple[float, float]:
+    """A proportion and its MCSE. ``sqrt(p (1 - p) / R)`` is 0 when no (or every) replicate
+    succeeded, which claims certainty that R replicates cannot give; the MCSE uses the Wilson
+    centre ``(x + 2) / (R + 4)`` (Agresti & Coull 1998) instead, so it is never 0 and equals the
+    usual formula to within O(1/R) elsewhere."""
+    r = x.size
     p = float(np.mean(x))
-    return p, math.sqrt(p * (1 - p) / x.size)
+    pt = (float(np.sum(x)) + 2.0) / (r + 4.0)
+    return p, math.sqrt(pt * (1 - pt) / (r + 4.0))
 
 
 def operating_characteristics(plan: DesignPlan, results: Mapping[str, BatchResult]) -> pd.DataFrame:

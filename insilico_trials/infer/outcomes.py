@@ -310,6 +310,7 @@ LIKELIHOODS = {
     "continuous": _continuous_likelihood,
     "tte_weibull": _weibull_likelihood,
     "tte_pwexp": _pwexp_likelihood,
+    "tte_exponential": _pwexp_likelihood,  # one piece (fit_outcome sets the cut points)
 }
 
 
@@ -524,6 +525,9 @@ def fit_outcome(
     """
     if model not in MODELS:
         raise OutcomeDataError(f"model: must be one of {MODELS}, got {model!r}")
+    if model == "tte_exponential":  # the piecewise-exponential model with one piece
+        model, cuts_months = "tte_pwexp", (0.0,)
+        prior = [prior] if isinstance(prior, MixturePrior) else prior
     crit = _criterion(model, decision)
     prep = _prepare(data, model, control, treatment, covariates)
     if prep.n_treatment == 0:

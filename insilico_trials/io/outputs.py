@@ -115,10 +115,7 @@ def write_run_outputs(
     }  # fmt: skip
     fit = result.fit
     write_json(stage / "summary.json", fit_summary(protocol, fit, screening))
-    write_json(
-        stage / "synthetic_control.json",
-        analysis.virtual_control_summary(protocol, tables.summary),
-    )
+    write_json(stage / "synthetic_control.json", synthetic_control_record(result))
     atomic_write_bytes(stage / "posterior.parquet", parquet_bytes(posterior_draws(fit)))
     write_inference_data(fit.idata, stage / "posterior.nc")
     extra = []
@@ -140,6 +137,19 @@ def write_run_outputs(
             *extra,
         ],
     }  # fmt: skip
+
+
+def synthetic_control_record(result: RunResult) -> dict[str, Any]:
+    """``synthetic_control.json``: the run's own control arm's statistics (top level, as
+    before), the replicate virtual arms and the prior the analysis used (``virtual_arms``,
+    ``prior``: :class:`~insilico_trials.infer.synthetic.VirtualPrior`), read back by ``update``
+    and ``design --from-archive`` so that they use the same prior."""
+    protocol = result.protocol
+    out = analysis.virtual_control_summary(protocol, result.tables.summary)
+    out["method"] = protocol.synthetic_control.method
+    out["virtual_arms"] = result.virtual_arms.to_json() if result.virtual_arms else None
+    out["prior"] = result.virtual_prior.to_json() if result.virtual_prior else None
+    return out
 
 
 def fit_summary(protocol: TrialProtocol, fit: Any, screening: dict[str, Any]) -> dict[str, Any]:

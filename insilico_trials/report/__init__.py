@@ -385,6 +385,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         summary=summary,
         qrow=qrow,
         control=control,
+        prior=control.get("prior"),
         virtual_n=n_virtual,
         virtual=virtual,
         arms=arms,

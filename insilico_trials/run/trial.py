@@ -6,8 +6,11 @@ submitted to the executor (serial by default) under a key that names what it com
 1. ``cohort-<arm>``: the virtual patients of each arm (keyed random streams);
 2. ``chunk-<arm>-<first>-<last>``: PK, disease and endpoints for a chunk of patients, its
    tables handed to the sink (memory, or Parquet parts on a shared folder);
-3. ``fit``: the outcome model and the decision rule;
-4. ``sobol-<arm>-<start>``: the declared sensitivity stage (``protocol.sensitivity``), on the
+3. ``virtual-cohort-<r>``, ``virtual-<r>-<first>-<last>`` (a borrowing synthetic control
+   only): the replicate virtual control arms whose spread bounds the synthetic control's prior
+   (:mod:`insilico_trials.run.virtual`);
+4. ``fit``: the outcome model with the synthetic control's prior, and the decision rule;
+5. ``sobol-<arm>-<start>``: the declared sensitivity stage (``protocol.sensitivity``), on the
    cohorts of stage 1.
 
 No printing here: progress goes to the ``progress`` callable given by the caller.
@@ -30,8 +33,10 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.infer import analysis, sensitivity
+from insilico_trials.infer.synthetic import VirtualArms, VirtualPrior
 from insilico_trials.run.executor import Executor, Serial, Session
 from insilico_trials.run.sinks import ChunkDigest, ChunkSink, ChunkTables, MemorySink
+from insilico_trials.run.virtual import submit_virtual_arms, synthetic_prior, virtual_patients
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import TrialProtocol
 
@@ -66,6 +71,9 @@ class RunResult:
         The executor's id of the run (a Prefect flow-run id; empty when serial).
     timings
         Seconds per stage.
+    virtual_arms, virtual_prior
+        The synthetic control's replicate virtual arms and the prior the analysis used
+        (``None`` when the protocol does not borrow).
     """
 
     protocol: TrialProtocol
@@ -75,6 +83,8 @@ class RunResult:
     sensitivity: dict[str, Any] | None
     run_id: str
     timings: dict[str, float] = field(default_factory=dict)
+    virtual_arms: VirtualArms | None = None
+    virtual_prior: VirtualPrior | None = None
 
 
 def _cohort(protocol: TrialProtocol, arm_name: str) -> pd.DataFrame:
@@ -102,11 +112,13 @@ def _stages(
     fitter: Callable[[TrialProtocol, pd.DataFrame], Any],
 ) -> RunResult:
     timings: dict[str, float] = {}
-    n_stages = 4 if protocol.sensitivity.sobol else 3
+    sc = protocol.synthetic_control
+    n_stages = 3 + int(protocol.sensitivity.sobol) + int(sc.borrows)
+    stage = iter(range(1, n_stages + 1))
 
     t0 = time.perf_counter()
     say(
-        f"[1/{n_stages}] cohort: sampling {sum(a.n for a in protocol.arms)} virtual patients "
+        f"[{next(stage)}/{n_stages}] cohort: sampling {sum(a.n for a in protocol.arms)} virtual patients "
         f"in {len(protocol.arms)} arms"
     )
     futures = {
@@ -144,7 +156,9 @@ def _stages(
                 )
             )
     total = len(chunks)
-    say(f"[2/{n_stages}] simulate: {total} chunks of <= {size} patients (PK, tumour, endpoints)")
+    say(
+        f"[{next(stage)}/{n_stages}] simulate: {total} chunks of <= {size} patients (PK, tumour, endpoints)"
+    )
     digests, cached = [], 0
     step = max(1, total // 10)
     for done, fut in enumerate(session.as_completed(chunks), start=1):
@@ -158,13 +172,34 @@ def _stages(
     tables = sink.collect(digests)
     timings["simulate"] = time.perf_counter() - t1
 
+    arms, vprior = None, None
+    if sc.borrows:
+        tv = time.perf_counter()
+        say(
+            f"[{next(stage)}/{n_stages}] synthetic control: {sc.virtual_replicates} replicate "
+            f"virtual control arms of {virtual_patients(protocol)} patients, each with its own "
+            f"draw of the model's parameters; prior rule {sc.prior}"
+        )
+        arms = submit_virtual_arms(session, protocol, size)()
+        vprior = synthetic_prior(protocol, arms)
+        say(
+            f"      prior: {sc.method}, ESS {vprior.prior_ess:.1f} ({vprior.ess_method}); "
+            f"informative part capped at {vprior.cap:g}"
+            + (f" (scaled by {vprior.cap_factor:.3g} from ESS {vprior.uncapped_ess:.1f})"
+               if vprior.cap_factor < 1 else "")
+        )  # fmt: skip
+        timings["synthetic control (replicate virtual arms, MAP prior)"] = time.perf_counter() - tv
+
     t2 = time.perf_counter()
     a = protocol.analysis
     say(
-        f"[3/{n_stages}] fit: {a.model} outcome model on {a.endpoint} "
+        f"[{next(stage)}/{n_stages}] fit: {a.model} outcome model on {a.endpoint} "
         f"({a.mcmc.chains} chains x {a.mcmc.draws} draws, first compile is slow)"
     )
-    fit_future = session.submit(fitter, protocol, tables.summary, key="fit", label="fit-outcome")
+    prior = vprior.prior if vprior is not None else None
+    fit_future = session.submit(
+        fitter, protocol, tables.summary, prior, key="fit", label="fit-outcome"
+    )
     # The sensitivity evaluations run while the fit samples.
     sens_futures, plan = [], None
     if protocol.sensitivity.sobol:
@@ -194,11 +229,12 @@ def _stages(
     result_sensitivity = None
     if protocol.sensitivity.sobol:
         t3 = time.perf_counter()
+        n = next(stage)
         if plan is None:
-            say(f"[4/{n_stages}] sensitivity: no uncertain typical value to vary")
+            say(f"[{n}/{n_stages}] sensitivity: no uncertain typical value to vary")
         else:
             say(
-                f"[4/{n_stages}] sensitivity: Sobol indices of {', '.join(plan.names)} "
+                f"[{n}/{n_stages}] sensitivity: Sobol indices of {', '.join(plan.names)} "
                 f"({len(plan.factors)} evaluations in {len(sens_futures)} tasks)"
             )
             parts = [f.result() for f in sens_futures]  # submission order: arm, then batch
@@ -212,6 +248,8 @@ def _stages(
         sensitivity=result_sensitivity,
         run_id=session.run_id,
         timings=timings,
+        virtual_arms=arms,
+        virtual_prior=vprior,
     )
 
 
@@ -243,7 +281,8 @@ def run_trial(
     progress : callable, optional
         Receives one line of text per step (the CLI prints them); default silent.
     fit : callable
-        ``fit(protocol, summary) -> OutcomeFit``: the outcome fit and decision; default
+        ``fit(protocol, summary, prior) -> OutcomeFit`` (``prior``: the synthetic control's
+        prior on the control parameter, None for a vague one): the outcome fit and decision; default
         :func:`insilico_trials.infer.analysis.analyse` (MCMC where needed). Tests pass
         :func:`insilico_trials.testing.mock_fit`.
 

@@ -13,12 +13,13 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.infer.borrowing import UpdateResult, update_control
+from insilico_trials.infer.synthetic import VirtualPrior
 from insilico_trials.run.executor import Executor, Serial
 from insilico_trials.spec.catalog import ENDPOINTS
 from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
 
-__all__ = ["borrowing_arguments", "refit_control"]
+__all__ = ["borrowing_arguments", "refit_control", "virtual_source"]
 
 _METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
 
@@ -31,9 +32,8 @@ def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
         params["a0"] = sc.a0
     if sc.vague_weight is not None:
         params["weight"] = sc.vague_weight
-    if sc.tau_scale is not None:
-        # tau is a precision; a Gamma(1, 1/tau_scale) prior has mean tau_scale.
-        params.update({"tau_shape": 1.0, "tau_rate": 1.0 / sc.tau_scale})
+    if sc.sd_scale is not None:
+        params["sd_scale"] = sc.sd_scale
     a = protocol.analysis
     return {
         "method": _METHOD.get(sc.method, sc.method),
@@ -47,8 +47,18 @@ def borrowing_arguments(protocol: TrialProtocol) -> dict[str, Any]:
     }
 
 
+def virtual_source(record: Mapping[str, Any]) -> VirtualPrior | Mapping[str, Any]:
+    """What ``update`` borrows from, read from an archive's ``synthetic_control.json``: the
+    prior the run's analysis used (:class:`~insilico_trials.infer.synthetic.VirtualPrior`)
+    when the run borrowed, else the run's control-arm statistics (no borrowing, or an archive
+    made before replicate virtual arms existed)."""
+    if record.get("prior"):
+        return VirtualPrior.from_json(record["prior"])
+    return record
+
+
 def refit_control(
-    virtual_control: pd.DataFrame | Mapping[str, Any],
+    virtual_control: VirtualPrior | pd.DataFrame | Mapping[str, Any],
     real_control: pd.DataFrame,
     protocol: TrialProtocol,
     *,
@@ -56,8 +66,9 @@ def refit_control(
 ) -> tuple[UpdateResult, str]:
     """Refit the control parameter on the real control patients of all cuts so far.
 
-    ``virtual_control`` is the simulated control arm's patients or, as ``update`` passes it,
-    its archived statistics (``synthetic_control.json``).
+    ``virtual_control`` is the synthetic control's prior as the run made it (``update`` reads
+    it from the archive with :func:`virtual_source`), or the simulated control arm's patients
+    or statistics (pooled power prior).
 
     Returns the :class:`~insilico_trials.infer.borrowing.UpdateResult` and the executor's run
     id (a Prefect flow-run id; empty when serial).
@@ -75,7 +86,7 @@ def refit_control(
 
 
 def _refit(
-    virtual_control: pd.DataFrame | Mapping[str, Any],
+    virtual_control: VirtualPrior | pd.DataFrame | Mapping[str, Any],
     real_control: pd.DataFrame,
     args: dict[str, Any],
 ) -> UpdateResult:

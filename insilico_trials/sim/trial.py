@@ -36,12 +36,28 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
 
 
-def arm_cohort(protocol: TrialProtocol, arm: Arm, *, replicate: int = 0) -> pd.DataFrame:
-    """The virtual patients of one arm (covariates and individual parameters)."""
+def arm_cohort(
+    protocol: TrialProtocol,
+    arm: Arm,
+    *,
+    replicate: int = 0,
+    uncertainty: bool = False,
+    n: int | None = None,
+) -> pd.DataFrame:
+    """The virtual patients of one arm (covariates and individual parameters).
+
+    ``uncertainty=True`` draws the population-level parameters once for the replicate (the
+    synthetic control's replicate arms); ``n`` overrides the arm's size.
+    """
     from insilico_trials.sim.cohort import sample_cohort
 
     cohort = sample_cohort(
-        protocol.population, n=arm.n, seed=protocol.seed, arm=arm.name, replicate=replicate
+        protocol.population,
+        n=arm.n if n is None else n,
+        seed=protocol.seed,
+        arm=arm.name,
+        replicate=replicate,
+        uncertainty=uncertainty,
     )
     table = cohort.table.copy()
     table.attrs = {"screened": int(cohort.screened)}

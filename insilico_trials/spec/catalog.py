@@ -180,6 +180,10 @@ OUTCOME_FAMILIES: dict[str, OutcomeFamily] = {
     # 0.9 for the Weibull model lowered its mixing (R-hat 1.011 in tests/test_outcomes.py).
     "tte_weibull": OutcomeFamily("tte_weibull", **_TTE),
     "tte_pwexp": OutcomeFamily("tte_pwexp", **_TTE),
+    # The piecewise-exponential model with one piece: a constant hazard, the model whose
+    # control parameter the virtual arms' gamma prior describes exactly (and which design
+    # evaluates by exact quadrature).
+    "tte_exponential": OutcomeFamily("tte_exponential", **_TTE),
 }  # fmt: skip
 
 # The conjugate prior family of each kind of data, and the model an update of the synthetic

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from insilico_trials.errors import InputError
 from insilico_trials.spec.catalog import OUTCOME_FAMILIES
+from insilico_trials.units import DAYS_PER_MONTH, DAYS_PER_WEEK
 
 __all__ = [
     "BORROW",
@@ -27,7 +28,6 @@ __all__ = [
     "Endpoint",
     "Method",
     "Scenario",
-    "VirtualControl",
     "design_problems",
     "treatment_arm",
 ]
@@ -48,22 +48,6 @@ class DesignError(InputError):
 
 class _D(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class VirtualControl(_D):
-    """Summary of the virtual (simulated) control arm, the source of the borrowed prior.
-
-    binary: ``n``, ``rate`` (responders ``round(n rate)``); continuous: ``n``, ``mean``, ``sd``
-    (the per-patient sd, also used as the known sigma of the real arms); tte: ``n``,
-    ``median_months`` (exponential, every virtual patient followed to the event: ``n`` events
-    in ``n median / ln 2`` months of exposure).
-    """
-
-    n: int = Field(ge=1, le=1_000_000)
-    rate: Prob | None = None
-    mean: float | None = None
-    sd: Annotated[float, Field(gt=0)] | None = None
-    median_months: Annotated[float, Field(gt=0)] | None = None
 
 
 class Scenario(_D):
@@ -90,7 +74,9 @@ class DesignSpec(_D):
     """The ``design:`` section of a protocol (see :mod:`insilico_trials.infer.design`)."""
 
     endpoint: Endpoint
-    virtual_control: VirtualControl
+    virtual_control: Any = Field(
+        default=None, description="no longer declared: the virtual arms are simulated"
+    )
     scenarios: list[Scenario] = Field(min_length=1)
     interim_fractions: list[Prob] = Field(
         default_factory=list, description="interim looks as fractions of each arm's n"
@@ -115,11 +101,12 @@ class DesignSpec(_D):
 
     @model_validator(mode="after")
     def _consistent(self) -> DesignSpec:
-        vc = self.virtual_control
-        need = {"binary": ("rate",), "continuous": ("mean", "sd"), "tte": ("median_months",)}
-        missing = [k for k in need[self.endpoint] if getattr(vc, k) is None]
-        if missing:
-            raise ValueError(f"endpoint {self.endpoint} needs virtual_control.{', '.join(missing)}")
+        if self.virtual_control is not None:
+            raise ValueError(
+                "virtual_control is no longer declared by hand: design simulates the protocol's "
+                "replicate virtual control arms (synthetic_control.virtual_replicates) exactly as "
+                "run does, so the prior it evaluates is the one the analysis uses; remove it"
+            )
         if self.interim_fractions and self.interim_patients:
             raise ValueError("give interim_fractions or interim_patients, not both")
         for name in ("interim_fractions", "interim_patients"):
@@ -184,6 +171,57 @@ def design_problems(protocol: Any) -> list[tuple[tuple[str | int, ...], Any, str
             out.append(
                 (("design", "interim_patients", i), k, f"must be in (0, {total}) total patients")
             )
+    sc = protocol.synthetic_control
+    if "power" in {method, *d.compare_borrowing} and sc.a0 is None:
+        out.append(
+            (
+                ("synthetic_control", "a0"),
+                None,
+                "design compares the power prior: give a0 (without it, it would silently be "
+                "full borrowing)",
+            )
+        )
+    if "robust_mixture" in d.compare_borrowing and sc.vague_weight is None:
+        out.append(
+            (
+                ("synthetic_control", "vague_weight"),
+                None,
+                "design compares robust_mixture: give its vague_weight",
+            )
+        )
+    if protocol.analysis.covariates:
+        out.append(
+            (
+                ("analysis", "covariates"),
+                list(protocol.analysis.covariates),
+                "design simulates the analysis without covariates; remove them or the design",
+            )
+        )
+    if d.endpoint == "tte":
+        if protocol.analysis.model != "tte_exponential":
+            out.append(
+                (
+                    ("analysis", "model"),
+                    protocol.analysis.model,
+                    "a tte design evaluates the constant-hazard analysis exactly (quadrature); "
+                    "use analysis.model: tte_exponential so that design and analysis agree",
+                )
+            )
+        ep = protocol.endpoints
+        accrual_end = total / ep.accrual_per_month
+        t_end = accrual_end + ep.follow_up_weeks * DAYS_PER_WEEK / DAYS_PER_MONTH
+        for i, f in enumerate(d.interim_fractions):
+            if f * t_end >= accrual_end:
+                out.append(
+                    (
+                        ("design", "interim_fractions", i),
+                        f,
+                        f"this look is at month {f * t_end:.1f}, after enrolment ends (month "
+                        f"{accrual_end:.1f} at {ep.accrual_per_month:g} patients per month): "
+                        "stopping there saves no patient; place it before "
+                        f"{accrual_end / t_end:.3f} or use interim_patients",
+                    )
+                )
     return out
 
 

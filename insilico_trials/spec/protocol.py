@@ -234,21 +234,80 @@ class Analysis(_Spec):
 
 
 class SyntheticControl(_Spec):
-    """How the simulated control arm informs the real control arm (see borrowing.py)."""
+    """How the simulated control arm informs the real control arm
+    (:mod:`insilico_trials.infer.synthetic`, :mod:`insilico_trials.infer.borrowing`).
+
+    The virtual control arm is simulated ``virtual_replicates`` times (``virtual_patients``
+    each, default ``max(500, control n)``), each replicate with its own draw of the
+    population-level parameters (their ``uncertainty_rse``), so the spread between replicate
+    arms is the model's uncertainty about the control parameter. Replicate arms must be large:
+    with few patients each, sampling noise hides the spread between them and the MAP prior
+    borrows as if the model were certain (40 patients per arm: ESS 240 where 10,000 per arm
+    give 44, tests/test_synthetic.py). ``prior``
+    says how the replicate arms become the prior of the real control parameter:
+
+    ``map`` (default)
+        a meta-analytic-predictive prior over the replicate arms (hierarchical model, between-
+        replicate sd ``tau ~ HalfNormal(between_replicate_sd)`` on the link scale), approximated
+        by a mixture: its information is bounded by the spread between replicates, not by how
+        many patients each replicate has;
+    ``pooled``
+        the replicate arms pooled as if they were historical patients (information grows with
+        the number simulated; bounded only by ``max_virtual_patients``).
+
+    Whatever the rule, the informative part of the prior is worth at most
+    ``max_virtual_patients`` real patients (by ``ess_method``; default the planned size of the
+    real control arm): above it, its information is scaled down to the cap.
+    """
 
     method: Literal["none", "full", "power", "commensurate", "robust_mixture", "procova"] = "none"
-    a0: float | None = Field(default=None, ge=0, le=1, description="power prior weight")
+    a0: float | None = Field(
+        default=None, ge=0, le=1, description="power prior weight (power; robust_mixture: 1)"
+    )
     vague_weight: float | None = Field(default=None, gt=0, lt=1, description="robust mixture w")
-    tau_scale: PositiveFloat | None = Field(default=None, description="commensurate tau prior")
-    max_virtual_patients: int | None = Field(default=None, ge=1)
+    sd_scale: PositiveFloat | None = Field(
+        default=None,
+        description="commensurate: HalfNormal scale of the sd between the virtual and the real "
+        "control parameter on the link scale (small: strong borrowing)",
+    )
+    tau_scale: PositiveFloat | None = Field(default=None, description="replaced by sd_scale")
+    prior: Literal["map", "pooled"] = "map"
+    virtual_replicates: int = Field(default=20, ge=2, le=1000)
+    virtual_patients: int | None = Field(
+        default=None,
+        ge=10,
+        le=1_000_000,
+        description="patients per replicate virtual arm (default max(500, control n)): enough "
+        "that sampling noise does not hide the spread between replicates",
+    )
+    between_replicate_sd: PositiveFloat | None = Field(
+        default=None,
+        description="MAP: HalfNormal scale of the between-replicate sd on the link scale "
+        "(default: 1 on the logit scale, 0.5 on the log hazard, sigma / 2 for a mean)",
+    )
+    max_virtual_patients: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="cap on the prior's ESS"
+    )
+    ess_method: Literal["elir", "moment", "morita"] = "elir"
 
     @model_validator(mode="after")
     def _method_params(self) -> SyntheticControl:
-        needs = {"power": "a0", "robust_mixture": "vague_weight", "commensurate": "tau_scale"}
+        if self.tau_scale is not None:
+            raise ValueError(
+                "tau_scale is replaced by sd_scale: the HalfNormal scale of the sd between the "
+                "virtual and the real control parameter on the link scale (tau_scale was the "
+                "mean of a precision; an sd scale of 0.5 lets logits differ by about 0.5)"
+            )
+        needs = {"power": "a0", "robust_mixture": "vague_weight", "commensurate": "sd_scale"}
         need = needs.get(self.method)
         if need and getattr(self, need) is None:
             raise ValueError(f"method {self.method} needs {need}")
         return self
+
+    @property
+    def borrows(self) -> bool:
+        """The virtual arms inform the real control arm's prior (not none, not procova)."""
+        return self.method not in ("none", "procova")
 
 
 class Sensitivity(_Spec):
@@ -287,6 +346,14 @@ MAX_VISITS = 10_000
 
 # Sections added after the first archives (see TrialProtocol.canonical_json).
 _LATER_SECTIONS = ("sensitivity", "real_data")
+# Fields added to a section after the first archives: dropped from the canonical JSON at their
+# default when they change nothing (synthetic_control: a method that does not borrow).
+_LATER_FIELDS = {
+    "synthetic_control": (
+        "sd_scale", "prior", "virtual_replicates", "virtual_patients", "between_replicate_sd",
+        "ess_method",
+    ),
+}  # fmt: skip
 
 
 class TrialProtocol(_Spec):
@@ -418,6 +485,7 @@ class TrialProtocol(_Spec):
             errors.append(
                 (("analysis", "treatment"), treat, f"must name a treatment arm: {', '.join(names)}")
             )
+        errors += self._borrowing_problems()
         errors += design_problems(self)
         if errors:
             raise ValidationError.from_exception_data(
@@ -428,6 +496,25 @@ class TrialProtocol(_Spec):
                 ],
             )
         return self
+
+    def _borrowing_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        sc = self.synthetic_control
+        if not (sc.borrows and sc.prior == "map"):
+            return []
+        if self.disease.model == "zhang2017":
+            return []  # zhang2017 draws each patient's competition matrix (its own uncertainty)
+        if any(p.uncertainty_rse > 0 for p in self.population.parameters.values()):
+            return []
+        return [
+            (
+                ("synthetic_control", "prior"),
+                sc.prior,
+                "a MAP prior over replicate virtual arms needs model uncertainty: declare "
+                "uncertainty_rse on the population parameters that drive the endpoint (without "
+                "it every replicate has the same model and the prior would borrow as if the "
+                "model were certain), or use prior: pooled with max_virtual_patients",
+            )
+        ]
 
     def _size_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
         """Grids and chunks that would need more memory than a machine has, refused with the
@@ -474,11 +561,19 @@ class TrialProtocol(_Spec):
         A section added to the schema after archives were made (:data:`_LATER_SECTIONS`) is
         included only when it differs from its default, so that a protocol's hash (and with it
         its run ids, task cache and archived provenance) does not change when the schema grows.
+        The same holds for fields added to a section (:data:`_LATER_FIELDS`) where they have no
+        effect; where they do (a borrowing synthetic control), they are hashed, since the
+        analysis they define is not the one older archives ran.
         """
         data = self.model_dump(mode="json")
         for name in _LATER_SECTIONS:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name)
+        sc = self.synthetic_control
+        if not sc.borrows:
+            for name in _LATER_FIELDS["synthetic_control"]:
+                if getattr(sc, name) == type(sc).model_fields[name].default:
+                    data["synthetic_control"].pop(name)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:

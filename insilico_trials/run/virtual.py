@@ -1,0 +1,125 @@
+"""The synthetic control's replicate virtual arms, simulated through an executor, and the
+prior they imply (:mod:`insilico_trials.infer.synthetic`).
+
+Replicate ``r`` (1..R) of the control arm samples its patients with its own draw of the
+population-level parameters (``uncertainty=True``) and simulates them exactly as ``run``
+simulates its arms (:func:`insilico_trials.sim.trial.simulate_chunk` with ``replicate=r``);
+each chunk returns only the partial sums of the arm's sufficient statistics, so nothing but a
+few numbers per chunk leaves a worker. ``run``, ``design`` and ``update`` all take the prior
+from :func:`insilico_trials.infer.synthetic.protocol_prior`, so they evaluate the same prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from insilico_trials.infer.synthetic import (
+    VirtualArms,
+    protocol_prior,
+    replicate_statistics,
+    virtual_cap,
+)
+from insilico_trials.run.executor import Executor, Serial, Session
+from insilico_trials.sim import trial
+from insilico_trials.sim.trial import analysis_frame
+from insilico_trials.spec.catalog import OUTCOME_FAMILIES
+from insilico_trials.spec.protocol import TrialProtocol
+
+__all__ = [
+    "protocol_prior",
+    "simulate_virtual_arms",
+    "submit_virtual_arms",
+    "synthetic_prior",
+    "virtual_cap",
+    "virtual_patients",
+]
+
+synthetic_prior = protocol_prior  # the run's name for it
+
+
+def _kind(protocol: TrialProtocol) -> str:
+    return OUTCOME_FAMILIES[protocol.analysis.model].kind
+
+
+def virtual_patients(protocol: TrialProtocol) -> int:
+    """Patients per replicate virtual arm: ``synthetic_control.virtual_patients``, default
+    ``max(500, control n)``."""
+    return protocol.synthetic_control.virtual_patients or max(500, protocol.control_arm.n)
+
+
+def _virtual_cohort(protocol: TrialProtocol, replicate: int) -> Any:
+    return trial.arm_cohort(
+        protocol, protocol.control_arm, replicate=replicate, uncertainty=True,
+        n=virtual_patients(protocol),
+    )  # fmt: skip
+
+
+def _virtual_chunk(protocol: TrialProtocol, replicate: int, rows: Any) -> dict[str, float]:
+    """Partial sums of one chunk of replicate ``replicate``'s control arm."""
+    arm = protocol.control_arm.name
+    res = trial.simulate_chunk(protocol, arm, rows, replicate=replicate)
+    frame = analysis_frame(protocol, res.endpoints)
+    kind = _kind(protocol)
+    out: dict[str, float] = {"n": float(len(frame))}
+    if kind == "binary":
+        out["responders"] = float(frame["response"].sum())
+    elif kind == "continuous":
+        v = frame["value"].to_numpy(dtype=float)
+        out["sum"], out["sumsq"] = float(v.sum()), float((v**2).sum())
+    else:
+        out["events"] = float(frame["event"].sum())
+        out["exposure_days"] = float(frame["time"].sum())
+    return out
+
+
+def submit_virtual_arms(
+    session: Session, protocol: TrialProtocol, chunk_size: int
+) -> Callable[[], VirtualArms]:
+    """Submit every replicate's cohort and chunks; returns a function that waits and merges.
+
+    Task keys ``virtual-cohort-<r>`` and ``virtual-<r>-<first>-<last>``; a replicate's numbers
+    do not depend on the chunking.
+    """
+    reps = range(1, protocol.synthetic_control.virtual_replicates + 1)
+    cohorts = {
+        r: session.submit(
+            _virtual_cohort, protocol, r, key=f"virtual-cohort-{r}", label="virtual-cohort"
+        )
+        for r in reps
+    }
+    chunks: dict[int, list[Any]] = {}
+    for r in reps:
+        table = cohorts[r].result()
+        chunks[r] = []
+        for start, stop in trial.chunk_bounds(len(table), chunk_size):
+            rows = table.iloc[start:stop]
+            first, last = int(rows["patient"].iloc[0]), int(rows["patient"].iloc[-1])
+            future = session.submit(
+                _virtual_chunk, protocol, r, rows, key=f"virtual-{r}-{first}-{last}",
+                label="virtual-chunk", retries=2,
+            )  # fmt: skip
+            chunks[r].append(future)
+
+    def collect() -> VirtualArms:
+        kind = _kind(protocol)
+        return VirtualArms(
+            kind,
+            tuple(replicate_statistics([f.result() for f in chunks[r]], kind) for r in reps),
+        )
+
+    return collect
+
+
+def simulate_virtual_arms(
+    protocol: TrialProtocol,
+    *,
+    executor: Executor | None = None,
+    chunk_size: int | None = None,
+) -> VirtualArms:
+    """The protocol's replicate virtual control arms (serial by default)."""
+    size = chunk_size or protocol.execution.chunk_size
+    return (executor or Serial()).run(
+        "insilico-virtual-arms",
+        lambda session: submit_virtual_arms(session, protocol, size)(),
+    )
