@@ -53,9 +53,14 @@ def _loop_baseline(plan: design.DesignPlan, reps: int) -> float:
 
 
 def binary() -> None:
+    from insilico_trials.run.virtual import simulate_virtual_arms
+
     protocol = load_protocol(ROOT / "protocols" / "design_binary_borrowing.yaml")
     t = time.perf_counter()
-    plan = design.compile_design(protocol)
+    virtual = simulate_virtual_arms(protocol)
+    t_virtual = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = design.compile_design(protocol, virtual=virtual)
     t_plan = time.perf_counter() - t
     R = 10_000
     t = time.perf_counter()
@@ -95,7 +100,8 @@ def binary() -> None:
         f"binary design: {len(plan.scenarios)} scenarios x {R} replicates, {len(plan.looks)} looks, "
         f"methods {', '.join(plan.methods)}"
     )
-    print(f"  plan (priors + exact decision tables):      {t_plan:7.2f} s")
+    print(f"  virtual arms (20 x 500 patients, serial):   {t_virtual:7.2f} s")
+    print(f"  plan (MAP priors + exact decision tables):  {t_plan:7.2f} s")
     print(f"  simulate + OC table + calibration, 1 proc:  {t_serial:7.2f} s")
     print(f"  Dask LocalCluster start (2 workers):        {t_cluster:7.2f} s")
     print(
@@ -115,16 +121,23 @@ def binary() -> None:
 
 
 def tte() -> None:
+    import math
     import tempfile
+
+    from insilico_trials.infer.synthetic import VirtualArms
 
     text = (ROOT / "protocols" / "design_binary_borrowing.yaml").read_text()
     text = text.replace(
         "  endpoint: orr\n  model: binary\n  decision: {quantity: rate_difference, delta: 0.0, threshold: 0.975}",
-        "  endpoint: pfs\n  model: tte_weibull\n  decision: {quantity: hazard_ratio, delta: 1.0, threshold: 0.975}",
+        "  endpoint: pfs\n  model: tte_exponential\n  decision: {quantity: hazard_ratio, delta: 1.0, threshold: 0.975}",
     ).replace("    n: 40\n", "    n: 60\n")
+    text = text.replace(
+        "  vague_weight: 0.2\n",
+        "  vague_weight: 0.2\n  prior: pooled\n  max_virtual_patients: 1000\n",
+    )
     text = text[: text.index("design:\n")] + (
-        "design:\n  endpoint: tte\n  virtual_control: {n: 150, median_months: 6.0}\n"
-        "  interim_fractions: [0.6]\n  efficacy_threshold: 0.999\n  futility_threshold: 0.1\n"
+        "design:\n  endpoint: tte\n"
+        "  interim_patients: [72]\n  efficacy_threshold: 0.999\n  futility_threshold: 0.1\n"
         "  compare_borrowing: [none]\n  scenarios:\n"
         "    - {name: null0, control: 6.0, treatment: 6.0}\n"
         "    - {name: alt, control: 6.0, treatment: 10.0}\n"
@@ -134,7 +147,11 @@ def tte() -> None:
         path = Path(tmp) / "tte.yaml"
         path.write_text(text)
         protocol = load_protocol(path)
-    plan = design.compile_design(protocol)
+    # 150 virtual patients followed to the event, median 6 months
+    virtual = VirtualArms(
+        "tte", ({"n": 150, "events": 150, "exposure_days": 150 * 6.0 / math.log(2) * 30.4375},)
+    )
+    plan = design.compile_design(protocol, virtual=virtual)
     R = 1000
     t = time.perf_counter()
     res = design_trial(plan, replicates=R).results
@@ -151,8 +168,8 @@ def tte() -> None:
         f"\nTTE design: {len(plan.scenarios)} scenarios x {R} replicates, {len(plan.looks)} looks, "
         f"methods {', '.join(plan.methods)}"
     )
-    print(f"  fast path (exponential conjugate):          {t_fast:7.2f} s")
-    print(f"  MCMC per fit (Weibull, warm):               {per_fit:7.2f} s")
+    print(f"  exact path (quadrature of the analysis):    {t_fast:7.2f} s")
+    print(f"  MCMC per fit (tte_exponential, warm):       {per_fit:7.2f} s")
     print(
         f"  MCMC path extrapolated:                     {t_mcmc:7.0f} s  ratio {t_mcmc / t_fast:.0f} x"
     )

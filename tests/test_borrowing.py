@@ -272,12 +272,15 @@ def test_commensurate_borrows_more_when_data_agree():
     # precision parameterisation had 11-95 divergences under conflict)
     assert agree.converged and conflict.converged, (agree.diagnostics, conflict.diagnostics)
     assert agree.diagnostics["divergences"] == 0 and conflict.diagnostics["divergences"] == 0
-    assert abs(conflict.posterior_mean - 25 / 32) < 0.06  # follows the real data
+    # follows the real data (25/32 = 0.78); sd ~ HalfNormal(0.5) still pulls it toward the
+    # virtual 0.30 by about 0.058 (measured, seeds 5-7)
+    assert abs(conflict.posterior_mean - 25 / 32) < 0.07
     assert agree.prior_ess > 0
 
 
 @pytest.mark.slow
-def test_procova_prognostic_score_reduces_posterior_sd():
+def test_procova_bayes_prognostic_score_reduces_posterior_sd():
+    """The Bayesian variant (procova_bayes), not the EMA-qualified ANCOVA (infer/procova.py)."""
     # value = score + noise(sd 6), score ~ N(0, 8): rho^2 = 64 / 100, so adjusting for the score
     # leaves a residual sd of 6 and the posterior sd of mu_c is about 6 / sqrt(n) (vs 10 / sqrt(n)).
     rng = np.random.default_rng(17)
@@ -288,7 +291,13 @@ def test_procova_prognostic_score_reduces_posterior_sd():
     )
     virtual = pd.DataFrame({"arm": "control", "value": rng.normal(-10, 10, 300)})
     res = update_control(
-        virtual, [real], method="procova", endpoint="continuous", seed=3, draws=1000, tune=500
+        virtual,
+        [real],
+        method="procova_bayes",
+        endpoint="continuous",
+        seed=3,
+        draws=1000,
+        tune=500,
     )
     s = res.final
     assert s.posterior_sd == pytest.approx(6.0 / np.sqrt(n), rel=0.2)
@@ -297,4 +306,4 @@ def test_procova_prognostic_score_reduces_posterior_sd():
     assert s.borrowed_virtual > n  # rho^2 ~ 0.64: worth more than n extra patients
     assert abs(s.posterior_mean - (-10)) < 4 * 6.0 / np.sqrt(n)
     with pytest.raises(BorrowingError, match="procova"):
-        update_control(virtual, [real], method="procova", endpoint="binary", seed=1)
+        update_control(virtual, [real], method="procova_bayes", endpoint="binary", seed=1)

@@ -67,6 +67,7 @@ def type1_table():
     return rows
 
 
+@pytest.mark.slow
 def test_map_type1_under_drift_does_not_grow_with_virtual_patients(type1_table):
     for method in ("full", "robust_mixture"):
         t1 = [type1_table[(n, "map", method)][0] for n in SIZES]
@@ -82,6 +83,7 @@ def test_map_type1_under_drift_does_not_grow_with_virtual_patients(type1_table):
         assert ess[0] > 2 * ess[-1] and t1[0] > t1[-1], (method, ess, t1)
 
 
+@pytest.mark.slow
 def test_pooled_virtual_patients_inflate_type1_without_a_cap(type1_table):
     # The old behaviour, kept as rule "pooled": with no cap, information grows with the number
     # simulated and type I error under drift with it (issue #15: 0.625 for full borrowing at

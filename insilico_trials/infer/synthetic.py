@@ -59,6 +59,7 @@ __all__ = [
     "cap_information",
     "pooled_statistics",
     "prior_ess",
+    "prognostic_covariates",
     "protocol_prior",
     "temper",
     "virtual_cap",
@@ -68,7 +69,7 @@ __all__ = [
 # protocol synthetic_control.method -> borrowing.py method name
 BORROWING_OF_METHOD = {
     "none": "none", "full": "full", "power": "power", "robust_mixture": "robust",
-    "commensurate": "commensurate", "procova": "procova",
+    "commensurate": "commensurate", "procova": "procova", "procova_bayes": "procova_bayes",
 }  # fmt: skip
 
 
@@ -81,6 +82,9 @@ class VirtualArms:
 
     kind: str
     replicates: tuple[Mapping[str, float], ...]
+    # PROCOVA only: the virtual patients' baseline covariates and outcome (not archived; the
+    # prognostic model trained on them is)
+    patients: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in CONJUGATE_OF_KIND:
@@ -302,7 +306,8 @@ def virtual_prior(
     ----------
     arms : VirtualArms
         The replicate virtual control arms.
-    method : {"none", "full", "power", "robust_mixture", "commensurate", "procova"}
+    method : {"none", "full", "power", "robust_mixture", "commensurate", "procova",
+              "procova_bayes"}
         The protocol's ``synthetic_control.method``.
     rule : {"map", "pooled"}
     a0 : float, optional
@@ -346,7 +351,7 @@ def virtual_prior(
               "vague_weight": vague_weight, "cap": float(max_virtual_patients),
               "ess_method": ess_method, "sigma": sigma, "n_virtual": arms.n_patients,
               "n_replicates": len(arms.replicates)}  # fmt: skip
-    if method in ("none", "procova"):
+    if method in ("none", "procova", "procova_bayes"):
         vague = _vague(family)
         return VirtualPrior(
             prior=vague, informative=None, cap_factor=1.0, uncapped_ess=0.0,
@@ -443,3 +448,13 @@ def protocol_prior(protocol: Any, arms: VirtualArms, *, method: str | None = Non
         ess_method=sc.ess_method,
         seed=int(protocol.seed) % 2**32,
     )
+
+
+def prognostic_covariates(protocol: Any) -> list[str]:
+    """Baseline covariates of PROCOVA's prognostic model: the population's numeric covariates,
+    its derived covariates and the endpoint's baseline value (categorical covariates are left
+    out: the linear model takes numbers)."""
+    pop = protocol.population
+    names = [k for k, c in pop.covariates.items() if c.distribution != "categorical"]
+    names += [d if isinstance(d, str) else d.name for d in (pop.derived or [])]
+    return [*dict.fromkeys(names), "baseline"]

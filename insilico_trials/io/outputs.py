@@ -129,6 +129,9 @@ def write_run_outputs(
     if result.sensitivity is not None:
         write_json(stage / "sensitivity.json", result.sensitivity)
         extra.append("sensitivity.json")
+    if result.procova is not None:
+        write_json(stage / "procova.json", result.procova)
+        extra.append("procova.json")
     return {
         "inputs": ["protocol.yaml"],
         "outputs": [

@@ -218,6 +218,10 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     sens_path = archive / "sensitivity.json"
     sens = json.loads(sens_path.read_text(encoding="utf-8")) if sens_path.exists() else None
     updates = _updates(archive)
+    procova_path = archive / "procova.json"
+    procova = (
+        json.loads(procova_path.read_text(encoding="utf-8")) if procova_path.exists() else None
+    )
     oc_files = sorted(archive.rglob("oc.csv"))
 
     figures: list[dict[str, str]] = []
@@ -386,6 +390,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         qrow=qrow,
         control=control,
         prior=control.get("prior"),
+        procova=procova,
         virtual_n=n_virtual,
         virtual=virtual,
         arms=arms,

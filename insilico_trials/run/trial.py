@@ -36,7 +36,12 @@ from insilico_trials.infer import analysis, sensitivity
 from insilico_trials.infer.synthetic import VirtualArms, VirtualPrior
 from insilico_trials.run.executor import Executor, Serial, Session
 from insilico_trials.run.sinks import ChunkDigest, ChunkSink, ChunkTables, MemorySink
-from insilico_trials.run.virtual import submit_virtual_arms, synthetic_prior, virtual_patients
+from insilico_trials.run.virtual import (
+    baseline_frame,
+    submit_virtual_arms,
+    synthetic_prior,
+    virtual_patients,
+)
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import TrialProtocol
 
@@ -74,6 +79,9 @@ class RunResult:
     virtual_arms, virtual_prior
         The synthetic control's replicate virtual arms and the prior the analysis used
         (``None`` when the protocol does not borrow).
+    procova
+        ``synthetic_control.method: procova``: the qualified PROCOVA analysis (prognostic
+        model trained on the virtual arms, ANCOVA of the trial's randomised contrast).
     """
 
     protocol: TrialProtocol
@@ -85,6 +93,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     virtual_arms: VirtualArms | None = None
     virtual_prior: VirtualPrior | None = None
+    procova: dict[str, Any] | None = None
 
 
 def _cohort(protocol: TrialProtocol, arm_name: str) -> pd.DataFrame:
@@ -113,7 +122,7 @@ def _stages(
 ) -> RunResult:
     timings: dict[str, float] = {}
     sc = protocol.synthetic_control
-    n_stages = 3 + int(protocol.sensitivity.sobol) + int(sc.borrows)
+    n_stages = 3 + int(protocol.sensitivity.sobol) + int(sc.uses_virtual_arms)
     stage = iter(range(1, n_stages + 1))
 
     t0 = time.perf_counter()
@@ -172,23 +181,33 @@ def _stages(
     tables = sink.collect(digests)
     timings["simulate"] = time.perf_counter() - t1
 
-    arms, vprior = None, None
-    if sc.borrows:
+    arms, vprior, procova = None, None, None
+    if sc.uses_virtual_arms:
         tv = time.perf_counter()
         say(
             f"[{next(stage)}/{n_stages}] synthetic control: {sc.virtual_replicates} replicate "
             f"virtual control arms of {virtual_patients(protocol)} patients, each with its own "
-            f"draw of the model's parameters; prior rule {sc.prior}"
+            f"draw of the model's parameters"
+            + (f"; prior rule {sc.prior}" if sc.borrows else "; PROCOVA prognostic model")
         )
         arms = submit_virtual_arms(session, protocol, size)()
-        vprior = synthetic_prior(protocol, arms)
-        say(
-            f"      prior: {sc.method}, ESS {vprior.prior_ess:.1f} ({vprior.ess_method}); "
-            f"informative part capped at {vprior.cap:g}"
-            + (f" (scaled by {vprior.cap_factor:.3g} from ESS {vprior.uncapped_ess:.1f})"
-               if vprior.cap_factor < 1 else "")
-        )  # fmt: skip
-        timings["synthetic control (replicate virtual arms, MAP prior)"] = time.perf_counter() - tv
+        if sc.borrows:
+            vprior = synthetic_prior(protocol, arms)
+            say(
+                f"      prior: {sc.method}, ESS {vprior.prior_ess:.1f} ({vprior.ess_method}); "
+                f"informative part capped at {vprior.cap:g}"
+                + (f" (scaled by {vprior.cap_factor:.3g} from ESS {vprior.uncapped_ess:.1f})"
+                   if vprior.cap_factor < 1 else "")
+            )  # fmt: skip
+        else:
+            procova = procova_analysis(protocol, arms, cohorts, tables.summary)
+            say(
+                f"      PROCOVA: prognostic model on {procova['model']['n_train']} virtual "
+                f"patients (R^2 {procova['model']['r_squared']:.2f}); ANCOVA effect "
+                f"{procova['estimate']:.3g} (se {procova['se']:.3g}, unadjusted "
+                f"{procova['unadjusted_se']:.3g})"
+            )
+        timings["synthetic control (replicate virtual arms)"] = time.perf_counter() - tv
 
     t2 = time.perf_counter()
     a = protocol.analysis
@@ -250,7 +269,48 @@ def _stages(
         timings=timings,
         virtual_arms=arms,
         virtual_prior=vprior,
+        procova=procova,
     )
+
+
+def procova_analysis(
+    protocol: TrialProtocol,
+    arms: VirtualArms,
+    cohorts: dict[str, pd.DataFrame],
+    summary: pd.DataFrame,
+) -> dict[str, Any]:
+    """The EMA-qualified PROCOVA analysis of the trial: a linear prognostic model of the
+    outcome on baseline covariates, trained on the virtual control patients, scores each trial
+    patient; the randomised contrast is an ANCOVA on that score
+    (:func:`insilico_trials.infer.procova.procova_ancova`, model-based se). The one-sided p is
+    for the protocol's criterion (effect beyond ``delta`` in its direction)."""
+    from scipy import stats
+
+    from insilico_trials.infer.procova import fit_prognostic_model, procova_ancova
+    from insilico_trials.infer.synthetic import prognostic_covariates
+
+    covs = prognostic_covariates(protocol)
+    model = fit_prognostic_model(arms.patients, covariates=covs)
+    control = protocol.control_arm.name
+    treat = protocol.analysis.treatment or protocol.treatment_arms[0].name
+    cohort = pd.concat([cohorts[control], cohorts[treat]], ignore_index=True)
+    frame = baseline_frame(protocol, cohort, summary)
+    frame = model.with_score(frame)
+    d = protocol.analysis.decision
+    res = procova_ancova(frame, control=control, treatment=treat, delta=d.delta)
+    t = (res.estimate - d.delta) / res.se
+    p_one = float(stats.t.sf(t, res.df) if d.side == "greater" else stats.t.cdf(t, res.df))
+    return {
+        "method": "PROCOVA (ANCOVA of the randomised contrast on a prognostic score; EMA "
+        "qualification opinion 2022, Schuler et al. 2021)",
+        "model": {"covariates": list(model.covariates), "intercept": model.intercept,
+                  "coefficients": list(model.coefficients), "n_train": model.n_train,
+                  "residual_sd": model.residual_sd, "r_squared": model.r_squared},
+        "estimate": res.estimate, "se": res.se, "ci95": list(res.ci), "df": res.df,
+        "p_one_sided": p_one, "criterion": d.text, "rho": res.rho,
+        "unadjusted_estimate": res.unadjusted_estimate, "unadjusted_se": res.unadjusted_se,
+        "n_control": res.n_control, "n_treatment": res.n_treatment,
+    }  # fmt: skip
 
 
 def run_trial(

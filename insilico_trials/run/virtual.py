@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
+
 from insilico_trials.infer.synthetic import (
     VirtualArms,
+    prognostic_covariates,
     protocol_prior,
     replicate_statistics,
     virtual_cap,
@@ -27,6 +30,7 @@ from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import TrialProtocol
 
 __all__ = [
+    "baseline_frame",
     "protocol_prior",
     "simulate_virtual_arms",
     "submit_virtual_arms",
@@ -55,13 +59,16 @@ def _virtual_cohort(protocol: TrialProtocol, replicate: int) -> Any:
     )  # fmt: skip
 
 
-def _virtual_chunk(protocol: TrialProtocol, replicate: int, rows: Any) -> dict[str, float]:
-    """Partial sums of one chunk of replicate ``replicate``'s control arm."""
+def _virtual_chunk(protocol: TrialProtocol, replicate: int, rows: Any) -> dict[str, Any]:
+    """Partial sums of one chunk of replicate ``replicate``'s control arm (and, for PROCOVA,
+    its patients' baseline covariates and outcome under ``"patients"``)."""
     arm = protocol.control_arm.name
     res = trial.simulate_chunk(protocol, arm, rows, replicate=replicate)
     frame = analysis_frame(protocol, res.endpoints)
     kind = _kind(protocol)
-    out: dict[str, float] = {"n": float(len(frame))}
+    out: dict[str, Any] = {"n": float(len(frame))}
+    if protocol.synthetic_control.method == "procova":
+        out["patients"] = baseline_frame(protocol, rows, res.endpoints)
     if kind == "binary":
         out["responders"] = float(frame["response"].sum())
     elif kind == "continuous":
@@ -71,6 +78,19 @@ def _virtual_chunk(protocol: TrialProtocol, replicate: int, rows: Any) -> dict[s
         out["events"] = float(frame["event"].sum())
         out["exposure_days"] = float(frame["time"].sum())
     return out
+
+
+def baseline_frame(protocol: TrialProtocol, cohort: Any, endpoints: Any) -> pd.DataFrame:
+    """Patients' ``arm``, baseline covariates (:func:`prognostic_covariates`) and ``value``:
+    the cohort's covariates joined with the endpoints on (arm, patient)."""
+    covs = [c for c in prognostic_covariates(protocol) if c != "baseline"]
+    left = cohort[["arm", "patient", *covs]].astype({"arm": str})
+    right = endpoints.astype({"arm": str})
+    merged = left.merge(right, on=["arm", "patient"], how="inner", validate="one_to_one")
+    frame = analysis_frame(protocol, merged)
+    for c in covs:
+        frame[c] = merged[c].to_numpy(dtype=float)
+    return frame
 
 
 def submit_virtual_arms(
@@ -103,9 +123,12 @@ def submit_virtual_arms(
 
     def collect() -> VirtualArms:
         kind = _kind(protocol)
+        parts = {r: [f.result() for f in chunks[r]] for r in reps}
+        patients = [p.pop("patients") for r in reps for p in parts[r] if "patients" in p]
         return VirtualArms(
             kind,
-            tuple(replicate_statistics([f.result() for f in chunks[r]], kind) for r in reps),
+            tuple(replicate_statistics(parts[r], kind) for r in reps),
+            patients=pd.concat(patients, ignore_index=True) if patients else None,
         )
 
     return collect

@@ -260,7 +260,9 @@ class SyntheticControl(_Spec):
     real control arm): above it, its information is scaled down to the cap.
     """
 
-    method: Literal["none", "full", "power", "commensurate", "robust_mixture", "procova"] = "none"
+    method: Literal[
+        "none", "full", "power", "commensurate", "robust_mixture", "procova", "procova_bayes"
+    ] = "none"
     a0: float | None = Field(
         default=None, ge=0, le=1, description="power prior weight (power; robust_mixture: 1)"
     )
@@ -306,8 +308,14 @@ class SyntheticControl(_Spec):
 
     @property
     def borrows(self) -> bool:
-        """The virtual arms inform the real control arm's prior (not none, not procova)."""
-        return self.method not in ("none", "procova")
+        """The virtual arms inform the real control arm's prior (not none, not PROCOVA)."""
+        return self.method not in ("none", "procova", "procova_bayes")
+
+    @property
+    def uses_virtual_arms(self) -> bool:
+        """``run`` simulates replicate virtual control arms (borrowing, or PROCOVA's
+        prognostic model trained on virtual patients)."""
+        return self.method not in ("none", "procova_bayes")
 
 
 class Sensitivity(_Spec):
@@ -499,7 +507,19 @@ class TrialProtocol(_Spec):
 
     def _borrowing_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
         sc = self.synthetic_control
-        if not (sc.borrows and sc.prior == "map"):
+        kind = OUTCOME_FAMILIES[self.analysis.model].kind
+        if sc.method in ("procova", "procova_bayes") and kind != "continuous":
+            return [
+                (
+                    ("synthetic_control", "method"),
+                    sc.method,
+                    f"PROCOVA adjusts a continuous outcome; analysis.model {self.analysis.model} "
+                    "is not continuous",
+                )
+            ]
+        compared = set(self.design.compare_borrowing) if self.design is not None else set()
+        borrowing = sc.borrows or bool(compared - {"none"})
+        if not (borrowing and sc.prior == "map"):
             return []
         if self.disease.model == "zhang2017":
             return []  # zhang2017 draws each patient's competition matrix (its own uncertainty)
