@@ -399,3 +399,29 @@ def test_fast_path_agrees_with_mcmc(tmp_path):
     assert tte["converged"].all()
     # the same posterior: the difference is MCMC error only (2 x 2000 draws: sd <= 0.008)
     assert (tte["difference"].abs() < 0.03).all(), tte
+
+
+def test_mcse_of_a_proportion_never_zero():
+    # None of 10,000 replicates succeeded: the estimate is 0, its MCSE is not (Agresti-Coull
+    # centre (0 + 2) / (R + 4): about 1.4e-4); elsewhere it is the usual sqrt(p (1 - p) / R).
+    p, se = design._prop(np.zeros(10_000, dtype=bool))
+    assert p == 0.0 and se == pytest.approx(math.sqrt(2 / 10_004 * (1 - 2 / 10_004) / 10_004))
+    p, se = design._prop(np.r_[np.ones(2_500), np.zeros(7_500)].astype(bool))
+    assert se == pytest.approx(math.sqrt(0.25 * 0.75 / 10_000), rel=1e-3)
+
+
+def test_tte_interim_after_enrolment_is_refused(tmp_path):
+    # 120 patients at 8 per month: enrolment ends at month 15; 48 weeks follow-up -> final at
+    # month 26.0; an interim at 0.6 of that (month 15.6) saves no patient.
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="after enrolment ends .month 15.0"):
+        with_fields(
+            load_protocol(_tte_protocol(tmp_path)),
+            {"design.interim_patients": [], "design.interim_fractions": [0.6]},
+        )
+    ok = with_fields(
+        load_protocol(_tte_protocol(tmp_path)),
+        {"design.interim_patients": [], "design.interim_fractions": [0.5]},
+    )
+    assert ok.design.interim_fractions == [0.5]
