@@ -234,6 +234,7 @@ class VirtualPrior:
     map_quality: Mapping[str, Any] = field(default_factory=dict)
     n_virtual: int = 0
     n_replicates: int = 0
+    between_replicate_sd: float | None = None
 
     @property
     def prior_ess(self) -> float:
@@ -254,6 +255,7 @@ class VirtualPrior:
             "ess_method": self.ess_method, "prior_ess": self.prior_ess, "sigma": self.sigma,
             "pseudo": dict(self.pseudo), "map_quality": dict(self.map_quality),
             "n_virtual": self.n_virtual, "n_replicates": self.n_replicates,
+            "between_replicate_sd": self.between_replicate_sd,
         }  # fmt: skip
 
     @classmethod
@@ -272,6 +274,7 @@ class VirtualPrior:
             ess=dict(d["ess"]), ess_method=d["ess_method"], sigma=d.get("sigma"),
             pseudo=dict(d.get("pseudo") or {}), map_quality=dict(d.get("map_quality") or {}),
             n_virtual=int(d.get("n_virtual", 0)), n_replicates=int(d.get("n_replicates", 0)),
+            between_replicate_sd=d.get("between_replicate_sd"),
         )  # fmt: skip
 
 
@@ -371,6 +374,7 @@ def virtual_prior(
         )  # fmt: skip
         informative = temper(fit.prior, weight) if weight < 1.0 else fit.prior
         quality = dict(fit.fit_quality)
+        common["between_replicate_sd"] = between_replicate_sd
     informative, factor, before = cap_information(
         informative, float(max_virtual_patients), method=ess_method, sigma=sigma
     )

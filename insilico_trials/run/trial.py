@@ -6,7 +6,7 @@ submitted to the executor (serial by default) under a key that names what it com
 1. ``cohort-<arm>``: the virtual patients of each arm (keyed random streams);
 2. ``chunk-<arm>-<first>-<last>``: PK, disease and endpoints for a chunk of patients, its
    tables handed to the sink (memory, or Parquet parts on a shared folder);
-3. ``virtual-cohort-<r>``, ``virtual-<r>-<first>-<last>`` (a borrowing synthetic control
+3. ``virtual-<first>-<last>`` (replicates; a borrowing or PROCOVA synthetic control
    only): the replicate virtual control arms whose spread bounds the synthetic control's prior
    (:mod:`insilico_trials.run.virtual`);
 4. ``fit``: the outcome model with the synthetic control's prior, and the decision rule;
