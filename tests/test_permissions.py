@@ -74,6 +74,7 @@ def _readable(path: Path) -> None:
     path.chmod(0o644)
 
 
+@pytest.mark.slow  # a whole CLI process each (7 s): CI runs them, the fast tier does not
 @pytest.mark.parametrize("command", ["run", "design"])
 def test_run_and_design_into_a_read_only_folder(open_tmp, command):
     protocol = (
@@ -98,6 +99,7 @@ def test_run_and_design_into_a_read_only_folder(open_tmp, command):
     assert not (open_tmp / ".insilico").exists()  # not even a tracking store
 
 
+@pytest.mark.slow
 def test_update_into_a_read_only_archive(open_tmp):
     from tests.test_flow_e2e import _cut
     from tests.test_report import build_archive
