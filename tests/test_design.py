@@ -415,7 +415,7 @@ def test_tte_interim_after_enrolment_is_refused(tmp_path):
     # month 26.0; an interim at 0.6 of that (month 15.6) saves no patient.
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="after enrolment ends .month 15.0"):
+    with pytest.raises(ValidationError, match=r"after enrolment ends \(month 15\.0"):
         with_fields(
             load_protocol(_tte_protocol(tmp_path)),
             {"design.interim_patients": [], "design.interim_fractions": [0.6]},

@@ -439,7 +439,7 @@ def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(work, marker):
     args = ["run", str(work["protocol"]), "--workers", "1", "--reports", "reports"]
     cmd = Streamed(args, env=env, cwd=folder)
     try:
-        cmd.wait_for(re.compile(r"^\[3/4\] fit"), time.monotonic() + DEADLINE_S)
+        cmd.wait_for(re.compile(r"^\[\d/\d\] fit"), time.monotonic() + DEADLINE_S)
         time.sleep(1.0)
         os.killpg(cmd.proc.pid, signal.SIGINT)
         t = time.monotonic()

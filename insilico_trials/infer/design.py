@@ -265,7 +265,11 @@ def compile_design(
         **extra,
     )
     if d.endpoint == "binary":
-        plan = _with_binary_tables(plan, nodes=d.quadrature_nodes)
+        from threadpoolctl import threadpool_limits
+
+        # one BLAS thread: the tables' products must be the same bits in every process
+        with threadpool_limits(limits=1, user_api="blas"):
+            plan = _with_binary_tables(plan, nodes=d.quadrature_nodes)
     return plan
 
 

@@ -124,9 +124,13 @@ def submit_virtual_arms(
     groups = [reps[i : i + REPLICATES_PER_TASK] for i in range(0, len(reps), REPLICATES_PER_TASK)]
     futures = [
         session.submit(
-            _virtual_replicates, protocol, g, key=f"virtual-{g[0]}-{g[-1]}",
-            label="virtual-arms", retries=2,
-        )  # fmt: skip
+            _virtual_replicates,
+            protocol,
+            g,
+            key=f"virtual-{g[0]}-{g[-1]}",
+            label="virtual-arms",
+            retries=2,
+        )
         for g in groups
     ]
 
