@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         required=True,
-        help="folder with adsl, adtte[, adrs] (CSV, Parquet or .xpt)",
+        help="folder with adsl and adtte (or adlb), optional adrs, adex (CSV, Parquet or .xpt)",
     )
     up.add_argument(
         "--control-arm",
