@@ -3,23 +3,31 @@
 All patients of a cut are fitted together, under each one's own dosing history, with any
 model of :data:`insilico_trials.models.twins.TWIN_MODELS`.
 
-Model (``i`` patients, ``j`` observations; every parameter positive, modelled on the log
+Model (``i`` patients, ``j`` observations; every quantity positive, modelled on the log
 scale; priors declared by the twin model's ``priors``):
 
-* per-patient parameters (``zhang2022``: ``S0``, ``R0`` cells, ``c`` ng/mL per cell),
-  centred: ``log q_i ~ Normal(mu_q, tau_q)``, ``mu_q ~ Normal(log median_q, log_sd_q)``,
-  ``tau_q ~ HalfNormal(1)`` (a between-patient spread of up to about e^2 = 7-fold either
-  way is a priori plausible, larger is not ruled out). Centred because a PSA series of a
-  year or more identifies each patient's values well: on simulated cuts the centred form
-  took 15 leapfrog steps per draw against 33 for the non-centred one, at the same ESS;
+* per-patient quantities (:attr:`TwinModel.fit_quantities`: the burden ``total0`` = sum of
+  the initial states, each later state's initial share ``ratio0_<state>`` over the first,
+  and the biomarker at day 0, ``baseline``), ``log q_i ~ Normal(mu_q, tau_q)``,
+  ``mu_q ~ Normal(log median_q, log_sd_q)``, ``tau_q ~ HalfNormal(1)``. They map one to one
+  onto the model's per-patient parameters (``zhang2022``: ``S0``, ``R0`` cells, ``c`` ng/mL
+  per cell), which are reported. ``baseline`` is centred (the first records pin it for
+  every patient); the others non-centred (weakly informed for some patients: on the real
+  data the centred form left their ESS at ~140 per 2000 draws);
 * shared parameters (``alpha``, ``beta``): ``log q ~ Normal(log median_q, log_sd_q)``;
-* residual error, proportional with an assay floor ``L`` (``observation.assay_floor``,
-  0.05 ng/mL for PSA): ``log(y_ij + L) ~ Normal(log(f_ij + L), sigma)``,
-  ``sigma ~ HalfNormal(0.5)``, with ``f_ij = c_i (S + R)(t_ij)``. Above a few ``L`` this is
-  a log-normal (constant-CV) error, which is how PSA assay and biological variation
-  behave; near and below ``L`` it turns into an absolute error of about ``sigma L``, so
-  PSA values at the assay's limit (0.01-0.1 ng/mL) neither dominate the fit through their
-  logarithm nor need a censoring flag the data do not carry.
+* residual error, proportional with a floor ``L_i``:
+  ``log(y_ij + L_i) ~ Normal(log(f_ij + L_i), sigma)``, ``sigma ~ HalfNormal(0.5)``,
+  ``f_ij`` the model biomarker. ``L_i`` is the larger of the assay floor
+  (``observation.assay_floor``, 0.05 ng/mL for PSA) and ``observation.relative_floor``
+  (0.05) times the patient's day-0 value. Above ``L_i`` a log-normal (constant-CV) error,
+  which is how PSA assay and biological variation behave; below it an absolute error of
+  about ``sigma L_i``. The relative part comes from the model: on treatment the sensitive
+  cells' capacity is 5 % of ``K``, so the model cannot follow a fall much deeper than
+  ~20-fold; a deeper measured fall (to the assay's limit) would otherwise dominate the fit
+  through its logarithm.
+
+Chains start from a pilot (:func:`_start_from_pilot`): short chains from nutpie's default
+start, then the main chains at the best pilot chain's last draw.
 
 The ODE is solved inside the model by classical RK4 on the log-states
 (``d log y_i / dt = g_i``: :func:`insilico_trials.sim.twins.rk4_log_step`, the same code as the
@@ -36,7 +44,7 @@ published rates); at 1-day steps 3e-7, 1.5e-5, 1.5e-4. The residual error of PSA
 about 10-30 %.
 
 Compiled once per (model, data shapes) and process; a refit with data of the same shapes
-only swaps data with ``CompiledModel.with_data``. Convergence gates as for the outcome fits
+only swaps data with ``CompiledModel.with_data`` (``benchmarks/twin_fit.py`` times both). Convergence gates as for the outcome fits
 (:class:`insilico_trials.infer.outcomes.ConvergenceGates`).
 """
 
@@ -61,6 +69,9 @@ __all__ = ["TwinFit", "fit_twins", "twin_graph"]
 
 BETWEEN_PATIENT_SD = 1.0  # HalfNormal scale of tau_q (log scale)
 RESIDUAL_SD = 0.5  # HalfNormal scale of sigma (log scale)
+# Per-patient quantities sampled in the centred form (the data pin them for every patient);
+# the others (burden, resistant share: weakly informed for some patients) non-centred.
+CENTRED = frozenset({"baseline"})
 
 
 @dataclass(frozen=True)
@@ -142,27 +153,47 @@ def twin_graph(model: TwinModel, params: Mapping[str, Any], h: Any, u: Any) -> t
     return tuple(pt.concatenate([z[None, :], zt], axis=0) for z, zt in zip(z0, traj, strict=True))
 
 
-def _build(model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int):
+def _build(
+    model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int, centred: frozenset[str]
+):
     import pymc as pm
     import pytensor.tensor as pt
 
     ob = model.observation
     with pm.Model(coords={"patient": np.arange(n_patients)}) as m:
         d = {k: pm.Data(k, v) for k, v in init.items()}
-        params: dict[str, Any] = {}
-        for q in model.patient_parameters:
+        fq: dict[str, Any] = {}
+        for q in model.fit_quantities:
             pr = model.priors[q]
             mu = pm.Normal(f"mu_log_{q}", np.log(pr.median), pr.log_sd)
             tau = pm.HalfNormal(f"tau_{q}", BETWEEN_PATIENT_SD)
-            log_q = pm.Normal(f"log_{q}", mu, tau, dims="patient")
-            params[q] = pm.Deterministic(q, pt.exp(log_q), dims="patient")
+            if q in centred:
+                log_q = pm.Normal(f"log_{q}", mu, tau, dims="patient")
+            else:
+                z = pm.Normal(f"z_{q}", 0.0, 1.0, dims="patient")
+                log_q = pm.Deterministic(f"log_{q}", mu + tau * z, dims="patient")
+            fq[q] = pt.exp(log_q)
             pm.Deterministic(f"median_{q}", pt.exp(mu))
+        params: dict[str, Any] = {}
+        # the model's initial states and scale from the sampled quantities (one to one)
+        ratios = [fq[f"ratio0_{s}"] for s in model.states[1:]]
+        first = fq["total0"] / (1.0 + sum(ratios)) if ratios else fq["total0"]
+        inits = [first, *(first * r for r in ratios)]
+        for q, v in zip(model.initial, inits, strict=True):
+            params[q] = pm.Deterministic(q, v, dims="patient")
+        if ob.scale == "per_patient":
+            weighted = sum(w * v for w, v in zip(ob.weights, inits, strict=True))
+            params[ob.scale_name] = pm.Deterministic(
+                ob.scale_name, fq["baseline"] / weighted, dims="patient"
+            )
         for q in model.shared_parameters:
             pr = model.priors[q]
             log_q = pm.Normal(f"log_{q}", np.log(pr.median), pr.log_sd)
             params[q] = pm.Deterministic(q, pt.exp(log_q))
         sigma = pm.HalfNormal("sigma", RESIDUAL_SD)
-        ode_params = {k: v for k, v in params.items() if k != ob.scale_name}
+        ode_params = {
+            k: v for k, v in params.items() if k != ob.scale_name or ob.scale != "per_patient"
+        }
         traj = twin_graph(model, ode_params, d["h"], d["u"])
         scale = params[ob.scale_name] if ob.scale == "per_patient" else ob.fixed_scale
 
@@ -188,15 +219,85 @@ _CACHE: dict[tuple, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _compiled(model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int):
-    """One compilation per (model, data shapes) per process; refits swap data."""
+def _compiled(
+    model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int, centred: frozenset[str]
+):
+    """One compilation per (model, data shapes, parametrisation) per process; refits swap
+    data."""
     import nutpie
 
-    key = (model.name, n_patients, *sorted((k, np.shape(v)) for k, v in init.items()))
+    key = (
+        model.name, n_patients, tuple(sorted(centred)),
+        *sorted((k, np.shape(v)) for k, v in init.items()),
+    )  # fmt: skip
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = nutpie.compile_pymc_model(_build(model, init, n_patients))
+            pm_model = _build(model, init, n_patients, centred)
+            order = [
+                (pm_model.rvs_to_values[v].name, tuple(int(n) for n in v.shape.eval()))
+                for v in pm_model.free_RVs
+            ]
+            _CACHE[key] = (nutpie.compile_pymc_model(pm_model), order)
         return _CACHE[key], key
+
+
+def _flat_point(
+    post: Any, chain: int, draw: int, order: list[tuple[str, tuple[int, ...]]]
+) -> np.ndarray:
+    """One posterior draw as nutpie's flat vector of unconstrained values (the model's free
+    variables in order; a ``<name>_log__`` value is the log of the positive ``<name>``)."""
+    out = []
+    for name, shape in order:
+        if name.endswith("_log__"):
+            v = np.log(np.asarray(post[name[: -len("_log__")]].values[chain, draw]))
+        else:
+            v = np.asarray(post[name].values[chain, draw])
+        out.append(np.broadcast_to(v, shape).ravel())
+    return np.concatenate(out).astype(float)
+
+
+def _start_from_pilot(
+    compiled: Any,
+    order: list[tuple[str, tuple[int, ...]]],
+    *,
+    chains: int,
+    tune: int,
+    draws: int,
+    seed: int,
+    adaptation: str,
+    target_accept: float,
+) -> tuple[Any, dict[str, Any]]:
+    """Short pilot chains from nutpie's default jittered start; the main chains then start
+    (jittered by +-0.05 on the unconstrained scale) at the last draw of the pilot chain with
+    the highest mean log density.
+
+    A patient whose data the model fits poorly can have a second, minor posterior mode (on
+    the real abiraterone data: one patient's resistant share at 1e-3 or 0.5); chains started
+    at random settle in either and never cross, so R-hat flags a fit whose main mode is
+    well sampled. The pilot finds the main mode; the pilot chains' mean log densities are
+    returned, so a minor mode that was set aside is on the record.
+    """
+    import dataclasses
+
+    import nutpie
+
+    # Trees of at most 2^6 - 1 steps: a pilot chain far out in the tails (one in four started
+    # at a log density ~500 below the others on the real data) would otherwise take the
+    # longest trees and hold up the others.
+    pilot = nutpie.sample(
+        compiled, draws=draws, tune=tune, chains=chains, cores=min(chains, os.cpu_count() or 1),
+        seed=seed, progress_bar=False, target_accept=target_accept, adaptation=adaptation,
+        maxdepth=6,
+    )  # fmt: skip
+    lp = np.asarray(pilot["sample_stats"]["logp"].values).mean(axis=1)
+    best = int(np.argmax(lp))
+    start = _flat_point(pilot["posterior"], best, -1, order)
+
+    def initial_point(seed: int) -> np.ndarray:
+        return start + np.random.default_rng(seed).uniform(-0.05, 0.05, start.size)
+
+    info = {"pilot_logp": [float(x) for x in lp], "pilot_best_chain": best}
+    return dataclasses.replace(compiled, initial_point_func=initial_point), info
 
 
 # --------------------------------------------------------------------------- data
@@ -263,6 +364,7 @@ def fit_twins(
     predict_days: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     max_step_days: float = 2.0,
     assay_floor: float | None = None,
+    relative_floor: float | None = None,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 2,
@@ -270,6 +372,10 @@ def fit_twins(
     target_accept: float = 0.9,
     adaptation: Literal["diag", "low_rank"] = "low_rank",
     gates: ConvergenceGates = GATES,
+    pilot_chains: int = 4,
+    pilot_tune: int = 200,
+    pilot_draws: int = 50,
+    centred: Sequence[str] | None = None,
 ) -> TwinFit:
     """Fit a twin model to every patient of a cut (PyMC model, nutpie NUTS).
 
@@ -299,6 +405,14 @@ def fit_twins(
     gates : ConvergenceGates
         Convergence thresholds, applied to every sampled parameter and the per-patient
         parameters.
+    pilot_chains, pilot_tune, pilot_draws : int
+        The pilot that sets the main chains' start (:func:`_start_from_pilot`); 0 chains:
+        no pilot, nutpie's default start.
+    centred : sequence of str, optional
+        Fitted quantities sampled in the centred form (the others non-centred); None:
+        :data:`CENTRED`. The posterior is the same either way; only the sampler's geometry
+        differs (centred suits patients whose data pin the quantity, non-centred the weakly
+        informed).
 
     Returns
     -------
@@ -317,13 +431,32 @@ def fit_twins(
         raise TwinDataError(f"assay_floor: must be > 0 {tm.observation.unit}, got {floor!r}")
     pred = _requested_days(cut, predict_days)
     _grid, data = _grid_data(cut, pred, max_step_days)
-    data["log_y_obs"] = np.log(y + floor)
-    data["floor"] = np.asarray(floor)
+    rel = tm.observation.relative_floor if relative_floor is None else float(relative_floor)
+    first = np.concatenate(
+        [np.full(len(v), float(np.asarray(v, dtype=float)[0])) for v in cut.values]
+    )
+    floors = np.maximum(floor, rel * first)
+    data["log_y_obs"] = np.log(y + floors)
+    data["floor"] = floors
 
     t0 = time.perf_counter()
-    compiled, key = _compiled(tm, data, cut.n_patients)
+    centred_q = CENTRED if centred is None else frozenset(centred)
+    unknown = centred_q - set(tm.fit_quantities)
+    if unknown:
+        raise TwinDataError(
+            f"centred: {sorted(unknown)} are not fitted quantities of {tm.name} "
+            f"({list(tm.fit_quantities)})"
+        )
+    (compiled, order), key = _compiled(tm, data, cut.n_patients, centred_q)
     compiled = compiled.with_data(**data)
     t1 = time.perf_counter()
+    pilot_info: dict[str, Any] = {}
+    if pilot_chains:
+        compiled, pilot_info = _start_from_pilot(
+            compiled, order, chains=pilot_chains, tune=pilot_tune, draws=pilot_draws,
+            seed=seed + 1, adaptation=adaptation, target_accept=target_accept,
+        )  # fmt: skip
+    t_pilot = time.perf_counter()
     idata = nutpie.sample(
         compiled,
         draws=int(draws),
@@ -346,8 +479,9 @@ def fit_twins(
     post = idata["posterior"]
 
     gate_vars = [
-        *(f"mu_log_{q}" for q in tm.patient_parameters),
-        *(f"tau_{q}" for q in tm.patient_parameters),
+        *(f"mu_log_{q}" for q in tm.fit_quantities),
+        *(f"tau_{q}" for q in tm.fit_quantities),
+        *(f"log_{q}" for q in tm.fit_quantities),
         *tm.patient_parameters,
         *tm.shared_parameters,
         "sigma",
@@ -370,8 +504,8 @@ def fit_twins(
     pop_rows = []
     pop_names = [
         *tm.shared_parameters,
-        *(f"median_{q}" for q in tm.patient_parameters),
-        *(f"tau_{q}" for q in tm.patient_parameters),
+        *(f"median_{q}" for q in tm.fit_quantities),
+        *(f"tau_{q}" for q in tm.fit_quantities),
         "sigma",
     ]
     for name in pop_names:
@@ -398,8 +532,14 @@ def fit_twins(
         "n_steps": int(data["h"].shape[0]),
         "assay_floor": floor,
         "structure_key": repr(key),
+        "centred": sorted(centred_q),
+        "pilot_chains": pilot_chains,
+        "pilot_tune": pilot_tune,
+        "pilot_draws": pilot_draws,
+        **pilot_info,
         "compile_s": t1 - t0,
-        "sample_s": t2 - t1,
+        "pilot_s": t_pilot - t1,
+        "sample_s": t2 - t_pilot,
     }
     return TwinFit(
         model=tm.name,

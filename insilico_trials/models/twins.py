@@ -129,6 +129,7 @@ class Observation:
     scale_unit: str
     fixed_scale: float | None = None
     assay_floor: float = 0.0
+    relative_floor: float = 0.0
 
 
 def _zhang_per_capita(y: Sequence[Any], u: Any, p: Mapping[str, Any], k: Mapping[str, float]):
@@ -165,7 +166,9 @@ class TwinModel:
     observation
         The measured biomarker.
     priors
-        A :class:`LogNormalPrior` for every (positive) parameter.
+        A :class:`LogNormalPrior` for every shared parameter and every per-patient quantity
+        the fit samples (:attr:`fit_quantities`; for these, the prior of the population
+        median).
     time_unit
         ``"day"``.
     """
@@ -184,9 +187,8 @@ class TwinModel:
     time_unit: str = "day"
 
     def __post_init__(self) -> None:
-        missing = [
-            q for q in (*self.patient_parameters, *self.shared_parameters) if q not in self.priors
-        ]
+        needed = (*self.fit_quantities, *self.shared_parameters)
+        missing = [q for q in needed if q not in self.priors]
         bad_init = [q for q in self.initial if q not in self.patient_parameters]
         if (
             missing
@@ -195,11 +197,26 @@ class TwinModel:
             or len(self.observation.weights) != len(self.states)
         ):
             raise TwinModelError(
-                f"twin model {self.name!r}: inconsistent declaration (parameters without a "
+                f"twin model {self.name!r}: inconsistent declaration (quantities without a "
                 f"prior {missing}, initial states not per-patient parameters {bad_init})",
-                rule="every parameter has a prior; one initial parameter and weight per state",
+                rule="a prior for every fitted quantity; one initial parameter and weight per state",
                 where=f"TWIN_MODELS[{self.name!r}]",
             )
+
+    @property
+    def fit_quantities(self) -> tuple[str, ...]:
+        """The per-patient quantities the fit samples (each positive, log scale):
+
+        ``total0``, the sum of the initial states; ``ratio0_<state>``, each later state's
+        initial value over the first state's; ``baseline``, the biomarker at day 0 (when
+        the observation scale is per patient; the scale is then ``baseline`` over the
+        weighted initial states). The model's own per-patient parameters follow from these
+        one to one. Sampling these rather than the initial states and the scale takes the
+        posterior's ridges out: the day-0 biomarker is pinned by the first records whatever
+        the burden, and the burden and the resistant share are what the dynamics inform.
+        """
+        out = ("total0", *(f"ratio0_{s}" for s in self.states[1:]))
+        return (*out, "baseline") if self.observation.scale == "per_patient" else out
 
     @property
     def constant_values(self) -> dict[str, float]:
@@ -254,17 +271,18 @@ TWIN_MODELS: Mapping[str, TwinModel] = MappingProxyType(
                 # Commercial PSA assays quantify down to 0.01-0.1 ng/mL; the lowest value of
                 # the trial's series is 0.03 ng/mL.
                 assay_floor=0.05,
+                relative_floor=0.05,
             ),
             priors=MappingProxyType(
                 {
-                    "S0": LogNormalPrior(
-                        3000.0, 1.5, "cells", "a tumour below K = 10000 at the first record"
+                    "total0": LogNormalPrior(
+                        3000.0, 1.5, "cells", "S0 + R0: a tumour below K = 10000 at day 0"
                     ),
-                    "R0": LogNormalPrior(
-                        100.0, 2.0, "cells", "resistant cells a minority, spanning 1 to ~K"
+                    "ratio0_R": LogNormalPrior(
+                        0.03, 2.5, "1", "R0 / S0: resistant cells a minority, 1:5000 to 5:1"
                     ),
-                    "c": LogNormalPrior(
-                        2e-3, 2.0, "ng/mL per cell", "PSA ~1-100 ng/mL at ~1000-10000 cells"
+                    "baseline": LogNormalPrior(
+                        10.0, 2.0, "ng/mL", "PSA at day 0 in mCRPC: ~0.2-500 ng/mL (2 sd)"
                     ),
                     "alpha": LogNormalPrior(
                         3.0, 1.0, "1", "eLife 2022: alpha_RS fitted at 6, 2-3x pre-trial values"
