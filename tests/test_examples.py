@@ -25,7 +25,8 @@ EXAMPLES = sorted((ROOT / "protocols").glob("*.yaml"))
 
 def test_every_example_is_tested():
     assert [p.stem for p in EXAMPLES] == [
-        "design_binary_borrowing", "dose_ranging_pkpd", "onc_phase2_orr", "zhang2017_adaptive",
+        "abiraterone_twins", "design_binary_borrowing", "dose_ranging_pkpd", "onc_phase2_orr",
+        "zhang2017_adaptive",
     ]  # fmt: skip
 
 

@@ -505,6 +505,13 @@ def execute_run(
     return final
 
 
+def existing_twin_updates(archive: Path) -> list[Path]:
+    """Update folders of the archive that hold twins."""
+    from insilico_trials.io.updates import existing_updates
+
+    return [p for p in existing_updates(archive) if (p / "twins").is_dir()]
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -564,6 +571,11 @@ def execute_rerun(
         with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
             write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
             rows = compare_outputs(manifest["outputs"], Path(tmp))
+        if protocol.twins is not None and existing_twin_updates(archive):
+            from insilico_trials.app.twins_cmd import replay_twin_updates
+
+            _say("rerun: replaying the twin updates from their archived cuts")
+            rows += replay_twin_updates(archive, protocol)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     width = max(len(name) for name, _, _ in rows)
@@ -683,34 +695,53 @@ def execute_update(
         number = len(previous) + 1
         arm_name = control_arm or protocol.control_arm.name
         args = borrowing_arguments(protocol)
-        frames = [
-            endpoint_frame(
-                c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
-            )
-            for c in [*previous, new_cut]
-        ]
-        real = pd_concat_latest(frames)
-        real.attrs["cut_id"] = f"{number:03d}"
-        if real.empty:
-            raise InputError(
-                f"{cut_dir}: no subject of arm {arm_name!r} with endpoint "
-                f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
-                where=str(cut_dir), actual=arm_name,
-            )  # fmt: skip
-        # The virtual control arm as the run archived it (its sufficient statistics, hashed in
-        # the manifest): the same numbers the run's analysis and report used.
-        record = _read_json(archive / "synthetic_control.json")
-        virtual = virtual_source(record)
-        real = real.assign(arm=protocol.control_arm.name)
-        worth = (
-            f"prior worth {virtual.prior_ess:.1f} patients ({virtual.ess_method}) from "
-            f"{virtual.n_replicates} replicate virtual arms"
-            if isinstance(virtual, VirtualPrior) else f"{record['n']} virtual"
-        )  # fmt: skip
-        _say(
-            f"update {number:03d}: {len(real)} real control patients after this cut "
-            f"(cut {new_cut.content_hash[:12]}), {worth}; method {args['method']}"
+        twins = protocol.twins is not None
+        # A twin protocol's cut may carry only longitudinal data: the synthetic control is
+        # refitted when every cut so far has the analysis endpoint's dataset.
+        dataset = {"tte": "adtte", "binary": "adrs"}.get(args["endpoint"], "")
+        control_refit = not twins or all(
+            getattr(c, dataset, None) is not None for c in [*previous, new_cut]
         )
+        real = virtual = None
+        if control_refit:
+            frames = [
+                endpoint_frame(
+                    c, endpoint=args["endpoint"], paramcd=args["paramcd"], control_arm=arm_name
+                )
+                for c in [*previous, new_cut]
+            ]
+            real = pd_concat_latest(frames)
+            real.attrs["cut_id"] = f"{number:03d}"
+            if real.empty:
+                raise InputError(
+                    f"{cut_dir}: no subject of arm {arm_name!r} with endpoint "
+                    f"{args['paramcd']} in this cut or earlier ones (use --control-arm)",
+                    where=str(cut_dir), actual=arm_name,
+                )  # fmt: skip
+            # The virtual control arm as the run archived it (its sufficient statistics,
+            # hashed in the manifest): the same numbers the run's analysis and report used.
+            record = _read_json(archive / "synthetic_control.json")
+            virtual = virtual_source(record)
+            real = real.assign(arm=protocol.control_arm.name)
+            worth = (
+                f"prior worth {virtual.prior_ess:.1f} patients ({virtual.ess_method}) from "
+                f"{virtual.n_replicates} replicate virtual arms"
+                if isinstance(virtual, VirtualPrior) else f"{record['n']} virtual"
+            )  # fmt: skip
+            _say(
+                f"update {number:03d}: {len(real)} real control patients after this cut "
+                f"(cut {new_cut.content_hash[:12]}), {worth}; method {args['method']}"
+            )
+        twin_data = None
+        if twins:
+            from insilico_trials.app.twins_cmd import twin_inputs
+
+            twin_data, real_arm = twin_inputs(protocol, new_cut)
+            _say(
+                f"update {number:03d}: twins of {twin_data.n_patients} patients "
+                f"(cut {new_cut.content_hash[:12]})"
+                + ("" if control_refit else "; no endpoint data: synthetic control not refitted")
+            )
         t = time.perf_counter()
         require_prefect_api()
         tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
@@ -718,10 +749,28 @@ def execute_update(
         t = time.perf_counter()
         from insilico_trials.adapters.prefect_dask import PrefectDask
 
-        result, flow_run_id = refit_control(
-            virtual, real, protocol, executor=PrefectDask(in_process=True)
-        )
-        timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
+        result, flow_run_id = None, ""
+        if control_refit:
+            result, flow_run_id = refit_control(
+                virtual, real, protocol, executor=PrefectDask(in_process=True)
+            )
+            timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
+        extra: dict[str, Any] = {}
+        extra_files: dict[str, Any] = {}
+        if twin_data is not None:
+            from insilico_trials.app.twins_cmd import previous_twins, twin_files, twin_record
+            from insilico_trials.run.twins import update_twins
+
+            t = time.perf_counter()
+            prev = previous_twins(existing_updates(archive))
+            upd = update_twins(
+                protocol, twin_data, real_arm,
+                previous=prev[0] if prev else None, previous_days=prev[1] if prev else None,
+                progress=_say,
+            )  # fmt: skip
+            extra["twins"] = twin_record(upd, twin_data)
+            extra_files = twin_files(upd, twin_data)
+            timings["twins (fit, forecast, counterfactual arms)"] = time.perf_counter() - t
         t = time.perf_counter()
         tracker.start(
             protocol.trial_id,
@@ -748,7 +797,10 @@ def execute_update(
                 f"ignored in {cut_dir} (not a dataset of a cut; not archived): {', '.join(ignored)}"
             )
         try:
-            folder, record = write_update(archive, plan, result, meta=meta, sign_key=sign_key)
+            folder, record = write_update(
+                archive, plan, result, meta=meta, sign_key=sign_key, extra=extra,
+                extra_files=extra_files,
+            )  # fmt: skip
         except OSError as exc:
             tracker.end(status="FAILED")
             raise RunFailure(
@@ -756,26 +808,37 @@ def execute_update(
                 "nothing was written and earlier updates are untouched",
                 where=str(archive),
             ) from None
-        metrics = {
-            "posterior_mean": record["posterior_mean"],
-            "prior_ess": record["prior_ess"],
-            "borrowed_virtual": record["borrowed_virtual"],
-            "n_real": record["n_real"],
-            **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
-        }
+        metrics = {}
+        if result is not None:
+            metrics = {
+                "posterior_mean": record["posterior_mean"],
+                "prior_ess": record["prior_ess"],
+                "borrowed_virtual": record["borrowed_virtual"],
+                "n_real": record["n_real"],
+                **{f"conflict.{k}": v for k, v in record["conflict"].items() if v == v},
+            }
+        if "twins" in record:
+            tr = record["twins"]
+            metrics["twins.converged"] = float(tr["converged"])
+            metrics["twins.max_rhat"] = float(tr["diagnostics"]["max_rhat"])
+            for k, v in (tr["forecast"] or {}).items():
+                if isinstance(v, int | float) and v == v:
+                    metrics[f"twins.forecast.{k}"] = float(v)
         tracker.log_metrics(metrics)
         tracker.set_tags({"insilico.update_manifest_sha256": sha256_file(folder / MANIFEST)})
         tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
         tracker.end()
         timings["archive and tracking"] = time.perf_counter() - t
-    vw = record["vague_weight"]
-    _say(
-        f"control {record['parameter']}: posterior mean {record['posterior_mean']:.4g} "
-        f"(95% CI {record['posterior_ci'][0]:.4g} to {record['posterior_ci'][1]:.4g}); "
-        f"prior ESS {record['prior_ess']:.1f}; virtual patients borrowed {record['borrowed_virtual']:.1f}"
-        + (f"; vague-component weight {vw:.3f}" if vw is not None else "")
-        + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
-    )
+    if result is not None:
+        vw = record["vague_weight"]
+        _say(
+            f"control {record['parameter']}: posterior mean {record['posterior_mean']:.4g} "
+            f"(95% CI {record['posterior_ci'][0]:.4g} to {record['posterior_ci'][1]:.4g}); "
+            f"prior ESS {record['prior_ess']:.1f}; virtual patients borrowed "
+            f"{record['borrowed_virtual']:.1f}"
+            + (f"; vague-component weight {vw:.3f}" if vw is not None else "")
+            + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
+        )
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import fcntl
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,16 +119,22 @@ def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
 def write_update(
     archive: Path,
     plan: UpdatePlan,
-    result: Any,
+    result: Any | None,
     *,
     meta: dict[str, Any],
     sign_key: Path | None = None,
+    extra: dict[str, Any] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Append ``updates/NNN`` (atomically) for the final state of ``result``.
 
     Only the cut's dataset files that were read and validated are kept (``plan.files``): any
     other file of the cut folder stays out of the archive and the tracking store. With
     ``sign_key`` the update's manifest is signed before the folder appears.
+
+    ``result`` is the synthetic control's refit, or None when the cut carries no endpoint
+    data (a twin-only update). ``extra`` adds keys to ``update.json``; ``extra_files`` maps
+    output names (relative paths) to writers ``f(path)``, hashed in the manifest as outputs.
     """
     from insilico_trials.io.outputs import write_json
 
@@ -137,7 +143,12 @@ def write_update(
     chain = {"run_manifest_sha256": sha256_file(archive / MANIFEST)}
     if previous:
         chain["previous_update_manifest_sha256"] = sha256_file(previous[-1] / MANIFEST)
-    record = _state_record(result.final, plan, result.method)
+    if result is not None:
+        record = _state_record(result.final, plan, result.method)
+    else:
+        record = {"cut": plan.number, "cut_sha256": plan.cut_sha256, "method": None,
+                  "flags": plan.flags}  # fmt: skip
+    record.update(extra or {})
     with staged_directory(final) as stage:
         (stage / "cut").mkdir()
         copied = []
@@ -145,12 +156,19 @@ def write_update(
             shutil.copyfile(src, stage / "cut" / src.name, follow_symlinks=False)
             copied.append(f"cut/{src.name}")
         write_json(stage / "update.json", record)
-        table: pd.DataFrame = result.table()
-        (stage / "states.csv").write_text(table.to_csv(index=False, float_format="%.12g"))
+        outputs = ["update.json"]
+        if result is not None:
+            table: pd.DataFrame = result.table()
+            (stage / "states.csv").write_text(table.to_csv(index=False, float_format="%.12g"))
+            outputs.append("states.csv")
+        for name, writer in (extra_files or {}).items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            writer(stage / name)
+            outputs.append(name)
         write_manifest(
             stage,
             inputs=copied,
-            outputs=["update.json", "states.csv"],
+            outputs=outputs,
             documents=[],
             meta={**meta, **chain, "update": plan.number},
         )

@@ -217,7 +217,12 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     sld = pd.read_parquet(sld_path) if sld_path.exists() else None
     sens_path = archive / "sensitivity.json"
     sens = json.loads(sens_path.read_text(encoding="utf-8")) if sens_path.exists() else None
-    updates = _updates(archive)
+    all_updates = _updates(archive)
+    # twin-only updates (a cut with longitudinal data only) do not refit the control arm
+    updates = [u for u in all_updates if u.get("posterior_mean") is not None]
+    from insilico_trials.report.twins import twin_section
+
+    twins = twin_section(archive, all_updates)
     procova_path = archive / "procova.json"
     procova = (
         json.loads(procova_path.read_text(encoding="utf-8")) if procova_path.exists() else None
@@ -312,6 +317,27 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
             "mean with its 95% interval (points, left axis) and the number of virtual patients "
             "borrowed (bars, right axis) at each cut.",
         )
+    if twins is not None:
+        if twins["figures"]["fits"] is not None:
+            add(
+                "twins",
+                twins["figures"]["fits"],
+                f"Digital twins after data cut {twins['cut']}: each real patient's measured PSA "
+                "(dots), his twin's fitted PSA (posterior median, line; 90% credible band, "
+                "shaded), the twins fitted at earlier cuts (dashed), and the PSA values that "
+                "arrived with this cut against the previous cut's twins' 90% posterior "
+                "predictive interval (red bars). Symmetric-log scale (linear below 0.1 ng/mL).",
+            )
+        if twins["figures"]["km"] is not None:
+            add(
+                "twins",
+                twins["figures"]["km"],
+                "Freedom from PSA progression (the product's nadir rule): the twins of the "
+                "patients who were not on the control regimen, simulated under it "
+                "(patient-matched synthetic control; posterior-median model time, censored at "
+                "each patient's real follow-up), against the real patients on the control "
+                "regimen (measured PSA, censored at the last record). Kaplan-Meier estimates.",
+            )
     sens_table = ""
     uq_rows: list[dict[str, Any]] = []
     if sens is not None:
@@ -400,6 +426,12 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         target_note=target_note,
         protocol_text=protocol_text,
         updates=updates,
+        twins=twins,
+        twin_skill_table=_table(twins["skill"]) if twins else "",
+        twin_shared_table=_table(twins["shared"], floatfmt="{:.4g}") if twins else "",
+        twin_cf_table=(
+            _table(twins["counterfactual"]) if twins and twins["counterfactual"] is not None else ""
+        ),
         oc_tables=oc_tables,
         sens=sens,
         sens_table=sens_table,

@@ -19,11 +19,16 @@ __all__ = [
     "PK_PLAUSIBLE",
     "PK_UNITS",
     "TUMOUR_MODELS",
+    "TWIN_MODEL_NAMES",
     "UPDATE_MODEL_OF_KIND",
     "EndpointSpec",
     "OutcomeFamily",
     "TumourModel",
 ]
+
+# Names of the twin models (:data:`insilico_trials.models.twins.TWIN_MODELS`, which declares
+# them; a test keeps the two in step).
+TWIN_MODEL_NAMES: tuple[str, ...] = ("zhang2022",)
 
 # Parameters of the built-in PK models, in the order the solvers take them. Units: CL, Q* in
 # L/h; V* in L; KA in 1/h; VMAX in mg/h; KM in mg/L.

@@ -51,6 +51,7 @@ from insilico_trials.spec.catalog import (
     PK_PLAUSIBLE,
     PK_UNITS,
     TUMOUR_MODELS,
+    TWIN_MODEL_NAMES,
 )
 from insilico_trials.spec.design import DesignSpec, design_problems
 from insilico_trials.spec.population import Population
@@ -71,6 +72,8 @@ __all__ = [
     "Sensitivity",
     "SyntheticControl",
     "TrialProtocol",
+    "TwinFitSettings",
+    "Twins",
     "issues_at",
     "load_protocol",
 ]
@@ -343,6 +346,35 @@ class RealData(_Spec):
     study_id: str | None = Field(default=None, min_length=1, max_length=80)
 
 
+class TwinFitSettings(_Spec):
+    """Sampler and solver settings of the twin fit (:func:`insilico_trials.infer.twins.fit_twins`)."""
+
+    draws: int = Field(default=1000, ge=100, le=100_000)
+    tune: int = Field(default=1000, ge=100, le=100_000)
+    chains: int = Field(default=2, ge=1, le=16)
+    target_accept: float = Field(default=0.9, gt=0.5, lt=1)
+    max_step_days: PositiveFloat = Field(default=4.0, le=14, description="RK4 step, days")
+
+
+class Twins(_Spec):
+    """Patient digital twins fitted to the real data cuts (``update``).
+
+    ``model`` is a twin model of :data:`insilico_trials.models.twins.TWIN_MODELS`; its biomarker
+    is read from ADLB records with ``PARAMCD == paramcd`` and its treatment indicator from
+    ADEX intervals of ``EXTRT == treatment``. ``real_arms`` maps each protocol arm to the
+    ADSL ``ARM`` of the real patients who received its regimen; every twin is simulated under
+    every protocol arm's regimen (the counterfactual arms), from day 0 to ``horizon_days``.
+    """
+
+    model: Literal[tuple(TWIN_MODEL_NAMES)]  # type: ignore[valid-type]
+    paramcd: str = Field(default="PSA", min_length=1, max_length=8)
+    treatment: str = Field(min_length=1, max_length=80, description="ADEX EXTRT of u(t)")
+    real_arms: dict[str, str] = Field(min_length=1, description="protocol arm -> ADSL ARM")
+    horizon_days: int = Field(default=2000, ge=28, le=36500)
+    counterfactual_draws: int = Field(default=200, ge=20, le=10_000)
+    fit: TwinFitSettings = TwinFitSettings()
+
+
 class Execution(_Spec):
     chunk_size: int = Field(default=50, ge=1, le=1_000_000, description="patients per Dask task")
 
@@ -353,7 +385,7 @@ MAX_CHUNK_BYTES = 4 * 2**30
 MAX_VISITS = 10_000
 
 # Sections added after the first archives (see TrialProtocol.canonical_json).
-_LATER_SECTIONS = ("sensitivity", "real_data")
+_LATER_SECTIONS = ("sensitivity", "real_data", "twins")
 # Fields added to a section after the first archives: dropped from the canonical JSON at their
 # default when they change nothing (synthetic_control: a method that does not borrow).
 _LATER_FIELDS = {
@@ -382,6 +414,7 @@ class TrialProtocol(_Spec):
     sensitivity: Sensitivity = Sensitivity()
     real_data: RealData = RealData()
     design: DesignSpec | None = None
+    twins: Twins | None = None
 
     @field_validator("arms")
     @classmethod
@@ -495,6 +528,7 @@ class TrialProtocol(_Spec):
             )
         errors += self._borrowing_problems()
         errors += design_problems(self)
+        errors += self._twin_problems()
         if errors:
             raise ValidationError.from_exception_data(
                 "TrialProtocol",
@@ -565,6 +599,31 @@ class TrialProtocol(_Spec):
                 (("endpoints", "visit_every_weeks"), self.endpoints.visit_every_weeks,
                  f"{visits:,.0f} visits per patient; at most {MAX_VISITS:,}: visit less often")
             )  # fmt: skip
+        return out
+
+    def _twin_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        tw = self.twins
+        if tw is None:
+            return []
+        names = [a.name for a in self.arms]
+        out: list[tuple[tuple[str | int, ...], Any, str]] = [
+            (("twins", "real_arms", k), k, f"must name an arm of the protocol: {', '.join(names)}")
+            for k in tw.real_arms
+            if k not in names
+        ]
+        if self.control_arm.name not in tw.real_arms:
+            out.append(
+                (("twins", "real_arms"), sorted(tw.real_arms),
+                 f"must map the control arm {self.control_arm.name!r} to its real ADSL ARM "
+                 "(the real cohort the twins' synthetic control is compared with)")
+            )  # fmt: skip
+        if len(set(tw.real_arms.values())) != len(tw.real_arms):
+            out.append((("twins", "real_arms"), dict(tw.real_arms), "two arms map to one ADSL ARM"))
+        for a in self.arms:
+            if a.name in tw.real_arms and a.regimen is None:
+                out.append(
+                    (("arms",), a.name, "a twin arm needs a regimen (continuous or adaptive)")
+                )
         return out
 
     @property
