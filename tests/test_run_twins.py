@@ -22,6 +22,7 @@ from insilico_trials.sim.twins import DosingHistory, TwinCut
 from insilico_trials.spec.catalog import TWIN_MODEL_NAMES
 from insilico_trials.spec.protocol import ProtocolError, load_protocol
 
+ZHANG = TWIN_MODELS["zhang2022"]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "abiraterone"
 PROTOCOL = ROOT / "protocols" / "abiraterone_twins.yaml"
@@ -88,3 +89,33 @@ def test_a_twin_update_needs_longitudinal_data(tmp_path):
         (cut_dir / name).write_bytes((EXAMPLE / "cuts" / "day0180" / name).read_bytes())
     with pytest.raises(InputError, match="adex"):
         twin_inputs(load_protocol(PROTOCOL), load_cut(cut_dir))
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.4, 0.75), (3.0, 1.0)])
+def test_solvers_on_the_trials_own_dosing_histories(alpha, beta):
+    """The reference solver against LSODA (rtol 1e-10), and the fit's RK4 grid (4-day steps)
+    against the reference, on the 32 real patients' dosing histories and record days (full
+    cut). (alpha, beta): near the real-data posterior medians, and the prior's medians."""
+    from insilico_trials.sim.twins import solve_grid, solve_population, step_grid
+    from tests.test_twins import lsoda_one, rel_err
+
+    data, _ = twin_inputs(load_protocol(PROTOCOL), load_cut(EXAMPLE / "cuts" / "full"))
+    n = data.n_patients
+    rng = np.random.default_rng(16)
+    params = {
+        "S0": np.exp(rng.normal(np.log(1500.0), 0.8, n)),
+        "R0": np.exp(rng.normal(np.log(60.0), 1.5, n)),
+        "c": np.full(n, 4e-3),
+        "alpha": alpha,
+        "beta": beta,
+    }
+    ref = solve_population(ZHANG, params, data.dosing, data.days)
+    for i in range(0, n, 4):  # every fourth patient: LSODA one at a time is slow
+        p_i = {k: (v[i] if np.ndim(v) else v) for k, v in params.items()}
+        want = lsoda_one(ZHANG, p_i, data.dosing[i], data.days[i])
+        assert rel_err(ref.states[i, : len(data.days[i])], want) < 1e-7
+    grid = solve_grid(ZHANG, params, step_grid(data.dosing, data.days, max_step_days=4.0))
+    # PSA relative error of the 4-day grid against the reference; the fit's residual sd is
+    # ~0.57 on the log scale, so 1e-3 is three orders below the noise
+    err = np.nanmax(np.abs(grid.observed - ref.observed) / np.abs(ref.observed))
+    assert err < 1e-3, err

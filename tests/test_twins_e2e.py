@@ -59,7 +59,7 @@ def test_twin_protocol_runs_updates_and_reruns(tmp_path, capsys, monkeypatch, pr
     assert 0.0 <= skill["coverage50"] <= skill["coverage90"] <= 1.0
     assert skill["crps_mean"] > 0
     twins = archive / "updates" / "002" / "twins"
-    summary = pd.read_parquet(twins / "summary.parquet")
+    summary = pd.read_parquet(twins / "twins.parquet")
     assert list(summary.columns) == ["patient", "parameter", "mean", "median", "q05", "q95"]
     assert summary["patient"].nunique() == 32
     assert set(summary["parameter"]) == {"S0", "R0", "c"}

@@ -3,7 +3,7 @@ twins (:func:`insilico_trials.run.twins.update_twins`), and name what the update
 
 Files of a twin update (``updates/NNN/twins/``), all hashed in the update's manifest:
 
-``summary.parquet``
+``twins.parquet``
     ``patient, parameter, mean, median, q05, q95``: per-patient posterior summaries.
 ``population.csv``
     Shared parameters, population medians and spreads, residual sd.
@@ -155,7 +155,7 @@ def twin_files(upd: TwinUpdate, data: TwinCut) -> dict[str, Callable[[Path], Non
         write_inference_data(tree, path)
 
     files = {
-        f"{TWIN_DIR}/summary.parquet": parquet(upd.fit.summary),
+        f"{TWIN_DIR}/twins.parquet": parquet(upd.fit.summary),
         f"{TWIN_DIR}/population.csv": lambda p: p.write_text(
             upd.fit.population.to_csv(index=False, float_format="%.12g")
         ),
