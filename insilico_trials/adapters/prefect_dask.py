@@ -126,12 +126,14 @@ def api_and_cluster(
                 yield DaskTaskRunner(address=started[0].scheduler_address)
         finally:
             # Closing a cluster (at the end, or after Ctrl-C) is routine: its workers' last
-            # words ("still alive ... killing", cancelled tasks) are not the user's concern.
+            # words ("still alive ... killing", cancelled tasks, and on a busy machine a
+            # heartbeat to the closed scheduler, logged as an ERROR with its traceback) are
+            # not the user's concern.
             import logging
 
             for name in ("distributed.nanny", "distributed.scheduler", "distributed.worker",
                          "distributed.worker.state_machine", "distributed.core"):  # fmt: skip
-                logging.getLogger(name).setLevel(logging.ERROR)
+                logging.getLogger(name).setLevel(logging.CRITICAL)
             if started is None:  # the API did not start: close the cluster if it did
                 with contextlib.suppress(BaseException):
                     started = starting.result()

@@ -575,7 +575,7 @@ def execute_rerun(
             from insilico_trials.app.twins_cmd import replay_twin_updates
 
             _say("rerun: replaying the twin updates from their archived cuts")
-            rows += replay_twin_updates(archive, protocol)
+            rows += replay_twin_updates(archive, protocol, progress=_say)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     width = max(len(name) for name, _, _ in rows)

@@ -170,7 +170,9 @@ def twin_files(upd: TwinUpdate, data: TwinCut) -> dict[str, Callable[[Path], Non
     return files
 
 
-def replay_twin_updates(archive: Path, protocol: TrialProtocol) -> list[tuple[str, bool, str]]:
+def replay_twin_updates(
+    archive: Path, protocol: TrialProtocol, progress: Callable[[str], None] | None = None
+) -> list[tuple[str, bool, str]]:
     """Re-execute every twin update of an archive from its archived cuts, in order, and
     compare each twin file and the ``twins`` entry of ``update.json`` with the archive.
 
@@ -191,9 +193,12 @@ def replay_twin_updates(archive: Path, protocol: TrialProtocol) -> list[tuple[st
             continue
         cut = load_cut(folder / "cut", cut_id=folder.name)
         data, real_arm = twin_inputs(protocol, cut)
+        if progress is not None:
+            progress(f"rerun: twin update {folder.name}")
         upd = update_twins(
             protocol, data, real_arm,
             previous=prev[0] if prev else None, previous_days=prev[1] if prev else None,
+            progress=progress,
         )  # fmt: skip
         expected = read_manifest(folder)["outputs"]
         with tempfile.TemporaryDirectory(prefix="insilico-twin-rerun-") as tmp:
