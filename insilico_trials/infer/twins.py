@@ -30,13 +30,18 @@ Chains start from a pilot (:func:`_start_from_pilot`): short chains from nutpie'
 start, then the main chains at the best pilot chain's last draw.
 
 The ODE is solved inside the model by classical RK4 on the log-states
-(``d log y_i / dt = g_i``: :func:`insilico_trials.sim.twins.rk4_log_step`, the same code as the
-numpy twin) in a pytensor ``scan`` over a per-patient step grid
+(``d log y_i / dt = g_i``) over a per-patient step grid
 (:func:`insilico_trials.sim.twins.step_grid`): every switch of ``u`` and every observation
 day is a grid point, so no step straddles a discontinuity, and steps are at most
-``max_step_days`` (default 2 days: a gradient costs ~0.8 ms for 8 patients over 700 days,
-1.5 ms at 1 day). The gradient is the exact gradient of the discretised
-solution (reverse mode through ``scan``). The discretisation error against the adaptive
+``max_step_days``. Two implementations of the same RK4: the compiled solver
+(:mod:`insilico_trials.infer.twin_solver`, numba, with forward sensitivities; for models
+that declare ``per_capita_jacobian``), and a pytensor ``scan`` of
+:func:`insilico_trials.sim.twins.rk4_log_step` (any model). On the 32 real patients over
+1700 days at 4-day steps a log density and gradient cost ~1.0 ms compiled and ~2.3 ms in
+``scan`` (``benchmarks/twin_fit.py``); both give the same values to rounding
+(``tests/test_twin_solver.py``). Either way the gradient is the exact gradient of the
+discretised solution (sensitivities integrated by the same RK4 stages; reverse mode
+through ``scan``). The discretisation error against the adaptive
 reference (:func:`insilico_trials.sim.twins.solve_population`) is checked in
 ``tests/test_twins.py``: relative error of PSA at 2-day steps 7e-6 at the prior's
 typical (alpha, beta) = (3, 1), 2.7e-4 at (6, 2), 3e-3 at beta = 5 (growth five times the
@@ -154,7 +159,11 @@ def twin_graph(model: TwinModel, params: Mapping[str, Any], h: Any, u: Any) -> t
 
 
 def _build(
-    model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int, centred: frozenset[str]
+    model: TwinModel,
+    init: Mapping[str, np.ndarray],
+    n_patients: int,
+    centred: frozenset[str],
+    solver: str = "compiled",
 ):
     import pymc as pm
     import pytensor.tensor as pt
@@ -194,7 +203,12 @@ def _build(
         ode_params = {
             k: v for k, v in params.items() if k != ob.scale_name or ob.scale != "per_patient"
         }
-        traj = twin_graph(model, ode_params, d["h"], d["u"])
+        if solver == "compiled":
+            from insilico_trials.infer.twin_solver import solve_log_states
+
+            traj = solve_log_states(model, ode_params, d["h"], d["u"])
+        else:
+            traj = twin_graph(model, ode_params, d["h"], d["u"])
         scale = params[ob.scale_name] if ob.scale == "per_patient" else ob.fixed_scale
 
         def observed(step, patient):
@@ -220,19 +234,23 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _compiled(
-    model: TwinModel, init: Mapping[str, np.ndarray], n_patients: int, centred: frozenset[str]
+    model: TwinModel,
+    init: Mapping[str, np.ndarray],
+    n_patients: int,
+    centred: frozenset[str],
+    solver: str = "compiled",
 ):
-    """One compilation per (model, data shapes, parametrisation) per process; refits swap
-    data."""
+    """One compilation per (model, data shapes, parametrisation, solver) per process; refits
+    swap data."""
     import nutpie
 
     key = (
-        model.name, n_patients, tuple(sorted(centred)),
+        model.name, n_patients, tuple(sorted(centred)), solver,
         *sorted((k, np.shape(v)) for k, v in init.items()),
     )  # fmt: skip
     with _CACHE_LOCK:
         if key not in _CACHE:
-            pm_model = _build(model, init, n_patients, centred)
+            pm_model = _build(model, init, n_patients, centred, solver)
             order = [
                 (pm_model.rvs_to_values[v].name, tuple(int(n) for n in v.shape.eval()))
                 for v in pm_model.free_RVs
@@ -376,6 +394,7 @@ def fit_twins(
     pilot_tune: int = 200,
     pilot_draws: int = 50,
     centred: Sequence[str] | None = None,
+    solver: Literal["compiled", "scan"] | None = None,
 ) -> TwinFit:
     """Fit a twin model to every patient of a cut (PyMC model, nutpie NUTS).
 
@@ -413,6 +432,11 @@ def fit_twins(
         :data:`CENTRED`. The posterior is the same either way; only the sampler's geometry
         differs (centred suits patients whose data pin the quantity, non-centred the weakly
         informed).
+    solver : {"compiled", "scan"}, optional
+        How the model is solved inside the fit: the compiled RK4 with exact sensitivities
+        (:mod:`insilico_trials.infer.twin_solver`; needs the model's
+        ``per_capita_jacobian``) or a pytensor ``scan`` of the same RK4 (any model). Same
+        discretisation, same posterior; None: compiled when the model allows it.
 
     Returns
     -------
@@ -447,7 +471,16 @@ def fit_twins(
             f"centred: {sorted(unknown)} are not fitted quantities of {tm.name} "
             f"({list(tm.fit_quantities)})"
         )
-    (compiled, order), key = _compiled(tm, data, cut.n_patients, centred_q)
+    if solver is None:
+        solver = "scan" if tm.per_capita_jacobian is None else "compiled"
+    if solver not in ("compiled", "scan") or (
+        solver == "compiled" and tm.per_capita_jacobian is None
+    ):
+        raise TwinDataError(
+            f"solver: {solver!r} is not available for {tm.name} (allowed: "
+            f"{'scan' if tm.per_capita_jacobian is None else 'compiled, scan'})"
+        )
+    (compiled, order), key = _compiled(tm, data, cut.n_patients, centred_q, solver)
     compiled = compiled.with_data(**data)
     t1 = time.perf_counter()
     pilot_info: dict[str, Any] = {}
@@ -533,6 +566,7 @@ def fit_twins(
         "assay_floor": floor,
         "structure_key": repr(key),
         "centred": sorted(centred_q),
+        "solver": solver,
         "pilot_chains": pilot_chains,
         "pilot_tune": pilot_tune,
         "pilot_draws": pilot_draws,

@@ -142,6 +142,29 @@ def _zhang_per_capita(y: Sequence[Any], u: Any, p: Mapping[str, Any], k: Mapping
     return (g_s, g_r)
 
 
+def _zhang_per_capita_jacobian(y, u, p, k, g, gy, gp):
+    # Arrays in declared order: y (S, R), p (alpha, beta), k (K, kill, rS, rR). Writes the
+    # per-capita rates g, d g / d y (gy) and d g / d p (gp) of _zhang_per_capita.
+    s = y[0]
+    r = y[1]
+    alpha = p[0]
+    beta = p[1]
+    cap = k[0]
+    cap_s = cap * (1.0 - k[1] * u)
+    rs = k[2] * beta
+    rr = k[3] * beta
+    g[0] = rs * (1.0 - (s + r) / cap_s)
+    g[1] = rr * (1.0 - (alpha * s + r) / cap)
+    gy[0, 0] = -rs / cap_s
+    gy[0, 1] = -rs / cap_s
+    gy[1, 0] = -rr * alpha / cap
+    gy[1, 1] = -rr / cap
+    gp[0, 0] = 0.0
+    gp[0, 1] = k[2] * (1.0 - (s + r) / cap_s)
+    gp[1, 0] = -rr * s / cap
+    gp[1, 1] = k[3] * (1.0 - (alpha * s + r) / cap)
+
+
 @dataclass(frozen=True)
 class TwinModel:
     """A twin-model family (see the module docstring).
@@ -165,6 +188,14 @@ class TwinModel:
         state; ``dy_i/dt = y_i g_i``. ``u`` is the treatment indicator (1 on, 0 off).
     observation
         The measured biomarker.
+    per_capita_jacobian
+        Optional, for speed: ``f(y, u, p, k, g, gy, gp)`` writing the per-capita rates
+        ``g`` (ns,), ``d g / d y`` into ``gy`` (ns, ns) and ``d g / d p`` into ``gp`` (ns,
+        n_shared), with ``y``, ``p``, ``k`` arrays in ``states``, ``shared_parameters`` and
+        ``constants`` order; arithmetic and indexing only, so numba compiles it. With it the
+        fit solves the model in a compiled loop
+        (:mod:`insilico_trials.infer.twin_solver`); without it, in a pytensor ``scan``.
+        Checked against the derivatives of ``per_capita`` in ``tests/test_twin_solver.py``.
     priors
         A :class:`LogNormalPrior` for every shared parameter and every per-patient quantity
         the fit samples (:attr:`fit_quantities`; for these, the prior of the population
@@ -185,6 +216,7 @@ class TwinModel:
     observation: Observation
     priors: Mapping[str, LogNormalPrior]
     time_unit: str = "day"
+    per_capita_jacobian: Callable[..., None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         needed = (*self.fit_quantities, *self.shared_parameters)
@@ -261,6 +293,7 @@ TWIN_MODELS: Mapping[str, TwinModel] = MappingProxyType(
                 }
             ),
             per_capita=_zhang_per_capita,
+            per_capita_jacobian=_zhang_per_capita_jacobian,
             observation=Observation(
                 name="psa",
                 unit="ng/mL",
