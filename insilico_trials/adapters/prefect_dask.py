@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +39,23 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def shared_prefect_api() -> Iterator[str]:
-    """The API URL the flow and its workers use, for the duration of the block."""
+    """The API URL the flow and its workers use, for the duration of the block.
+
+    An ephemeral server started here runs in its own session (:func:`_ephemeral_server`): a
+    Ctrl-C in the terminal reaches this process, which stops the flow and then the server,
+    instead of stopping the server under a flow that still reports to it. Enter the block in
+    the main thread (the server is tied to the thread that starts it)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     url = get_current_settings().api.url
     server = None
     if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        server.start()
+        server = _ephemeral_server()
+        try:
+            server.start()
+        except BaseException:  # Ctrl-C while it starts: it is ours to stop
+            server.stop()
+            raise
         url = server.api_url
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url  # LocalCluster workers are spawned with this
@@ -62,11 +71,85 @@ def shared_prefect_api() -> Iterator[str]:
             server.stop()
 
 
+def _ephemeral_server() -> Any:
+    """Prefect's ephemeral API server (a uvicorn subprocess), started in a session of its own.
+
+    In this process's group it received the terminal's SIGINT together with this process and
+    could stop before the flow engine had reported its last state (an httpx ConnectError and a
+    traceback instead of the interrupted run's one-line message). In its own session only
+    :func:`shared_prefect_api` stops it; so that it cannot outlive this process either (a
+    SIGKILL, a crash), Linux kills it when the thread that started it ends
+    (``PR_SET_PDEATHSIG``).
+    """
+    import subprocess
+    import types
+
+    import prefect.server.api.server as server_module
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # Prefect keeps one server per port: a thread of the flow that finds no API in its own
+    # settings context asks for SubprocessASGIServer() and is given this one, already running.
+    class EphemeralServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            # Prefect builds the command and calls subprocess.Popen from its module: give that
+            # module, for this call only, a Popen that starts the server in its own session.
+            popen = functools.partial(
+                subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent()
+            )
+            with _POPEN_LOCK:
+                original = server_module.subprocess
+                server_module.subprocess = types.SimpleNamespace(Popen=popen)  # type: ignore[assignment]
+                try:
+                    return super()._run_uvicorn_command()
+                finally:
+                    server_module.subprocess = original
+
+    return EphemeralServer()
+
+
+_POPEN_LOCK = threading.Lock()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGKILL the child when the thread that started it ends;
+    None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before the call took effect
+            os._exit(1)
+
+    return preexec
+
+
 def _import_modules(names: tuple[str, ...]) -> None:
     import importlib
 
     for name in names:
         importlib.import_module(name)
+
+
+def _ignore_sigint() -> None:
+    """In a LocalCluster worker process: a Ctrl-C in the terminal reaches the worker processes
+    too (the terminal signals the whole process group). The driver stops the run and closes
+    the cluster; a worker that stopped on its own would print a KeyboardInterrupt traceback
+    (and an idle one does). Runs in the worker's event loop, its main thread."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _set_environment(name: str, value: str) -> None:
@@ -108,6 +191,7 @@ def api_and_cluster(
         )
         client = Client(cluster)
         try:
+            client.run(_ignore_sigint)
             if warm:
                 client.run(_import_modules, warm)
         except BaseException:
@@ -119,27 +203,42 @@ def api_and_cluster(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="insilico-cluster") as pool:
         starting = pool.submit(start)
         started: tuple[Any, Any] | None = None
-        try:
-            with shared_prefect_api() as url:
-                started = starting.result()
-                started[1].run(_set_environment, "PREFECT_API_URL", url)
-                yield DaskTaskRunner(address=started[0].scheduler_address)
-        finally:
+        closed = False
+
+        def close() -> None:
             # Closing a cluster (at the end, or after Ctrl-C) is routine: its workers' last
             # words ("still alive ... killing", cancelled tasks, and on a busy machine a
             # heartbeat to the closed scheduler, logged as an ERROR with its traceback) are
             # not the user's concern.
-            import logging
-
-            for name in ("distributed.nanny", "distributed.scheduler", "distributed.worker",
-                         "distributed.worker.state_machine", "distributed.core"):  # fmt: skip
-                logging.getLogger(name).setLevel(logging.CRITICAL)
+            nonlocal closed, started
+            closed = True
+            _silence("distributed.nanny", "distributed.scheduler", "distributed.worker",
+                     "distributed.worker.state_machine", "distributed.core")  # fmt: skip
             if started is None:  # the API did not start: close the cluster if it did
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(BaseException):  # a failed start closed its part
                     started = starting.result()
             if started is not None:
                 started[1].close()
                 started[0].close()
+
+        try:
+            with shared_prefect_api() as url:
+                try:
+                    started = starting.result()
+                    started[1].run(_set_environment, "PREFECT_API_URL", url)
+                    yield DaskTaskRunner(address=started[0].scheduler_address)
+                finally:
+                    close()  # while the API is up: no worker reports to a stopped server
+        finally:
+            if not closed:  # the API did not start
+                close()
+
+
+def _silence(*names: str) -> None:
+    import logging
+
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 @dataclass(frozen=True)
@@ -264,9 +363,9 @@ class PrefectDask:
 
 def _interruptible[T](fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread and wait in this one, so that Ctrl-C (KeyboardInterrupt, raised
-    in the main thread) reaches the caller at once: the cluster and the API are then closed by
-    the ``with`` blocks around the call, instead of the flow engine retrying its reports to an
-    API that the same Ctrl-C has stopped (which held the process for minutes)."""
+    in the main thread) reaches the caller at once: the cluster and then the API are closed by
+    the ``with`` blocks around the call, instead of the flow engine waiting on work that the
+    same Ctrl-C has stopped (which held the process for minutes)."""
     import threading
 
     box: dict[str, Any] = {}
@@ -279,11 +378,28 @@ def _interruptible[T](fn: Callable[[], T]) -> T:
 
     thread = threading.Thread(target=target, name="insilico-flow", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        # The flow thread is abandoned (a daemon) and fails as its cluster and API close
+        # under it: its engine's reports of that are not the user's concern.
+        _silence_prefect()
+        raise
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def _silence_prefect() -> None:
+    import logging
+
+    names = [
+        name
+        for name in list(logging.root.manager.loggerDict)
+        if name == "prefect" or name.startswith("prefect.")
+    ]
+    _silence("prefect", "asyncio", *names)
 
 
 def quiet_prefect() -> None:

@@ -274,21 +274,35 @@ def main(argv: list[str] | None = None) -> int:
         "keygen": cmd_keygen,
         "pk": cmd_pk,
     }[args.command]
+    from insilico_trials.app import interrupts
     from insilico_trials.errors import InsilicoError
 
-    try:
-        return handler(args)
-    except InsilicoError as exc:  # the one place where errors become messages and exit codes
-        print(exc.report(), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: {args.command} stopped; nothing partial was written (archives and "
-            "updates appear only when complete; `run --resume` takes the stages a run finished "
-            "from the task cache)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    # After Ctrl-C, whatever error the interrupted work raised on its way out (a lost worker,
+    # a service connection closed by the same Ctrl-C) is reported as the interruption it is.
+    with interrupts.watching():
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            return _interrupted(args.command)
+        except InsilicoError as exc:  # the one place where errors become messages and exit codes
+            if interrupts.seen():
+                return _interrupted(args.command)
+            print(exc.report(), file=sys.stderr)
+            return exc.exit_code
+        except Exception:
+            if interrupts.seen():
+                return _interrupted(args.command)
+            raise
+
+
+def _interrupted(command: str) -> int:
+    print(
+        f"interrupted: {command} stopped; nothing partial was written (archives and "
+        "updates appear only when complete; `run --resume` takes the stages a run finished "
+        "from the task cache)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
 
 
 def entry() -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from insilico_trials.app import interrupts
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.infer.synthetic import VirtualPrior
 from insilico_trials.io.archive import (
@@ -488,8 +489,9 @@ def execute_run(
         tracker.log_artifacts(final, artifact_path="archive")
         status = "FINISHED"
         timings["tracking (MLflow)"] += time.perf_counter() - t
-    except KeyboardInterrupt:
-        status = "KILLED"  # the tracking store says so, not RUNNING forever
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
+            status = "KILLED"  # the tracking store says so, not RUNNING forever
         raise
     finally:
         tracker.end(status=status)

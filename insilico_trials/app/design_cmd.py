@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from insilico_trials.app import interrupts
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import atomic_write_text, staged_directory
 from insilico_trials.run.design import design_trial
@@ -290,8 +291,9 @@ def execute_design(
         tracker.log_artifacts(final, artifact_path="design")
         timings["tracking (MLflow)"] += time.perf_counter() - t
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
+            status = "KILLED"
         raise
     finally:
         tracker.end(status=status)
