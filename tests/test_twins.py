@@ -33,6 +33,7 @@ from insilico_trials.models.twins import (
     TwinModelError,
     get_twin_model,
 )
+from insilico_trials.sim.twin_simulate import simulate_twin_cut, trial_like_histories
 from insilico_trials.sim.twins import (
     DosingHistory,
     TwinCut,
@@ -45,25 +46,7 @@ from insilico_trials.sim.twins import (
 ZHANG = TWIN_MODELS["zhang2022"]
 
 
-def trial_like_cut(n: int, *, seed: int, horizon_days: float = 2000.0):
-    """Dosing histories and visit days shaped like the trial's (adaptive arm).
-
-    On-treatment spells of 60-250 days alternate with off spells of 30-200 days (the trial
-    stopped abiraterone at a 50 % PSA fall and resumed at baseline); visits every 25-35 days
-    at fractional days, day 0 included.
-    """
-    rng = np.random.default_rng(seed)
-    dosing, days = [], []
-    for _ in range(n):
-        spells = np.where(
-            np.arange(40) % 2 == 0, rng.uniform(60, 250, 40), rng.uniform(30, 200, 40)
-        )
-        starts = np.r_[0.0, np.cumsum(spells)]
-        starts = starts[starts < horizon_days]
-        dosing.append(DosingHistory(starts, (np.arange(starts.size) % 2 == 0).astype(float)))
-        visits = np.cumsum(rng.uniform(25, 35, 100))
-        days.append(np.r_[0.0, visits[visits < horizon_days]])
-    return dosing, days
+trial_like_cut = trial_like_histories
 
 
 def lsoda_one(model, params, hist, days):
@@ -277,26 +260,7 @@ def test_fit_rejects_bad_data_before_sampling():
         fit_twins(bad)
 
 
-def simulate_cut(n: int, *, seed: int, horizon_days: float, sigma: float = 0.15):
-    """Data simulated by the fitted model itself: true values, PSA with its residual error."""
-    rng = np.random.default_rng(seed)
-    dosing, days = trial_like_cut(n, seed=seed, horizon_days=horizon_days)
-    truth = {
-        "S0": np.exp(rng.normal(np.log(3000.0), 0.5, n)),
-        "R0": np.exp(rng.normal(np.log(100.0), 1.0, n)),
-        "c": np.exp(rng.normal(np.log(2e-3), 0.7, n)),
-        "alpha": 3.0,
-        "beta": 1.0,
-    }
-    sol = solve_population(ZHANG, truth, dosing, days)
-    floor = ZHANG.observation.assay_floor
-    values = []
-    for i in range(n):
-        f = sol.observed[i, : len(days[i])]
-        y = (f + floor) * np.exp(sigma * rng.standard_normal(f.size)) - floor
-        values.append(np.clip(y, 0.0, None))
-    cut = TwinCut(tuple(f"P{i}" for i in range(n)), tuple(dosing), tuple(days), tuple(values))
-    return cut, truth
+simulate_cut = simulate_twin_cut
 
 
 @pytest.mark.slow
