@@ -95,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         k_in, n = int(g.inside.sum()), len(g)
         lo, hi = _wilson(k_in, n)
         conv = g[g.converged]
-        extra = (
-            f"; converged fits only {conv.inside.mean():.3f} of {len(conv)}"
-            if len(conv) < n
-            else ""
-        )
+        if len(conv) == 0:
+            extra = "; no fit passed the gates"
+        elif len(conv) < n:
+            extra = f"; fits that passed the gates: {conv.inside.mean():.3f} of {len(conv)}"
+        else:
+            extra = ""
         print(f"  {q:6s} {k_in:4d}/{n:<4d} = {k_in / n:.3f} (95 % CI {lo:.3f}-{hi:.3f}){extra}")
     n_conv = int(df.groupby("dataset").converged.first().sum())
     print(f"fits passing the convergence gates: {n_conv}/{args.n_datasets}")

@@ -192,3 +192,13 @@ def test_figures_are_byte_deterministic(report: tuple[Path, dict[str, Any], str]
     again = render_report(archive, meta)
     strip = re.compile(r"generated \S+")
     assert strip.sub("", again) == strip.sub("", html)
+
+
+def test_a_median_not_reached_reads_so():
+    """A Kaplan-Meier median is NaN when fewer than half had the event: the report says
+    'not reached', never 'nan days'."""
+    from insilico_trials.report import _fmt_days
+
+    assert _fmt_days(float("nan")) == "not reached"
+    assert _fmt_days(None) == "not reached"
+    assert _fmt_days(336.0) == "336 days"

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,13 @@ def _fmt_num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _fmt_days(v: Any) -> str:
+    """A median time in days; NaN (fewer than half had the event) is "not reached"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "not reached"
+    return f"{_fmt_num(v)} days"
 
 
 def render_report(archive: Path, meta: dict[str, Any]) -> str:
@@ -406,6 +414,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     # Every value is escaped; only the tables built above (cells escaped by pandas) are Markup.
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=True)
     env.filters["num"] = _fmt_num
+    env.filters["days"] = _fmt_days
     tmpl = env.get_template("report.html.j2")
     posterior = pd.DataFrame(summary["posterior"])
     return tmpl.render(

@@ -430,8 +430,12 @@ def update_twins(
         ],
         ignore_index=True,
     )[["group", "day", "survival"]]
+
+    def median(v: float) -> str:
+        return "not reached" if np.isnan(v) else f"{v:.0f} d"
+
     say(
-        f"twins: synthetic control median TTP {comparison['median_a_days']:.0f} d vs real "
-        f"{comparison['median_b_days']:.0f} d (log-rank p {comparison['p_value']:.3g})"
+        f"twins: synthetic control median TTP {median(comparison['median_a_days'])} vs real "
+        f"{median(comparison['median_b_days'])} (log-rank p {comparison['p_value']:.3g})"
     )
     return TwinUpdate(fit, draws, table, comparison, km, skill, skill_rows)
