@@ -181,7 +181,7 @@ def _cuts():
 def robust_sequence():
     return update_control(
         binary_arm(30, 100), _cuts(), method="robust", params={"weight": 0.2},
-        endpoint="binary", seed=11, draws=1000, tune=500,
+        endpoint="binary", seed=11, draws=1000, tune=500, engine="mcmc",
     )  # fmt: skip
 
 
@@ -212,7 +212,7 @@ def test_three_cuts_equal_one_fit_on_all_data(robust_sequence):
     everything = pd.concat(_cuts(), ignore_index=True)
     one = update_control(
         binary_arm(30, 100), [everything], method="robust", params={"weight": 0.2},
-        endpoint="binary", seed=12, draws=1000, tune=500,
+        endpoint="binary", seed=12, draws=1000, tune=500, engine="mcmc",
     )  # fmt: skip
     a = robust_sequence.final.summary.set_index("param").loc["p_c"]
     b = one.final.summary.set_index("param").loc["p_c"]
@@ -228,7 +228,7 @@ def test_robust_conflict_mcmc_posterior_follows_real_data():
     df = binary_arm(28, 40)
     res = update_control(
         binary_arm(30, 100), [df], method="robust", params={"weight": 0.2},
-        endpoint="binary", seed=13, draws=1000, tune=500,
+        endpoint="binary", seed=13, draws=1000, tune=500, engine="mcmc",
     )  # fmt: skip
     s = res.final
     assert s.conflict["vague_weight_posterior"] > 0.9
@@ -244,7 +244,7 @@ def test_power_prior_continuous_known_sigma_matches_normal_normal():
     real = pd.DataFrame({"arm": "control", "value": rng.normal(-8, 12, 40)})
     res = update_control(
         virtual, [real], method="power", params={"a0": 0.25}, endpoint="continuous",
-        sigma=12.0, seed=4, draws=1000, tune=500,
+        sigma=12.0, seed=4, draws=1000, tune=500, engine="mcmc",
     )  # fmt: skip
     s = res.final
     # prior N(m0, s0) from the power prior; posterior precision 1/s0^2 + n/sigma^2

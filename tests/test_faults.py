@@ -448,7 +448,7 @@ def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(work, marker):
     finally:
         cmd.kill()
     err = cmd.stderr()
-    assert code == 130, err[-3000:]
+    assert code == 130, err[-3000:] + "\nstdout:\n" + "\n".join(cmd.lines[-40:])
     assert stopped_after < 30, stopped_after
     assert "interrupted: run stopped; nothing partial was written" in err
     assert "Traceback" not in err, err[-3000:]

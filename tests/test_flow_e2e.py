@@ -226,6 +226,9 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     ]
     assert [r["n_real"] for r in records] == [10, 20, 30]
     assert all(0.0 < r["posterior_mean"] < 1.0 for r in records)
+    # robust beta mixture: exact, no MCMC; each record states its engine
+    assert all(r["engine"] == "closed_form" and r["converged"] for r in records)
+    assert "exact (closed form)" in out and "refit (Prefect flow, closed form)" in out
     assert verify_archive(archive) == []
     # Chained manifests: update 2 records the hash of update 1's manifest.
     from insilico_trials.io.archive import sha256_file
@@ -234,6 +237,14 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     assert m2["previous_update_manifest_sha256"] == sha256_file(
         archive / "updates" / "001" / "manifest.json"
     )
+
+    # rerun replays each control-arm update with the engine its record states
+    assert main(["rerun", str(archive), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    for k in (1, 2, 3):
+        assert re.search(rf"updates/00{k}/update\.json \(control, closed_form\) +identical", out)
+        assert re.search(rf"updates/00{k}/states\.csv +identical", out)
+    assert "DIFFERENT" not in out
 
     # A re-sent subject with different content is flagged, and recorded.
     changed = _cut(tmp_path / "changed", ["R00", "R40"], {"R40"})

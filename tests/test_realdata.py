@@ -211,7 +211,7 @@ def test_update_control_from_cuts_tte_power_matches_gamma(tmp_path):
               for c in (cut1, cut2)]  # fmt: skip
     res = update_control(
         virtual, frames, method="power", params={"a0": 0.5}, endpoint="tte", seed=9,
-        draws=1000, tune=500,
+        draws=1000, tune=500, engine="mcmc",
     )  # fmt: skip
     assert [s.n_real for s in res.states] == [30, 60]
     s = res.final

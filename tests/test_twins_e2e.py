@@ -30,9 +30,7 @@ def _small_protocol(folder: Path) -> Path:
     text = text.replace("n: 100", "n: 20").replace(
         "mcmc: {draws: 1000, tune: 1000, chains: 2}", "mcmc: {draws: 300, tune: 300, chains: 2}"
     )
-    text, n_fit = re.subn(
-        r"fit: \{draws: \d+, tune: \d+,", "fit: {draws: 200, tune: 200,", text
-    )
+    text, n_fit = re.subn(r"fit: \{draws: \d+, tune: \d+,", "fit: {draws: 200, tune: 200,", text)
     assert n_fit == 1, "the twin protocol's fit settings line changed: update this test"
     text = text.replace("counterfactual_draws: 200", "counterfactual_draws: 50")
     path = folder / "twins.yaml"

@@ -378,9 +378,17 @@ def _interruptible[T](fn: Callable[[], T]) -> T:
 
     thread = threading.Thread(target=target, name="insilico-flow", daemon=True)
     thread.start()
+    from insilico_trials.adapters import interrupts
+
     try:
         while thread.is_alive():
             thread.join(0.2)
+            # A Ctrl-C whose KeyboardInterrupt was caught on its way (library code in this
+            # thread that catches BaseException) still stops the run here.
+            if interrupts.seen():
+                raise KeyboardInterrupt
+        if interrupts.seen():  # the flow ended in the same moment: its result is not used
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         # The flow thread is abandoned (a daemon) and fails as its cluster and API close
         # under it: its engine's reports of that are not the user's concern.

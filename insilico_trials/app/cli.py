@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "keygen": cmd_keygen,
         "pk": cmd_pk,
     }[args.command]
-    from insilico_trials.app import interrupts
+    from insilico_trials.adapters import interrupts
     from insilico_trials.errors import InsilicoError
 
     # After Ctrl-C, whatever error the interrupted work raised on its way out (a lost worker,

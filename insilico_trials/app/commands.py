@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from insilico_trials.app import interrupts
+from insilico_trials.adapters import interrupts
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.infer.synthetic import VirtualPrior
 from insilico_trials.io.archive import (
@@ -35,7 +35,12 @@ from insilico_trials.io.archive import (
 from insilico_trials.io.spool import ParquetSpool
 from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.run.trial import RunResult, run_trial
-from insilico_trials.run.update import borrowing_arguments, refit_control, virtual_source
+from insilico_trials.run.update import (
+    borrowing_arguments,
+    recorded_engine,
+    refit_control,
+    virtual_source,
+)
 from insilico_trials.sim import trial
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
 
@@ -573,6 +578,7 @@ def execute_rerun(
         with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
             write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
             rows = compare_outputs(manifest["outputs"], Path(tmp))
+        rows += replay_control_updates(archive, protocol, progress=_say)
         if protocol.twins is not None and existing_twin_updates(archive):
             from insilico_trials.app.twins_cmd import replay_twin_updates
 
@@ -752,12 +758,15 @@ def execute_update(
         from insilico_trials.adapters.prefect_dask import PrefectDask
 
         result, flow_run_id = None, ""
+        extra: dict[str, Any] = {}
         if control_refit:
+            # engine auto: the exact conjugate posterior wherever one exists, else MCMC
             result, flow_run_id = refit_control(
                 virtual, real, protocol, executor=PrefectDask(in_process=True)
             )
-            timings["refit (Prefect flow, MCMC)"] = time.perf_counter() - t
-        extra: dict[str, Any] = {}
+            engine_label = "closed form" if result.engine == "closed_form" else "MCMC"
+            timings[f"refit (Prefect flow, {engine_label})"] = time.perf_counter() - t
+            extra["control_arm"] = arm_name  # a replay (rerun) reads the same arm
         extra_files: dict[str, Any] = {}
         if twin_data is not None:
             from insilico_trials.app.twins_cmd import previous_twins, twin_files, twin_record
@@ -840,10 +849,90 @@ def execute_update(
             f"{record['borrowed_virtual']:.1f}"
             + (f"; vague-component weight {vw:.3f}" if vw is not None else "")
             + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
+            + ("; exact (closed form)" if record.get("engine") == "closed_form" else "; MCMC")
         )
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder
+
+
+# The entries of a control-arm update record that a replay must reproduce (those the archived
+# record has: one made before engines existed has no ``engine`` or ``posterior_mixture``).
+_REPLAYED_KEYS = (
+    "parameter", "posterior_mean", "posterior_sd", "posterior_ci", "prior_ess", "posterior_ess",
+    "borrowed_virtual", "ess_unit", "conflict", "vague_weight", "n_real", "real_stats",
+    "converged", "engine", "posterior_mixture",
+)  # fmt: skip
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON values equal, NaN equal to NaN (as archived: ``json`` writes NaN)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return a == b and type(a) is type(b)
+
+
+def replay_control_updates(
+    archive: Path, protocol: TrialProtocol, progress: Any = None
+) -> list[tuple[str, bool, str]]:
+    """Re-execute every synthetic-control refit of an archive from its archived cuts, in order,
+    with the engine its ``update.json`` records (``recorded_engine``: ``mcmc`` for a record
+    made before engines existed, so an old archive replays as it was made), and compare the
+    record's numbers and ``states.csv`` with the archive.
+
+    Returns ``(name, identical, detail)`` rows like
+    :func:`insilico_trials.io.archive.compare_outputs`.
+    """
+    from insilico_trials.io.archive import update_folders
+    from insilico_trials.io.realdata import endpoint_frame, load_cut
+    from insilico_trials.io.updates import UpdatePlan, state_record
+
+    args = borrowing_arguments(protocol)
+    folders = update_folders(archive)
+    rows: list[tuple[str, bool, str]] = []
+    virtual = None
+    for i, folder in enumerate(folders):
+        record = _read_json(folder / "update.json")
+        if record.get("method") is None:  # a twin-only update: no control refit
+            continue
+        if virtual is None:
+            virtual = virtual_source(_read_json(archive / "synthetic_control.json"))
+        engine = recorded_engine(record)
+        arm_name = record.get("control_arm") or protocol.control_arm.name
+        cuts = [load_cut(f / "cut", cut_id=f.name) for f in folders[: i + 1]]
+        frames = [
+            endpoint_frame(c, endpoint=args["endpoint"], paramcd=args["paramcd"],
+                           control_arm=arm_name)
+            for c in cuts
+        ]  # fmt: skip
+        real = pd_concat_latest(frames)
+        real.attrs["cut_id"] = folder.name
+        real = real.assign(arm=protocol.control_arm.name)
+        if progress is not None:
+            progress(f"rerun: control-arm update {folder.name} ({engine})")
+        result, _ = refit_control(virtual, real, protocol, engine=engine)
+        plan = UpdatePlan(
+            number=int(record["cut"]), cut_dir=folder / "cut",
+            cut_sha256=record.get("cut_sha256", ""), flags=list(record.get("flags") or []),
+        )  # fmt: skip
+        new = state_record(result.final, plan, result.method)
+        # the entries the archived record has (an older record has fewer, e.g. no engine)
+        keys = [k for k in _REPLAYED_KEYS if k in record]
+        differ = [k for k in keys if not _same_json(record[k], new.get(k))]
+        rows.append((
+            f"updates/{folder.name}/update.json (control, {engine})", not differ,
+            f"differs: {', '.join(differ)}" if differ else "",
+        ))  # fmt: skip
+        states = folder / "states.csv"
+        if states.is_file():
+            text = result.table().to_csv(index=False, float_format="%.12g")
+            same = states.read_text(encoding="utf-8") == text
+            rows.append((f"updates/{folder.name}/states.csv", same, ""))
+    return rows
 
 
 def _require_one_study(protocol: TrialProtocol, cuts: list[Any], cut_dir: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from insilico_trials.app import interrupts
+from insilico_trials.adapters import interrupts
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import atomic_write_text, staged_directory
 from insilico_trials.run.design import design_trial

@@ -43,6 +43,14 @@ for a constant (exponential) hazard rate. The borrowing methods (``method=``):
     reduction ``1 - rho^2`` (rho: correlation of score and outcome), i.e. an ANCOVA with the
     score is worth ``n / (1 - rho^2)`` unadjusted patients.
 
+Engines (``engine=`` of :func:`update_control`): the closed form wherever one exists
+(``closed_form``: methods none, full, power, robust and procova on a binary or TTE endpoint, or a
+continuous one with ``sigma`` known), i.e. the exact conjugate mixture update
+(:func:`mixture_posterior`; Schmidli et al. 2014, RBesT ``postmix``) with its exact mean, sd,
+2.5 % and 97.5 % quantiles and component weights; MCMC (``mcmc``: PyMC/nutpie NUTS) for the
+rest (commensurate, procova_bayes, continuous with sigma estimated). ``auto`` (the default)
+takes the closed form when there is one.
+
 Reported per update:
 
 * ``prior_ess``: effective sample size of the prior, by moment matching (RBesT ``method =
@@ -87,24 +95,30 @@ from insilico_trials.infer.synthetic import VirtualPrior, prior_ess
 from insilico_trials.spec.catalog import CONJUGATE_OF_KIND, UPDATE_MODEL_OF_KIND
 
 __all__ = [
+    "ENGINES",
     "METHODS",
     "BorrowingError",
     "UpdateResult",
     "UpdateState",
     "beta_mixture_posterior",
+    "closed_form_refusal",
     "control_prior",
     "ess_beta_mixture",
     "ess_mixture",
     "gamma_mixture_posterior",
     "mixture_posterior",
+    "mixture_quantile",
+    "mixture_summary",
     "normal_mixture_posterior",
     "prior_predictive_pvalue",
+    "resolve_engine",
     "robustify",
     "sufficient_stats",
     "update_control",
 ]
 
 METHODS = ("none", "full", "power", "robust", "commensurate", "procova", "procova_bayes")
+ENGINES = ("auto", "closed_form", "mcmc")
 Endpoint = Literal["binary", "continuous", "tte"]
 FAMILY = CONJUGATE_OF_KIND  # kind of data -> conjugate family of the control parameter
 
@@ -238,6 +252,112 @@ def prior_predictive_pvalue(
     return float(min(1.0, 2.0 * min(lo, hi)))
 
 
+# --------------------------------------------------------------------------- engines
+
+
+def closed_form_refusal(method: str, endpoint: str, sigma: float | None) -> str | None:
+    """Why the control-arm update has no closed form, or None when it has one.
+
+    The conjugate update exists for the methods with a :class:`MixturePrior` prior (none, full,
+    power, robust, procova) on a binary or TTE endpoint, and on a continuous one when the
+    per-patient sd ``sigma`` is known (with sigma estimated the posterior is not a mixture of
+    normals).
+    """
+    if method == "commensurate":
+        return (
+            "method commensurate: the commensurability sd is estimated jointly with the control "
+            "parameter (no conjugate form)"
+        )
+    if method == "procova_bayes":
+        return (
+            "method procova_bayes: the prognostic score enters as a covariate (no conjugate form)"
+        )
+    if endpoint == "continuous" and sigma is None:
+        return (
+            "continuous endpoint with sigma unknown: the per-patient sd is estimated "
+            "(the normal mixture update needs a known sigma)"
+        )
+    return None
+
+
+def resolve_engine(engine: str, method: str, endpoint: str, sigma: float | None) -> str:
+    """The engine an update uses: ``"closed_form"`` or ``"mcmc"``.
+
+    ``auto``: the closed form whenever one exists (:func:`closed_form_refusal`), else MCMC;
+    ``closed_form``: the closed form, refused with the reason when none exists; ``mcmc``: MCMC.
+
+    Raises
+    ------
+    BorrowingError
+        Unknown engine, or ``closed_form`` where there is none.
+    """
+    if engine not in ENGINES:
+        raise BorrowingError(f"engine: must be one of {ENGINES}, got {engine!r}")
+    why = closed_form_refusal(method, endpoint, sigma)
+    if engine == "closed_form" and why is not None:
+        raise BorrowingError(
+            f"engine closed_form: no closed form for this update ({why}); "
+            "use engine 'mcmc' or 'auto'"
+        )
+    if engine == "mcmc" or why is not None:
+        return "mcmc"
+    return "closed_form"
+
+
+def _component_cdf_ppf(mix: MixturePrior) -> tuple[Any, Any]:
+    """Vectorised CDF and quantile functions of the mixture's components (arrays of K)."""
+    a, b = np.asarray(mix.a, dtype=float), np.asarray(mix.b, dtype=float)
+    if mix.family == "beta":
+        return (lambda t: stats.beta.cdf(t, a, b)), (lambda q: stats.beta.ppf(q, a, b))
+    if mix.family == "normal":
+        return (lambda t: stats.norm.cdf(t, a, b)), (lambda q: stats.norm.ppf(q, a, b))
+    return (
+        (lambda t: stats.gamma.cdf(t, a, scale=1.0 / b)),
+        (lambda q: stats.gamma.ppf(q, a, scale=1.0 / b)),
+    )
+
+
+def mixture_quantile(mix: MixturePrior, q: float) -> float:
+    """The ``q`` quantile of a mixture, exact to root-finding tolerance (1e-12 relative).
+
+    The mixture's quantile lies between its components' quantiles, which bracket the root of
+    ``sum_k w_k F_k(theta) = q``.
+    """
+    from scipy.optimize import brentq
+
+    cdf, ppf = _component_cdf_ppf(mix)
+    ends = np.atleast_1d(ppf(q))
+    if mix.n_components == 1:
+        return float(ends[0])
+    lo, hi = float(ends.min()), float(ends.max())
+    if lo == hi:
+        return lo
+    w = np.asarray(mix.weights, dtype=float)
+    return float(brentq(lambda t: float(w @ cdf(t)) - q, lo, hi, xtol=1e-15, rtol=1e-12))
+
+
+def mixture_summary(mix: MixturePrior, param: str) -> pd.DataFrame:
+    """An exact posterior's summary in the columns of the MCMC summary
+    (:func:`insilico_trials.infer.outcomes.fit_outcome`): one row, ``param``, ``mean``, ``sd``,
+    ``eti_2.5%``, ``eti_97.5%`` exact; ``r_hat``, ``ess_bulk``, ``ess_tail`` NaN (no draws) and
+    ``mcse_mean`` 0."""
+    return pd.DataFrame(
+        [
+            {
+                "param": param,
+                "mean": mix.mean(),
+                "sd": math.sqrt(mix.var()),
+                "eti_2.5%": mixture_quantile(mix, 0.025),
+                "eti_97.5%": mixture_quantile(mix, 0.975),
+                "r_hat": float("nan"),
+                "ess_bulk": float("nan"),
+                "ess_tail": float("nan"),
+                "mcse_mean": 0.0,
+            }
+        ]
+    )
+
+
 # --------------------------------------------------------------------------- priors from the virtual arm
 
 
@@ -324,10 +444,13 @@ def control_prior(
 class UpdateState:
     """The control-arm posterior after one real data cut (cumulative over cuts so far).
 
-    ``summary`` holds the PyMC posterior summary of the control parameter; ``closed_form`` the
-    conjugate posterior (MixturePrior) when one exists; ``conflict`` holds
-    ``vague_weight_prior``, ``vague_weight_posterior`` (robust only; from MCMC draws),
-    ``vague_weight_posterior_exact`` (conjugate) and ``prior_predictive_p``.
+    ``engine`` is ``"closed_form"`` (every number exact, from the conjugate posterior; no
+    MCMC: ``fit`` is None) or ``"mcmc"`` (PyMC/nutpie; ``fit`` the MCMC fit). ``summary`` holds
+    the posterior summary of the control parameter (MCMC, or :func:`mixture_summary` of the
+    exact posterior: same columns); ``closed_form`` the conjugate posterior (MixturePrior) when
+    one exists; ``conflict`` holds ``vague_weight_prior``, ``vague_weight_posterior`` (robust
+    only; from MCMC draws, or exact), ``vague_weight_posterior_exact`` (conjugate) and
+    ``prior_predictive_p``.
     """
 
     cut_id: str
@@ -344,6 +467,7 @@ class UpdateState:
     converged: bool
     diagnostics: dict[str, Any]
     closed_form: MixturePrior | None
+    engine: str = "mcmc"
     fit: OutcomeFit | None = field(default=None, repr=False, compare=False)
 
 
@@ -361,6 +485,11 @@ class UpdateResult:
     @property
     def final(self) -> UpdateState:
         return self.states[-1]
+
+    @property
+    def engine(self) -> str:
+        """``"closed_form"`` or ``"mcmc"``: the engine of the states (one for all)."""
+        return self.states[-1].engine
 
     def table(self) -> pd.DataFrame:
         """One row per state: cut, n, posterior mean/sd, ESS, borrowed, conflict, converged."""
@@ -412,15 +541,18 @@ def update_control(
     tune: int = 1000,
     chains: int = 2,
     gates: ConvergenceGates | None = None,
+    engine: str = "auto",
 ) -> UpdateResult:
     """Update the synthetic control arm with a sequence of real data cuts.
 
     State ``i`` is the posterior of the control parameter (``p_c``, ``mu_c`` or the
     exponential hazard ``lambda_c`` per month) given the virtual-arm prior and the real control
     patients of cuts ``0..i`` (a subject re-sent in a later cut replaces its earlier record), so
-    the last state equals one fit on all the data. Each state is fitted with PyMC; where the
-    prior is conjugate (none, full, power, robust; continuous with ``sigma`` known) the closed
-    form is returned alongside for checking.
+    the last state equals one fit on all the data. Where the prior is conjugate (none, full,
+    power, robust, procova; continuous only with ``sigma`` known) the posterior is a mixture
+    computed exactly (``engine`` ``auto`` or ``closed_form``: no MCMC, every number of the state
+    exact); otherwise, or with ``engine="mcmc"``, each state is fitted with PyMC/nutpie and the
+    closed form, where there is one, is returned alongside for checking.
 
     Parameters
     ----------
@@ -443,7 +575,11 @@ def update_control(
         Known per-patient sd for the continuous endpoint: enables the closed form and the
         normal ESS. None: estimated by MCMC; the virtual arm's sd is used for the prior and ESS.
     draws, tune, chains : int
-        NUTS settings per state.
+        NUTS settings per state (unused by the closed form).
+    engine : {"auto", "closed_form", "mcmc"}
+        ``auto`` (default): the closed form whenever one exists, else MCMC; ``closed_form``:
+        refused (:class:`BorrowingError`, naming why) where none exists; ``mcmc``: MCMC always
+        (the behaviour of archives made before engines existed). See :func:`resolve_engine`.
 
     Returns
     -------
@@ -458,6 +594,7 @@ def update_control(
         raise BorrowingError(f"method {method}: continuous endpoint only, got {endpoint!r}")
     if not cuts:
         raise BorrowingError("cuts: need at least one real data cut")
+    used = resolve_engine(engine, method, endpoint, sigma)
     ess_method = "elir"
     if isinstance(virtual_control, VirtualPrior):
         # The prior the run (and design) used: replicate virtual arms, MAP or pooled, a0, cap.
@@ -499,7 +636,18 @@ def update_control(
         rstats = sufficient_stats(real, endpoint)
         n_size = rstats["d"] if endpoint == "tte" else rstats["n"]
         closed = None
-        if method == "commensurate":
+        fit: OutcomeFit | None = None
+        if used == "closed_form":
+            closed = mixture_posterior(prior, rstats, sigma=sigma)
+            summary = mixture_summary(closed, param_name)
+            post_mean, post_var = closed.mean(), closed.var()
+            converged = True
+            diagnostics: dict[str, Any] = {
+                "engine": "closed_form",
+                "posterior": f"exact conjugate {closed.family} mixture update (no MCMC)",
+                "failed": [],
+            }
+        elif method == "commensurate":
             fit, draws_c = _fit_commensurate(vstats, rstats, endpoint, params, sigma, fit_kwargs)
         else:
             covariates = ["prognostic_score"] if method == "procova_bayes" else []
@@ -515,7 +663,10 @@ def update_control(
             draws_c = fit.draws(param_name.split("[")[0]).ravel()
             if method != "procova_bayes" and (endpoint != "continuous" or sigma is not None):
                 closed = mixture_posterior(prior, rstats, sigma=sigma)
-        post_mean, post_var = float(draws_c.mean()), float(draws_c.var())
+        if fit is not None:
+            post_mean, post_var = float(draws_c.mean()), float(draws_c.var())
+            summary, converged = fit.summary, fit.converged
+            diagnostics = {**fit.diagnostics, "engine": "mcmc"}
         # The exact posterior variance where a closed form exists (MCMC noise in a tiny
         # variance would otherwise inflate the borrowed figure without bound).
         exact_var = closed.var() if closed is not None else post_var
@@ -535,8 +686,10 @@ def update_control(
             if prior.labels and "vague" in prior.labels:
                 k = prior.labels.index("vague")
                 conflict["vague_weight_prior"] = prior.weights[k]
-                conflict["vague_weight_posterior"] = (fit.component_weights or {}).get(
-                    "vague", float("nan")
+                conflict["vague_weight_posterior"] = (
+                    closed.weights[k]
+                    if fit is None
+                    else (fit.component_weights or {}).get("vague", float("nan"))
                 )
                 if closed is not None:
                     conflict["vague_weight_posterior_exact"] = closed.weights[k]
@@ -557,7 +710,7 @@ def update_control(
                 cut_id=cut_id or f"cut{i + 1}",
                 n_real=int(rstats["n"]),
                 real_stats=rstats,
-                summary=fit.summary,
+                summary=summary,
                 posterior_mean=post_mean,
                 posterior_sd=math.sqrt(post_var),
                 prior_ess=prior_ess,
@@ -569,9 +722,10 @@ def update_control(
                 else float(borrowed),
                 ess_unit=ess_unit,
                 conflict=conflict,
-                converged=fit.converged,
-                diagnostics=fit.diagnostics,
+                converged=converged,
+                diagnostics=diagnostics,
                 closed_form=closed,
+                engine=used,
                 fit=fit,
             )
         )

@@ -6,6 +6,11 @@ and its own ``manifest.json``, which records the SHA-256 of the run's manifest a
 previous update's manifest (a hash chain). Earlier updates are never rewritten. The new folder
 is staged under a hidden name and renamed into place, and an exclusive lock on the archive
 keeps two updates from interleaving.
+
+``update.json`` states the engine of the refit: ``"engine": "closed_form"`` (the exact
+conjugate posterior; no MCMC draws exist, and the posterior mixture itself is recorded as
+``posterior_mixture``) or ``"mcmc"`` (PyMC/nutpie; its convergence diagnostics). A record
+without the entry was made before engines existed, by MCMC.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = [
     "UpdatePlan",
     "archive_lock",
     "existing_updates",
+    "state_record",
     "write_update",
 ]
 
@@ -93,7 +99,8 @@ def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
     lo = next((row[c] for c in summary.columns if c.endswith("2.5%")), float("nan"))
     hi = next((row[c] for c in summary.columns if c.endswith("97.5%")), float("nan"))
     conflict = {k: float(v) for k, v in state.conflict.items()}
-    return {
+    engine = getattr(state, "engine", "mcmc")
+    record: dict[str, Any] = {
         "cut": plan.number,
         "cut_id": state.cut_id,
         "cut_sha256": plan.cut_sha256,
@@ -112,8 +119,30 @@ def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
         "real_stats": {k: float(v) for k, v in state.real_stats.items()},
         "converged": bool(state.converged),
         "diagnostics": state.diagnostics,
+        "engine": engine,
         "flags": plan.flags,
     }
+    if engine == "closed_form" and state.closed_form is not None:
+        # No MCMC draws to keep: the exact posterior itself is the record.
+        mix = state.closed_form
+        record["posterior_mixture"] = {
+            "family": mix.family,
+            "weights": [float(w) for w in mix.weights],
+            "a": [float(a) for a in mix.a],
+            "b": [float(b) for b in mix.b],
+            "labels": list(mix.labels) if mix.labels else None,
+        }
+    return record
+
+
+def state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
+    """The ``update.json`` entries of an update's final state, as read back from the file
+    (through JSON: plain floats, NaN kept), for a replay to compare with the archive."""
+    import json
+
+    from insilico_trials.io.outputs import _json_default
+
+    return json.loads(json.dumps(_state_record(state, plan, method), default=_json_default))
 
 
 def write_update(

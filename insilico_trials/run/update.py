@@ -19,7 +19,11 @@ from insilico_trials.spec.catalog import ENDPOINTS
 from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
 
-__all__ = ["borrowing_arguments", "refit_control", "virtual_source"]
+__all__ = ["ARCHIVE_DEFAULT_ENGINE", "borrowing_arguments", "recorded_engine", "refit_control",
+           "virtual_source"]  # fmt: skip
+
+# An archived update without an ``engine`` entry was made before engines existed: by MCMC.
+ARCHIVE_DEFAULT_ENGINE = "mcmc"
 
 _METHOD = {"robust_mixture": "robust"}  # protocol name -> borrowing.py name
 
@@ -57,12 +61,20 @@ def virtual_source(record: Mapping[str, Any]) -> VirtualPrior | Mapping[str, Any
     return record
 
 
+def recorded_engine(record: Mapping[str, Any]) -> str:
+    """The engine an archived update (its ``update.json``) was made with, to replay it with the
+    same one: ``"closed_form"`` or ``"mcmc"``; ``"mcmc"`` for a record without the entry (an
+    archive made before engines existed), so such an archive replays as it was made."""
+    return str(record.get("engine") or ARCHIVE_DEFAULT_ENGINE)
+
+
 def refit_control(
     virtual_control: VirtualPrior | pd.DataFrame | Mapping[str, Any],
     real_control: pd.DataFrame,
     protocol: TrialProtocol,
     *,
     executor: Executor | None = None,
+    engine: str = "auto",
 ) -> tuple[UpdateResult, str]:
     """Refit the control parameter on the real control patients of all cuts so far.
 
@@ -70,10 +82,15 @@ def refit_control(
     it from the archive with :func:`virtual_source`), or the simulated control arm's patients
     or statistics (pooled power prior).
 
+    ``engine``: ``auto`` (default; the closed form wherever one exists, else MCMC),
+    ``closed_form`` or ``mcmc`` (see :func:`insilico_trials.infer.borrowing.resolve_engine`);
+    a replay of an archived update passes :func:`recorded_engine` of its record.
+
     Returns the :class:`~insilico_trials.infer.borrowing.UpdateResult` and the executor's run
     id (a Prefect flow-run id; empty when serial).
     """
     args = {k: v for k, v in borrowing_arguments(protocol).items() if k != "paramcd"}
+    args["engine"] = engine
 
     def body(session: Any) -> tuple[UpdateResult, str]:
         future = session.submit(
