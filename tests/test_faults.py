@@ -70,6 +70,10 @@ def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Streamed:
     """A CLI command whose stdout is read line by line as it runs."""
 
@@ -85,6 +89,10 @@ class Streamed:
                 stderr=err,
                 text=True,
                 start_new_session=True,
+                # As from a terminal: SIGINT at its default. A shell's background job (CI
+                # scripts started with '&') has SIGINT ignored, the child inherits that, and
+                # a program started so rightly ignores Ctrl-C.
+                preexec_fn=_default_sigint,
             )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -462,3 +470,10 @@ def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(work, marker):
     (exp,) = [e for e in client.search_experiments() if e.name == "tiny-orr"]
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "KILLED"
+
+
+def test_a_run_in_this_process_leaves_ctrl_c_as_it_found_it(reference_runs):
+    """The CLI run in-process (the reference runs) restores Python's SIGINT handler: a program
+    embedding it still stops on Ctrl-C afterwards, and processes it starts inherit no ignored
+    SIGINT."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

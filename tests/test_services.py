@@ -394,3 +394,8 @@ def test_update_on_services_equals_embedded(world, tmp_path):
     assert [r.info.run_id for r in children] == [u_svc["mlflow_run_id"]]
     got = _artifact_bytes(client, child.info.run_id, "updates/001/update.json", tmp_path / "dl")
     assert got == (svc / "updates" / "001" / "update.json").read_bytes()
+    # Summaries and content hashes only: the real patients' records stay in the archive.
+    logged = {a.path for a in client.list_artifacts(child.info.run_id, "updates/001")}
+    assert "updates/001/manifest.json" in logged, logged
+    assert not any(p.startswith("updates/001/cut") for p in logged), logged
+    assert (svc / "updates" / "001" / "cut").is_dir()

@@ -168,6 +168,9 @@ class MlflowTracker:
     def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None:
         self._client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
 
+    def log_artifact(self, path: Path, *, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
     def end(self, *, status: str = "FINISHED") -> None:
         if self.run_id:
             self._client.set_terminated(self.run_id, status=status)

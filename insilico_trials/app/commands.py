@@ -837,7 +837,12 @@ def execute_update(
                     metrics[f"twins.forecast.{k}"] = float(v)
         tracker.log_metrics(metrics)
         tracker.set_tags({"insilico.update_manifest_sha256": sha256_file(folder / MANIFEST)})
-        tracker.log_artifacts(folder, artifact_path=f"updates/{number:03d}")
+        # The tracking store gets the update's record and manifest (which holds the SHA-256 of
+        # every file); the real patients' records (cut/) and per-patient twin files (twins/)
+        # stay in the archive.
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                tracker.log_artifact(path, artifact_path=f"updates/{number:03d}")
         tracker.end()
         timings["archive and tracking"] = time.perf_counter() - t
     if result is not None:
