@@ -470,10 +470,3 @@ def test_ctrl_c_stops_the_run_within_seconds_and_leaves_nothing(work, marker):
     (exp,) = [e for e in client.search_experiments() if e.name == "tiny-orr"]
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "KILLED"
-
-
-def test_a_run_in_this_process_leaves_ctrl_c_as_it_found_it(reference_runs):
-    """The CLI run in-process (the reference runs) restores Python's SIGINT handler: a program
-    embedding it still stops on Ctrl-C afterwards, and processes it starts inherit no ignored
-    SIGINT."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
