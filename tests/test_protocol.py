@@ -172,3 +172,35 @@ def test_protocol_hash_survives_a_new_default_section(name):
     protocol = load_protocol(ROOT / "protocols" / f"{name}.yaml")
     assert protocol.sha256() == ARCHIVED_HASHES[name]
     assert with_fields(protocol, {"sensitivity.sobol": False}).sha256() != ARCHIVED_HASHES[name]
+
+
+def test_adaptive_rule_is_named_and_the_script_rule_fixes_its_thresholds():
+    """Zhang et al. 2017 has two adaptive rules: the clinical trial's (default, `trial`, the
+    hash of protocols written before the name existed unchanged) and the one of the paper's
+    simulations (`script`), whose thresholds are not the protocol's to set."""
+    from insilico_trials.sim.tumour import ZHANG2017_SCRIPT_RULE, AdaptiveRule
+    from insilico_trials.testing import with_fields
+
+    protocol = load_protocol(ROOT / "protocols" / "zhang2017_adaptive.yaml")
+    assert protocol.arms[1].regimen.adaptive.rule == "trial"
+    script = with_fields(protocol, {"arms[1].regimen.adaptive.rule": "script"})
+    assert script.sha256() != protocol.sha256()
+    assert AdaptiveRule.from_spec(script.arms[1].regimen.adaptive) == ZHANG2017_SCRIPT_RULE
+    with pytest.raises(ValueError, match=r"rule .script. fixes its thresholds.*check_every_days"):
+        with_fields(
+            protocol,
+            {
+                "arms[1].regimen.adaptive.rule": "script",
+                "arms[1].regimen.adaptive.check_every_days": 7,
+            },
+        )
+    with pytest.raises(ValueError, match=r"trial.*script"):
+        with_fields(protocol, {"arms[1].regimen.adaptive.rule": "clinical"})
+
+
+def test_twin_arms_refuse_the_script_rule():
+    from insilico_trials.testing import with_fields
+
+    protocol = load_protocol(ROOT / "protocols" / "abiraterone_twins.yaml")
+    with pytest.raises(ValueError, match="reads the model's equilibrium PSA"):
+        with_fields(protocol, {"arms[1].regimen.adaptive": {"rule": "script"}})

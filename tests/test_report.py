@@ -95,7 +95,7 @@ def test_every_section_and_figure_present(report: tuple[Path, dict[str, Any], st
     assert all(len(c) > 40 for c in caps)  # each caption says what the figure shows
     assert "baseline-table" in _section(html, "cohort") and "target: protocol population" in html
     cred = _section(html, "credibility")
-    for head in ("Context of use", "Model risk", "Code verification", "Validation against published",
+    for head in ("Context of use", "Model risk", "Code verification", "Validation against the published",
                  "Global sensitivity", "Uncertainty quantification", "Limitations"):  # fmt: skip
         assert head.lower() in cred.lower(), head
     assert "No design was run" in _section(html, "operating-characteristics")
@@ -202,3 +202,45 @@ def test_a_median_not_reached_reads_so():
     assert _fmt_days(float("nan")) == "not reached"
     assert _fmt_days(None) == "not reached"
     assert _fmt_days(336.0) == "336 days"
+
+
+def test_validation_table_sets_the_model_beside_the_script_not_clinical_figures(
+    report: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """A zhang2017 run's validation rows (reproduction of the authors' script, the product's
+    model against the script, product-defined quantities) render with their distances; the
+    product's quantities have no reference and no distance. An archive made before shows its
+    clinical figures as such, without a distance."""
+    from insilico_trials.infer.analysis import validation_table
+    from insilico_trials.sim.tumour import simulate_zhang_trial
+
+    src, meta, _ = report
+    archive = tmp_path / "archive"
+    shutil.copytree(src, archive)
+    protocol = load_protocol(Path(__file__).parents[1] / "protocols" / "zhang2017_adaptive.yaml")
+    ep = pd.concat(
+        [
+            simulate_zhang_trial(20, seed=1, strategy=s, horizon_days=3650).assign(arm=s)
+            for s in ("continuous", "adaptive")
+        ]
+    )
+    rows = validation_table(protocol, ep)
+    (archive / "validation.json").write_text(json.dumps(rows), encoding="utf-8")
+    html = render_report(archive, meta)
+    table = re.search(r'<table class="tbl" id="validation-table">(.*?)</table>', html, re.S)
+    assert table is not None
+    body = table.group(1)
+    assert body.count("<tr>") == len(rows) + 1
+    assert "Abiraterone_Main.m" in body and "16.5" not in body
+    for r in re.findall(r"<tr><td>product</td>(.*?)</tr>", body):
+        cells = re.findall(r"<td>(.*?)</td>", r)
+        assert cells[2:4] == ["n/a", "n/a"]  # reference, distance
+    rep = re.findall(r"<tr><td>reproduction</td>(.*?)</tr>", body)
+    assert len(rep) == 9 and all(re.findall(r"<td>(.*?)</td>", r)[3] == "0" for r in rep[:-3])
+    # An earlier archive's clinical comparator: shown, labelled, never differenced.
+    old = [{"quantity": "median TTP, continuous (months)", "simulated": 40.0, "published": 16.5,
+            "source": "Zhang 2017 abstract"}]  # fmt: skip
+    (archive / "validation.json").write_text(json.dumps(old), encoding="utf-8")
+    html = render_report(archive, meta)
+    row = re.search(r"<tr><td>clinical \(earlier archive\)</td>(.*?)</tr>", html)
+    assert row is not None and re.findall(r"<td>(.*?)</td>", row.group(1))[3] == "n/a"

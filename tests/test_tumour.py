@@ -18,6 +18,7 @@ from insilico_trials.sim.tumour import (
     simulate_tumour,
     simulate_zhang,
     simulate_zhang_trial,
+    zhang_equilibrium,
     zhang_ess,
 )
 
@@ -207,24 +208,61 @@ def test_dose_hold_rule_holds_reduces_and_discontinues() -> None:
     assert level[0] == 0.0
 
 
-# The untreated ESS table (T+, TP, T-, PSA) shipped with the published Zhang 2017 script.
-ZHANG_ESS_PUBLISHED = {
-    0: (3196.34703196346, 7077.62557077625, 2739.72602739727, 26027.3972602740),
-    2: (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
-    4: (6270.62706270627, 7260.72607260726, 330.033003300335, 27722.7722772277),
-    6: (6060.60606060606, 7575.75757575758, 1.0e-09, 27272.7272727273),
-    17: (4310.34482758620, 6034.48275862069, 2586.20689655173, 25862.0689655172),
-    21: (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
-}
+# The untreated ESS table (T+, TP, T-, PSA) shipped with the published Zhang 2017 script:
+# Abiraterone_Main.m line 5 (github.com/cunninghamjj/Integrating-evolutionary-dynamics-into-
+# treatment-of-mCRPC, commit c38b7e4), all 22 rows, copied here independently of the module.
+ZHANG_ESS_PUBLISHED = [
+    (3196.34703196346, 7077.62557077625, 2739.72602739727, 26027.3972602740),
+    (5607.47663551401, 7476.63551401869, 467.289719626177, 27102.8037383178),
+    (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+    (2786.37770897833, 6501.54798761610, 3405.57275541796, 25386.9969040248),
+    (6270.62706270627, 7260.72607260726, 330.033003300335, 27722.7722772277),
+    (5140.18691588785, 7476.63551401869, 934.579439252341, 27102.8037383178),
+    (6060.60606060606, 7575.75757575758, 1.0e-09, 27272.7272727273),
+    (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+    (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+    (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+    (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+    (7141.90425687459, 7142.65465924746, 0.833764523678801, 28570.7853484204),
+    (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+    (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+    (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+    (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+    (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+    (4310.34482758620, 6034.48275862069, 2586.20689655173, 25862.0689655172),
+    (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+    (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+    (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+    (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+]
 
 
-def test_zhang_ess_matches_published_table() -> None:
-    rows = np.array(sorted(ZHANG_ESS_PUBLISHED))
-    ess = zhang_ess(index=rows)
-    np.testing.assert_allclose(ess, np.array([ZHANG_ESS_PUBLISHED[r] for r in rows]), rtol=1e-9)
-    # Row 12 (1-based): the published table has T- = 0.83, a not-yet-converged numerical
-    # equilibrium; the exact boundary equilibrium has T- = 0 (floored at 1e-9).
-    assert abs(zhang_ess(index=np.array([11]))[0, 2] - 0.8338) < 1.0
+def test_zhang_model_starts_from_the_published_table_in_all_22_rows() -> None:
+    table = np.array(ZHANG_ESS_PUBLISHED)
+    np.testing.assert_array_equal(zhang_ess(), table)
+    # The simulation starts at 40% of the row, and treats from 80% of its PSA.
+    res = simulate_zhang(np.arange(22), strategy="none", horizon_days=1)
+    start = res["baseline_psa"]
+    assert np.all(start >= 0.8 * table[:, 3])
+    # Row 12: the published T- = 0.8338 (not the exact boundary state's 0) is used; with the
+    # table, continuous dosing reaches 90% T- after 781 steps on drug, as in the script (its
+    # drug flag from index 755 governs steps 754 on; 90% T- at index 1535, after step 1534);
+    # from the exact boundary state it would take 3,773.
+    cont = simulate_zhang(np.array([11]), strategy="continuous", horizon_days=2000)
+    assert cont["resistance_days"][0] == 781
+    assert cont["x"][0, 2, 0] > 0.3  # T- is not at the 1e-9 floor before treatment
+
+
+def test_zhang_equilibrium_checks_the_table_and_names_row_12() -> None:
+    table = np.array(ZHANG_ESS_PUBLISHED)
+    eq = zhang_equilibrium()
+    rel = np.max(np.abs(eq - table) / np.abs(table), axis=1)
+    others = np.delete(np.arange(22), 11)
+    assert np.all(rel[others] < 1e-12)
+    # Row 12 (1-based): the table's T- = 0.8338 is an unconverged numerical value; the exact
+    # boundary equilibrium has T- = 0 (floored at 1e-9), and T+ and TP at 7142.857 each.
+    assert eq[11, 2] == 1e-9
+    np.testing.assert_allclose(eq[11, :2], [7142.85714285714, 7142.85714285714], rtol=1e-12)
 
 
 def test_zhang_untreated_stays_at_ess_and_continuous_selects_t_minus() -> None:

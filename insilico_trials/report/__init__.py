@@ -455,19 +455,30 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
 
 
 def _validation_rows(archive: Path) -> list[dict[str, Any]]:
-    """Published comparators archived with the run (``validation.json``: rows with
-    ``quantity, simulated, published, source``); empty when the run has none."""
+    """Reference comparisons archived with the run (``validation.json``): rows with
+    ``kind, quantity, simulated, reference, unit, source, note``; empty when it has none.
+
+    Archives made before the reproduction mode carry ``published`` (clinical figures) in
+    place of ``reference``; they are shown as such, kind ``clinical (earlier archive)``.
+    """
     path = archive / "validation.json"
     if not path.exists():
         return []
     rows = json.loads(path.read_text(encoding="utf-8"))
     for r in rows:
-        sim, pub = r.get("simulated"), r.get("published")
+        if "reference" not in r:
+            r["reference"] = r.get("published")
+            r.setdefault("kind", "clinical (earlier archive)")
+        sim, ref = r.get("simulated"), r.get("reference")
         # NaN simulated value: e.g. a Kaplan-Meier median not reached by the horizon.
         r["simulated_known"] = isinstance(sim, int | float) and sim == sim
-        ok = r["simulated_known"] and isinstance(pub, int | float) and pub == pub
-        r["distance"] = sim - pub if ok else None
-        r["relative"] = (sim - pub) / abs(pub) if ok and pub else None
+        r["reference_known"] = isinstance(ref, int | float) and ref == ref
+        # A clinical figure is not an output of this model: shown, never differenced.
+        ok = r["simulated_known"] and r["reference_known"] and "published" not in r
+        r["distance"] = sim - ref if ok else None
+        both_never = isinstance(sim, float) and isinstance(ref, float) and sim != sim and ref != ref
+        if both_never and "published" not in r:
+            r["distance"] = 0.0  # not reached on either side: they agree
     return rows
 
 

@@ -250,9 +250,7 @@ def _rule_of(protocol: TrialProtocol, arm_name: str) -> AdaptiveRule | None:
     ad = arm.regimen.adaptive if arm.regimen is not None else None
     if ad is None:
         return None
-    return AdaptiveRule(
-        ad.marker, ad.stop_below_fraction, ad.resume_at_fraction, ad.check_every_days
-    )
+    return AdaptiveRule.from_spec(ad)
 
 
 def _skill(

@@ -247,12 +247,7 @@ def _simulate_zhang_chunk(
     reg = arm.regimen
     assert reg is not None  # the schema requires a regimen in every zhang2017 arm
     patient = cohort["patient"].to_numpy(dtype=np.int64)
-    rule = None
-    if reg.adaptive is not None:
-        a = reg.adaptive
-        rule = AdaptiveRule(
-            a.marker, a.stop_below_fraction, a.resume_at_fraction, a.check_every_days
-        )
+    rule = AdaptiveRule.from_spec(reg.adaptive) if reg.adaptive is not None else None
     res = simulate_zhang_trial(
         len(cohort),
         seed=protocol.seed,
@@ -262,6 +257,8 @@ def _simulate_zhang_chunk(
         horizon_days=protocol.disease.horizon_days,
         progression=protocol.disease.progression,
         patient=patient,
+        # Progression is assessed at the protocol's visits (the same in both arms).
+        visit_every_days=max(1, round(protocol.endpoints.visit_every_weeks * 7)),
     )
     endpoints = res.rename(columns={"matrix_row": "zhang_matrix_row"})
     endpoints.insert(1, "arm", arm.name)

@@ -33,12 +33,15 @@ import numpy as np
 
 from insilico_trials.errors import InputError
 from insilico_trials.spec.catalog import TUMOUR_MODELS, TumourModel
-from insilico_trials.units import DAYS_PER_MONTH, DAYS_PER_WEEK
+from insilico_trials.units import DAYS_PER_WEEK
 
 __all__ = [
+    "ADAPTIVE_RULES",
     "CLARET2009_FU",
     "TUMOUR_MODELS",
     "ZHANG2017_PARAMS",
+    "ZHANG2017_SCRIPT_RULE",
+    "ZHANG2017_TRIAL_RULE",
     "AdaptiveRule",
     "DoseHoldRule",
     "TumourModel",
@@ -49,7 +52,7 @@ __all__ = [
     "simulate_tumour",
     "simulate_zhang",
     "simulate_zhang_trial",
-    "zhang_comparison",
+    "zhang_equilibrium",
     "zhang_ess",
 ]
 
@@ -390,28 +393,42 @@ def claret_ttg_days(
 
 @dataclass(frozen=True)
 class AdaptiveRule:
-    """Stop treatment when a marker falls below a fraction of its baseline, resume at another.
+    """Stop treatment when a marker falls below a fraction of a reference, resume at another.
 
-    Zhang et al. 2017 (Nat Commun 8:1816, Methods, "Clinical trial"): abiraterone is held
-    when PSA falls below 50% of its pre-treatment value and resumed when PSA returns to the
-    pre-treatment value: ``AdaptiveRule("PSA", 0.5, 1.0, 28)``.
+    Two named rules of Zhang et al. 2017 (Nat Commun 8:1816), which differ:
+
+    * ``ZHANG2017_TRIAL_RULE`` (``"trial"``), the clinical trial's (Methods, "Clinical
+      trial"): hold when PSA < 50% of its pre-treatment value, resume when it is back at that
+      value, checked at visits every 28 days: ``AdaptiveRule("PSA", 0.5, 1.0, 28)``;
+    * ``ZHANG2017_SCRIPT_RULE`` (``"script"``), the one the paper's simulations use
+      (``Abiraterone_Main.m``): on while PSA is above the treatment-start threshold (80% of
+      the untreated equilibrium PSA), off once it falls below 40% of that threshold, decided
+      at every step from the state before it.
 
     Attributes
     ----------
     marker
         Name of the simulated marker the rule reads (``"PSA"``).
     stop_below_fraction
-        Hold when marker < this fraction of baseline (while on treatment).
+        Hold when marker < this fraction of the reference (while on treatment).
     resume_at_fraction
-        Resume when marker >= this fraction of baseline (while off treatment).
+        Resume when marker >= (or >, with ``resume_strictly_above``) this fraction of the
+        reference (while off treatment).
     check_every_days
-        The rule is evaluated at visits every this many days (the protocol's visit schedule).
+        The rule is evaluated at visits every this many days.
+    reference
+        ``"baseline"``: the marker's pre-treatment value (the trial); ``"start_threshold"``:
+        the model's treatment-start threshold (the script: 80% of the equilibrium PSA).
+    resume_strictly_above
+        Resume only when the marker exceeds the resume level (the script's ``>``).
     """
 
     marker: str = "PSA"
     stop_below_fraction: float = 0.5
     resume_at_fraction: float = 1.0
     check_every_days: float = 28.0
+    reference: Literal["baseline", "start_threshold"] = "baseline"
+    resume_strictly_above: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.stop_below_fraction <= self.resume_at_fraction:
@@ -423,12 +440,47 @@ class AdaptiveRule:
             raise ValueError(
                 f"AdaptiveRule.check_every_days: must be > 0, got {self.check_every_days}"
             )
+        if self.reference not in ("baseline", "start_threshold"):
+            raise ValueError(
+                f"AdaptiveRule.reference: {self.reference!r}; allowed baseline, start_threshold"
+            )
+
+    @classmethod
+    def from_spec(cls, spec: object) -> AdaptiveRule:
+        """The rule of a protocol's ``regimen.adaptive`` section (named ``trial`` or ``script``)."""
+        name = getattr(spec, "rule", "trial")
+        if name == "script":
+            return ZHANG2017_SCRIPT_RULE
+        if name != "trial":
+            raise ValueError(f"adaptive rule: {name!r}; allowed {', '.join(ADAPTIVE_RULES)}")
+        return cls(
+            spec.marker,  # type: ignore[attr-defined]
+            spec.stop_below_fraction,  # type: ignore[attr-defined]
+            spec.resume_at_fraction,  # type: ignore[attr-defined]
+            spec.check_every_days,  # type: ignore[attr-defined]
+        )
 
     def apply(self, on: np.ndarray, marker: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-        """New on/off state (bool, shape (n,)) given the marker value at a check visit."""
+        """New on/off state (bool, shape (n,)) given the marker value at a check visit.
+
+        ``baseline`` is the reference level of each patient (see ``reference``).
+        """
         stop = on & (marker < self.stop_below_fraction * baseline)
-        resume = ~on & (marker >= self.resume_at_fraction * baseline)
+        level = self.resume_at_fraction * baseline
+        back = marker > level if self.resume_strictly_above else marker >= level
+        resume = ~on & back
         return (on & ~stop) | resume
+
+
+ZHANG2017_TRIAL_RULE = AdaptiveRule("PSA", 0.5, 1.0, 28.0)
+ZHANG2017_SCRIPT_RULE = AdaptiveRule(
+    "PSA", 0.4, 1.0, 1.0, reference="start_threshold", resume_strictly_above=True
+)
+#: The named adaptive rules a protocol can choose (``regimen.adaptive.rule``).
+ADAPTIVE_RULES: dict[str, AdaptiveRule] = {
+    "trial": ZHANG2017_TRIAL_RULE,
+    "script": ZHANG2017_SCRIPT_RULE,
+}
 
 
 @dataclass(frozen=True)
@@ -494,7 +546,9 @@ class ZhangParams:
     on every density.
     """
 
-    r_per_day: tuple[float, float, float] = (2.7726e-3, 3.4657e-3, 6.6542e-3)
+    # As the script computes them: r = (0.27726, 0.34657, 0.66542) .* 0.01 (the product, not
+    # the decimal literals 2.7726e-3..., which differ in the last bit for one of them).
+    r_per_day: tuple[float, float, float] = (0.27726 * 0.01, 0.34657 * 0.01, 0.66542 * 0.01)
     k_off: tuple[float, float, float] = (1.5, 10_000.0, 10_000.0)  # K_T+ is k[0] * x_TP
     k_on: tuple[float, float, float] = (0.5, 100.0, 10_000.0)
     psa_decay_per_day: float = 0.5
@@ -527,12 +581,43 @@ class ZhangParams:
         (0.4, 0.8, 0.5, 0.6, 0.7, 0.9),
         (0.4, 0.7, 0.5, 0.6, 0.8, 0.9),
     )
+    # The untreated evolutionarily stable state (T+, TP, T-, PSA) per matrix, as published with
+    # the script (Abiraterone_Main.m, line 5, the output of its ESSAnalysis.m): the model's
+    # initial state is 40% of a row and treatment starts at 80% of its PSA. Row 12 (1-based) has
+    # T- = 0.8338, where the exact boundary equilibrium has T- = 0 (``zhang_equilibrium``):
+    # the published value is the one the paper's simulations start from, so it is used here.
+    ess: tuple[tuple[float, float, float, float], ...] = (
+        (3196.34703196346, 7077.62557077625, 2739.72602739727, 26027.3972602740),
+        (5607.47663551401, 7476.63551401869, 467.289719626177, 27102.8037383178),
+        (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+        (2786.37770897833, 6501.54798761610, 3405.57275541796, 25386.9969040248),
+        (6270.62706270627, 7260.72607260726, 330.033003300335, 27722.7722772277),
+        (5140.18691588785, 7476.63551401869, 934.579439252341, 27102.8037383178),
+        (6060.60606060606, 7575.75757575758, 1.0e-09, 27272.7272727273),
+        (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+        (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+        (6617.64705882353, 7352.94117647059, 1.0e-09, 27941.1764705882),
+        (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+        (7141.90425687459, 7142.65465924746, 0.833764523678801, 28570.7853484204),
+        (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+        (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+        (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+        (7142.85714285714, 7142.85714285714, 1.0e-09, 28571.4285714286),
+        (1.0e-09, 4545.45454545455, 6818.18181818182, 22727.2727272727),
+        (4310.34482758620, 6034.48275862069, 2586.20689655173, 25862.0689655172),
+        (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+        (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+        (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+        (7096.77419354839, 6451.61290322581, 1.0e-09, 27096.7741935484),
+    )
     source: str = (
         "Zhang J, Cunningham JJ, Brown JS, Gatenby RA. Nat Commun 2017;8:1816, Methods and "
         "the MATLAB model script distributed with it (growth rates r = (0.27726, 0.34657, "
         "0.66542) x 0.01, sigma_PSA = 0.5, K off (1.5 x_TP, 10000, 10000), K on (0.5 x_TP, 100, "
-        "10000), initial densities 40% of the evolutionarily stable state, abiraterone "
-        "started once PSA reaches 80% of its ESS value, 22 competition matrices)"
+        "10000), initial densities 40% of the published evolutionarily stable state table, "
+        "abiraterone started once PSA reaches 80% of its ESS value, 22 competition matrices; "
+        "github.com/cunninghamjj/Integrating-evolutionary-dynamics-into-treatment-of-mCRPC, "
+        "Abiraterone_Main.m at commit c38b7e4)"
     )
 
     def matrix(self, index: np.ndarray) -> np.ndarray:
@@ -550,12 +635,27 @@ ZHANG2017_PARAMS = ZhangParams()
 def zhang_ess(
     params: ZhangParams = ZHANG2017_PARAMS, index: np.ndarray | None = None
 ) -> np.ndarray:
-    """Untreated evolutionarily stable state (T+, TP, T-, PSA), shape (n, 4).
+    """Untreated evolutionarily stable state (T+, TP, T-, PSA) the model starts from, (n, 4).
 
-    Computed as the stable interior or boundary equilibrium of the untreated system: the
-    linear system of the coexisting populations, with T- (or T+) set to 0 where its
-    equilibrium density would be negative. Matches the ESS table shipped with the published
-    script to 1e-9 relative (see ``tests/test_tumour.py``).
+    The published table (``params.ess``), row by 0-based ``index``: the paper's simulations
+    start at 40% of it and begin treatment at 80% of its PSA. :func:`zhang_equilibrium`
+    computes the exact equilibria; they agree with the table to 1e-9 except row 12.
+    """
+    table = np.asarray(params.ess, dtype=np.float64)
+    idx = np.arange(table.shape[0]) if index is None else np.asarray(index, dtype=np.int64)
+    return table[idx]
+
+
+def zhang_equilibrium(
+    params: ZhangParams = ZHANG2017_PARAMS, index: np.ndarray | None = None
+) -> np.ndarray:
+    """Exact untreated stable equilibrium (T+, TP, T-, PSA), shape (n, 4): a check on the table.
+
+    The stable interior or boundary equilibrium of the untreated system: the linear system of
+    the coexisting populations, with T- (or T+) set to 0 where its equilibrium density would
+    be negative, and absent types unable to invade. Equals the published table
+    (:func:`zhang_ess`) to 1e-9 relative in 21 of 22 rows; in row 12 (1-based) the table has
+    T- = 0.8338 (the script's numerical run had not converged to the boundary state, T- = 0).
     """
     idx = np.arange(len(params.alphas)) if index is None else np.asarray(index)
     m = params.matrix(idx)
@@ -586,24 +686,42 @@ def zhang_ess(
                     best = full
                     break
         if best is None:  # pragma: no cover - every published matrix has a stable state
-            raise TumourModelError(f"zhang_ess: no stable state for matrix row {idx[i]}")
+            raise TumourModelError(f"zhang_equilibrium: no stable state for matrix row {idx[i]}")
         out[i, :3] = np.maximum(best, params.floor)
         out[i, 3] = best.sum() / params.psa_decay_per_day
     return out
 
 
-def _zhang_step(y: np.ndarray, on: np.ndarray, r: np.ndarray, m: np.ndarray, p: ZhangParams):
-    """One forward-Euler day of the published scheme; y has shape (n, 4)."""
-    x = y[:, :3]
-    k = np.where(on[:, None], np.asarray(p.k_on), np.asarray(p.k_off))
-    k = k.copy()
-    k[:, 0] = k[:, 0] * x[:, 1]
-    comp = np.einsum("nij,nj->ni", m, x)
+def _zhang_step(
+    y: np.ndarray,
+    on: np.ndarray,
+    r: np.ndarray,
+    m: np.ndarray,
+    p: ZhangParams,
+    *,
+    floor: bool = True,
+) -> np.ndarray:
+    """One forward-Euler step of the published scheme; y has shape (n, 4).
+
+    Written term by term in the script's order of operations (``Abiraterone_Main.m``:
+    ``dydt(1) = y(1) * r(1) * (1 - ((y(1) + a12 * y(2) + a13 * y(3)) / k(1)))``, ...,
+    ``dydt(4) = sum(y(1:3)) - sigmaPSA * y(4)``, ``y = y + dydt``, then the floor), so that
+    every step rounds as the script's does and threshold times match it to the step.
+    ``floor=False`` is the script's search for the treatment start, which has no floor.
+    """
+    y1, y2, y3, y4 = y[:, 0], y[:, 1], y[:, 2], y[:, 3]
+    k_fac = np.where(on[:, None], np.asarray(p.k_on), np.asarray(p.k_off))
+    k1, k2, k3 = y2 * k_fac[:, 0], k_fac[:, 1], k_fac[:, 2]
+    a12, a13, a21 = m[:, 0, 1], m[:, 0, 2], m[:, 1, 0]
+    a23, a31, a32 = m[:, 1, 2], m[:, 2, 0], m[:, 2, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(k > 0, r * x * (1.0 - comp / k), 0.0)
-    y_new = np.empty_like(y)
-    y_new[:, :3] = np.maximum(x + g, p.floor)
-    y_new[:, 3] = y[:, 3] + x.sum(axis=1) - p.psa_decay_per_day * y[:, 3]
+        d1 = y1 * r[0] * (1 - ((y1 + a12 * y2 + a13 * y3) / k1))
+        d2 = y2 * r[1] * (1 - ((a21 * y1 + y2 + a23 * y3) / k2))
+        d3 = y3 * r[2] * (1 - ((a31 * y1 + a32 * y2 + y3) / k3))
+    d4 = y1 + y2 + y3 - p.psa_decay_per_day * y4
+    y_new = np.stack([y1 + d1, y2 + d2, y3 + d3, y4 + d4], axis=1)
+    if floor:
+        y_new[:, :3] = np.maximum(y_new[:, :3], p.floor)
     return y_new
 
 
@@ -617,6 +735,7 @@ def simulate_zhang(
     progression: Literal["nadir", "baseline"] = "nadir",
     progression_rise: float = 0.25,
     resistance_fraction: float = 0.9,
+    visit_every_days: int = 28,
     params: ZhangParams = ZHANG2017_PARAMS,
 ) -> dict[str, np.ndarray]:
     """Simulate the Zhang et al. 2017 model for patients given by competition-matrix rows.
@@ -626,14 +745,16 @@ def simulate_zhang(
     PSA then is the patient's baseline. From day 0:
 
     * ``continuous``: abiraterone every day;
-    * ``adaptive``: ``rule`` (default ``AdaptiveRule("PSA", 0.5, 1.0, 28)``, the trial's
-      rule) evaluated at visits every ``rule.check_every_days`` days, starting on;
+    * ``adaptive``: ``rule`` (default :data:`ZHANG2017_TRIAL_RULE`, the trial's rule;
+      :data:`ZHANG2017_SCRIPT_RULE` is the paper's simulation rule) evaluated every
+      ``rule.check_every_days`` days, starting on;
     * ``none``: no abiraterone;
     * ``schedule``: on/off per day from ``schedule`` (bool, shape (n, horizon_days)).
 
-    Progression is PSA-based and checked at the visits (every ``rule.check_every_days``),
-    only at visits with abiraterone on since the previous visit (a rise off drug is the
-    adaptive design, not failure). Declared here before any comparison, not tuned:
+    Progression is the product's own definition, not the paper's (the script has none): it
+    is PSA-based and checked at visits every ``visit_every_days``, only at visits with
+    abiraterone on since the previous visit (a rise off drug is the adaptive design, not
+    failure). Declared here before any comparison, not tuned:
 
     * ``"nadir"`` (default): PSA >= (1 + ``progression_rise``) x the nadir of the current
       on-drug period (visit values, the period's first visit included): the PCWG2 25% rise
@@ -667,8 +788,11 @@ def simulate_zhang(
         raise TumourModelError(
             f"strategy: {strategy!r}; allowed continuous, adaptive, none, schedule"
         )
-    rule = rule or AdaptiveRule("PSA", 0.5, 1.0, 28.0)
+    rule = rule or ZHANG2017_TRIAL_RULE
     check = max(1, round(rule.check_every_days))
+    visit = int(visit_every_days)
+    if visit < 1:
+        raise TumourModelError(f"visit_every_days: must be >= 1, got {visit_every_days}")
     n = idx.size
     m = params.matrix(idx)
     r = np.asarray(params.r_per_day)
@@ -688,6 +812,7 @@ def simulate_zhang(
         pre += growing
         growing = y[:, 3] < target
     baseline = y[:, 3].copy()
+    rule_ref = baseline if rule.reference == "baseline" else target
     day = np.arange(horizon_days + 1)
     psa = np.empty((n, day.size))
     xs = np.empty((n, 3, day.size))
@@ -714,16 +839,20 @@ def simulate_zhang(
         psa[:, d], xs[:, :, d] = y[:, 3], y[:, :3]
         frac = y[:, 2] / y[:, :3].sum(axis=1)
         resist[np.isnan(resist) & (frac >= resistance_fraction)] = d
-        if d % check == 0:
+        is_visit = d % visit == 0
+        if is_visit:
             ref = nadir if progression == "nadir" else baseline
             rising = y[:, 3] >= (1.0 + progression_rise) * ref
             prog = np.isnan(ttp) & on_since_visit & rising
             ttp[prog] = d
-            was_on = on
-            if strategy == "adaptive":
-                on = rule.apply(on, y[:, 3], baseline)
-            # A new on-drug period starts its nadir afresh at this visit.
-            nadir = np.where(on & ~was_on, y[:, 3], np.where(on, np.minimum(nadir, y[:, 3]), nadir))
+        if strategy == "adaptive" and d % check == 0:
+            on = rule.apply(on, y[:, 3], rule_ref)
+        if is_visit:
+            # A new on-drug period (drug off at some point since the last visit, on now)
+            # starts its nadir afresh at this visit.
+            nadir = np.where(
+                on & ~on_since_visit, y[:, 3], np.where(on, np.minimum(nadir, y[:, 3]), nadir)
+            )
             on_since_visit = on.copy()
         if strategy == "schedule" and d < horizon_days:
             on = sched[:, d].copy()
@@ -766,16 +895,6 @@ def _simulate_tumour_zhang(spec, params, exposure_times_days, exposure, times) -
     return res["psa"][:, j] * (1.0 - w) + res["psa"][:, j + 1] * w
 
 
-# Published comparators (Zhang et al., Nat Commun 2017;8:1816, Abstract): standard dosing
-# progresses at a median of ~16.5 months; the adaptive pilot cohort had median TTP of at least
-# 27 months with cumulative drug use 47% of standard dosing.
-ZHANG2017_PUBLISHED = {
-    "median_ttp_months_continuous": 16.5,
-    "median_ttp_months_adaptive_at_least": 27.0,
-    "adaptive_cumulative_dose_fraction_of_standard": 0.47,
-}
-
-
 def simulate_zhang_trial(
     n_patients: int,
     *,
@@ -787,11 +906,13 @@ def simulate_zhang_trial(
     progression: Literal["nadir", "baseline"] = "nadir",
     params: ZhangParams = ZHANG2017_PARAMS,
     patient: np.ndarray | None = None,
+    visit_every_days: int = 28,
 ):
     """Virtual cohort of the Zhang et al. 2017 model under continuous or adaptive abiraterone.
 
     ``patient`` (default ``0..n_patients-1``) gives the patients' indices within the arm, so a
-    chunk of an arm draws the same matrices as the whole arm.
+    chunk of an arm draws the same matrices as the whole arm. ``visit_every_days``: the
+    visits at which progression is assessed (the protocol's, the same in every arm).
 
     Each virtual patient is one of the 22 published competition matrices, drawn uniformly with
     a keyed per-patient uniform (``keys + ("zhang_matrix",)``), so the same patient gets the
@@ -827,6 +948,7 @@ def simulate_zhang_trial(
         rule=rule,
         horizon_days=horizon_days,
         progression=progression,
+        visit_every_days=visit_every_days,
         params=params,
     )
     ttp = res["ttp_days"][inv]
@@ -844,79 +966,6 @@ def simulate_zhang_trial(
             "drug_fraction": drug / np.maximum(followed, 1),
             "resistance_days": res["resistance_days"][inv],
         }
-    )
-
-
-def zhang_comparison(
-    n_patients: int = 1000,
-    *,
-    seed: int = 2017,
-    horizon_days: int = 3650,
-    progression: Literal["nadir", "baseline"] = "nadir",
-):
-    """Simulated vs published figures of Zhang et al. 2017: median TTP and relative dose.
-
-    Returns a DataFrame with one row per figure: ``quantity``, ``simulated``, ``published``,
-    ``source``. Median TTP is the Kaplan-Meier median in months (``nan`` when not reached by
-    the horizon, reported with the horizon); the relative dose is the mean over adaptive
-    patients of days on drug / days followed (continuous = 1 by definition), and also the
-    ratio of total drug days between the paired arms.
-    """
-    import pandas as pd
-
-    from insilico_trials.sim.endpoints import km_median
-
-    arms = {
-        s: simulate_zhang_trial(
-            n_patients, seed=seed, strategy=s, horizon_days=horizon_days, progression=progression
-        )
-        for s in ("continuous", "adaptive")
-    }
-    med = {
-        s: km_median(a["ttp_days"].to_numpy(), a["ttp_event"].to_numpy()) for s, a in arms.items()
-    }
-    src = "Zhang et al. Nat Commun 2017;8:1816, Abstract (and Results, clinical trial)"
-    return pd.DataFrame(
-        [
-            {
-                "quantity": "median TTP, continuous (months)",
-                "simulated": med["continuous"] / DAYS_PER_MONTH,
-                "published": ZHANG2017_PUBLISHED["median_ttp_months_continuous"],
-                "source": src + ": ~16.5 months with standard dosing",
-            },
-            {
-                "quantity": "median TTP, adaptive (months)",
-                "simulated": med["adaptive"] / DAYS_PER_MONTH,
-                "published": ZHANG2017_PUBLISHED["median_ttp_months_adaptive_at_least"],
-                "source": src + ": at least 27 months (median not reached)",
-            },
-            {
-                "quantity": "adaptive cumulative dose / continuous (mean per-patient fraction)",
-                "simulated": float(arms["adaptive"]["drug_fraction"].mean()),
-                "published": ZHANG2017_PUBLISHED["adaptive_cumulative_dose_fraction_of_standard"],
-                "source": src + ": 47% of standard dosing",
-            },
-            {
-                "quantity": "adaptive total drug days / continuous total drug days (paired)",
-                "simulated": float(
-                    arms["adaptive"]["drug_days"].sum() / arms["continuous"]["drug_days"].sum()
-                ),
-                "published": float("nan"),
-                "source": "not published in this form",
-            },
-            {
-                "quantity": "progressed by horizon, continuous (fraction)",
-                "simulated": float(arms["continuous"]["ttp_event"].mean()),
-                "published": float("nan"),
-                "source": f"horizon {horizon_days} days",
-            },
-            {
-                "quantity": "progressed by horizon, adaptive (fraction)",
-                "simulated": float(arms["adaptive"]["ttp_event"].mean()),
-                "published": float("nan"),
-                "source": f"horizon {horizon_days} days",
-            },
-        ]
     )
 
 

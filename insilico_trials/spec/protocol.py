@@ -86,9 +86,17 @@ class _Spec(BaseModel):
 
 
 class AdaptiveDosing(_Spec):
-    """State-reactive dosing: hold when a marker falls below a fraction of its baseline,
-    resume when it returns to another fraction, checked at visits (Zhang et al. 2017)."""
+    """State-reactive dosing: hold when a marker falls below a fraction of a reference,
+    resume when it returns to another fraction (Zhang et al. 2017).
 
+    ``rule`` names which of the paper's two rules: ``trial`` (default; the clinical trial's:
+    hold below ``stop_below_fraction`` of the pre-treatment PSA, resume at
+    ``resume_at_fraction`` of it, checked every ``check_every_days``) or ``script`` (the
+    paper's simulations: on while PSA is above the treatment-start threshold, 80% of the
+    untreated equilibrium PSA, off below 40% of it, decided every day; its thresholds are
+    fixed, so the three numbers may not be set to other values with it)."""
+
+    rule: Literal["trial", "script"] = "trial"
     marker: Literal["PSA"] = "PSA"
     stop_below_fraction: float = Field(default=0.5, gt=0, le=1)
     resume_at_fraction: float = Field(default=1.0, gt=0, le=2)
@@ -96,6 +104,13 @@ class AdaptiveDosing(_Spec):
 
     @model_validator(mode="after")
     def _order(self) -> AdaptiveDosing:
+        fixed = ("stop_below_fraction", "resume_at_fraction", "check_every_days")
+        changed = [f for f in fixed if getattr(self, f) != type(self).model_fields[f].default]
+        if self.rule == "script" and changed:
+            raise ValueError(
+                "rule 'script' fixes its thresholds (on above 80% of the equilibrium PSA, off "
+                "below 40% of that, every day); remove " + ", ".join(changed)
+            )
         if self.stop_below_fraction > self.resume_at_fraction:
             raise ValueError(
                 f"stop_below_fraction ({self.stop_below_fraction}) must not exceed "
@@ -624,6 +639,13 @@ class TrialProtocol(_Spec):
                 out.append(
                     (("arms",), a.name, "a twin arm needs a regimen (continuous or adaptive)")
                 )
+            ad = a.regimen.adaptive if a.regimen is not None else None
+            if a.name in tw.real_arms and ad is not None and ad.rule != "trial":
+                out.append(
+                    (("arms",), a.name,
+                     f"twins follow real patients' PSA: adaptive rule {ad.rule!r} reads the "
+                     "model's equilibrium PSA, which a patient has not; use rule 'trial'")
+                )  # fmt: skip
         return out
 
     @property
@@ -648,6 +670,11 @@ class TrialProtocol(_Spec):
         for name in _LATER_SECTIONS:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name)
+        for arm in data["arms"]:
+            adaptive = (arm.get("regimen") or {}).get("adaptive")
+            # Added after the first archives; "trial" is what older protocols ran.
+            if adaptive is not None and adaptive.get("rule") == "trial":
+                adaptive.pop("rule")
         sc = self.synthetic_control
         if not sc.borrows:
             for name in _LATER_FIELDS["synthetic_control"]:
