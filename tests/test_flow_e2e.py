@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from insilico_trials.app.cli import main
@@ -274,6 +275,90 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     assert main(["report", str(archive), "--check-tracking"]) == 1
     err = capsys.readouterr().err
     assert "updates/004: recorded by the tracking store, missing from the archive" in err
+
+
+def _two_arm_cut(folder: Path, k: int, responders: dict[str, int]) -> Path:
+    """A cut of 8 control ("Placebo" in ADSL) and 8 treatment ("TKI 200 mg") patients, with
+    the given number of responders per ADSL arm, and 2 patients of an arm the protocol has not."""
+    import pandas as pd
+
+    rows = []
+    for arm, n in (("Placebo", 8), ("TKI 200 mg", 8), ("Open-label extension", 2)):
+        for i in range(n):
+            rows.append((f"S{k}-{arm[:3]}-{i}", arm, i < responders.get(arm, 0)))
+    folder.mkdir(parents=True)
+    ids = [r[0] for r in rows]
+    pd.DataFrame({"USUBJID": ids, "ARM": [r[1] for r in rows]}).to_csv(
+        folder / "adsl.csv", index=False
+    )
+    pd.DataFrame(
+        {"USUBJID": ids, "PARAMCD": "BOR", "AVALC": ["PR" if r[2] else "SD" for r in rows]}
+    ).to_csv(folder / "adrs.csv", index=False)
+    pd.DataFrame(
+        {"USUBJID": ids, "PARAMCD": "PFS", "AVAL": [90.0] * len(ids), "CNSR": [1] * len(ids)}
+    ).to_csv(folder / "adtte.csv", index=False)
+    return folder
+
+
+def test_update_decides_on_both_arms_against_the_hybrid_control(
+    runs, tmp_path, capsys, monkeypatch
+):
+    """Each cut's update applies the protocol's analysis to the real treatment-arm patients
+    against the hybrid control (real controls with the synthetic control's prior): exact
+    (closed form) for this binary protocol. After the last of three cuts the decision equals a
+    direct analysis of all real data with the same prior: the design's lattice table and the
+    run's own MCMC analysis (within Monte Carlo error); the intermediate states are archived,
+    and rerun replays them identically."""
+    from insilico_trials.infer.analysis import analyse_frame
+    from insilico_trials.infer.design import binary_decision_table
+    from insilico_trials.run.update import virtual_source
+    from insilico_trials.spec.protocol import load_protocol
+
+    monkeypatch.chdir(runs["tmp"])
+    archive = tmp_path / "archive"
+    shutil.copytree(runs["one"], archive)
+    arms = ["--control-arm", "Placebo", "--arm", "tki200=TKI 200 mg"]
+    responders = [{"Placebo": 1, "TKI 200 mg": 3}, {"Placebo": 2, "TKI 200 mg": 4},
+                  {"Placebo": 1, "TKI 200 mg": 5}]  # fmt: skip
+    for k, resp in enumerate(responders):
+        cut = _two_arm_cut(tmp_path / f"cut{k}", k, resp)
+        assert main(["update", str(archive), "--data", str(cut), *arms]) == 0
+    out = capsys.readouterr().out
+    assert "2 real patients of ADSL ARM ['Open-label extension'] belong to no protocol arm" in out
+    assert "tki200 vs hybrid control (24 real patients)" in out and "% virtual)" in out
+    records = [
+        json.loads((archive / "updates" / f"{k:03d}" / "update.json").read_text())
+        for k in (1, 2, 3)
+    ]
+    effects = [r["effects"][0] for r in records]
+    assert [e["n_treatment"] for e in effects] == [8, 16, 24]
+    assert [e["n_control"] for e in effects] == [8, 16, 24]
+    assert all(e["engine"] == "closed_form" and e["probability_mcse"] == 0.0 for e in effects)
+    assert records[-1]["real_arms"] == {"control": "Placebo", "tki200": "TKI 200 mg"}
+
+    # A direct analysis of all real data (4 of 24 control, 12 of 24 treatment responders)
+    protocol = load_protocol(archive / "protocol.yaml")
+    prior = virtual_source(json.loads((archive / "synthetic_control.json").read_text())).prior
+    dec = protocol.analysis.decision
+    table, means = binary_decision_table(prior, 24, 24, delta=dec.delta, nodes=4000)
+    final = effects[-1]
+    assert final["probability"] == pytest.approx(table[4, 12], abs=1e-7)
+    assert final["mean"] == pytest.approx(means[4, 12], abs=1e-12)
+    assert final["decision"] == ("go" if table[4, 12] > dec.threshold else "no-go")
+    frame = pd.DataFrame(
+        {"arm": ["control"] * 24 + ["tki200"] * 24,
+         "response": [1] * 4 + [0] * 20 + [1] * 12 + [0] * 12}
+    )  # fmt: skip
+    fit = analyse_frame(protocol, frame, prior)
+    ess = float(fit.summary.set_index("param").loc["rate_difference", "ess_bulk"])
+    mcse = (fit.probability * (1 - fit.probability) / ess) ** 0.5
+    assert abs(final["probability"] - fit.probability) < 5 * mcse + 1e-3
+
+    assert main(["rerun", str(archive), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    for k in (1, 2, 3):
+        assert re.search(rf"updates/00{k}/update\.json \(control, closed_form\) +identical", out)
+    assert "DIFFERENT" not in out
 
 
 def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):

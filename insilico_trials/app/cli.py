@@ -147,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="ARM value of the control arm in the real data (default: the protocol's control arm name)",
     )
+    up.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=ARM",
+        help="ADSL ARM value of the real patients of protocol arm NAME (repeatable; default: "
+        "the same name)",
+    )
     sign(up)
     verify(up)
 
@@ -226,10 +234,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_update
+    from insilico_trials.errors import InputError
 
+    arms = {}
+    for item in args.arm:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(
+                f"--arm {item!r}: expected NAME=ARM (a protocol arm and its ADSL ARM value)",
+                where="--arm", actual=item,
+            )  # fmt: skip
+        arms[name] = value
     execute_update(
-        args.archive, args.data, control_arm=args.control_arm, verify_key=args.verify_key,
-        sign_key=args.sign_key, check_tracking=args.check_tracking,
+        args.archive, args.data, control_arm=args.control_arm, arms=arms,
+        verify_key=args.verify_key, sign_key=args.sign_key, check_tracking=args.check_tracking,
     )  # fmt: skip
     return EXIT_OK
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from insilico_trials.run.preflight import checked_protocol
 from insilico_trials.run.trial import RunResult, run_trial
 from insilico_trials.run.update import (
     borrowing_arguments,
+    control_composition,
+    effect_prior,
+    hybrid_decisions,
     recorded_engine,
     refit_control,
     virtual_source,
@@ -662,11 +666,18 @@ def execute_update(
     cut_dir: Path,
     *,
     control_arm: str | None = None,
+    arms: Mapping[str, str] | None = None,
     verify_key: Path | None = None,
     sign_key: Path | None = None,
     check_tracking: bool = False,
 ) -> Path:
     """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
+
+    Per cut: the control parameter's posterior (real control patients with the synthetic
+    control's prior) and, for every treatment arm with real patients, the protocol's analysis
+    against that hybrid control: the effect's posterior, the probability of the decision
+    criterion and the decision. ``arms`` maps protocol arm names to the real data's ADSL ARM
+    values (default: the same names; the control arm's is ``control_arm``).
 
     Everything is checked before anything is written: the archive's integrity, the cut's
     schema and content (naming file, row and column), and the update lock (another update
@@ -710,7 +721,8 @@ def execute_update(
         control_refit = not twins or all(
             getattr(c, dataset, None) is not None for c in [*previous, new_cut]
         )
-        real = virtual = None
+        real = virtual = real_all = None
+        real_arms = real_arm_map(protocol, control_arm, arms)
         if control_refit:
             frames = [
                 endpoint_frame(
@@ -720,6 +732,7 @@ def execute_update(
             ]
             real = pd_concat_latest(frames)
             real.attrs["cut_id"] = f"{number:03d}"
+            real_all = real_patients(protocol, [*previous, new_cut], real_arms, args)
             if real.empty:
                 raise InputError(
                     f"{cut_dir}: no subject of arm {arm_name!r} with endpoint "
@@ -767,6 +780,15 @@ def execute_update(
             engine_label = "closed form" if result.engine == "closed_form" else "MCMC"
             timings[f"refit (Prefect flow, {engine_label})"] = time.perf_counter() - t
             extra["control_arm"] = arm_name  # a replay (rerun) reads the same arm
+            t = time.perf_counter()
+            effects = hybrid_decisions(
+                protocol, real_all, effect_prior(virtual, result),
+                engine="auto" if result.engine == "closed_form" else "mcmc",
+            )  # fmt: skip
+            extra["real_arms"] = real_arms
+            extra["effects"] = [e.record() for e in effects.values()]
+            labels = sorted({e.engine for e in effects.values()} - {"none"}) or ["none"]
+            timings[f"decision ({', '.join(labels)})"] = time.perf_counter() - t
         extra_files: dict[str, Any] = {}
         if twin_data is not None:
             from insilico_trials.app.twins_cmd import previous_twins, twin_files, twin_record
@@ -821,7 +843,13 @@ def execute_update(
             ) from None
         metrics = {}
         if result is not None:
+            extra_metrics = {
+                f"effect.{e['treatment']}.probability": e["probability"]
+                for e in record.get("effects", [])
+                if e["probability"] == e["probability"]
+            }
             metrics = {
+                **extra_metrics,
                 "posterior_mean": record["posterior_mean"],
                 "prior_ess": record["prior_ess"],
                 "borrowed_virtual": record["borrowed_virtual"],
@@ -856,6 +884,14 @@ def execute_update(
             + ("" if record["converged"] else "; CONVERGENCE FAILED (not a result)")
             + ("; exact (closed form)" if record.get("engine") == "closed_form" else "; MCMC")
         )
+        comp = control_composition(record)
+        _say(
+            f"hybrid control: {comp['real']:.0f} real {record['ess_unit']} + "
+            f"{comp['virtual_borrowed']:.1f} virtual borrowed "
+            f"({100 * comp['virtual_share']:.0f}% virtual)"
+        )
+        for e in record.get("effects", []):
+            _say(effect_line(e))
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder
@@ -866,7 +902,7 @@ def execute_update(
 _REPLAYED_KEYS = (
     "parameter", "posterior_mean", "posterior_sd", "posterior_ci", "prior_ess", "posterior_ess",
     "borrowed_virtual", "ess_unit", "conflict", "vague_weight", "n_real", "real_stats",
-    "converged", "engine", "posterior_mixture",
+    "converged", "engine", "posterior_mixture", "effects",
 )  # fmt: skip
 
 
@@ -925,6 +961,16 @@ def replay_control_updates(
             cut_sha256=record.get("cut_sha256", ""), flags=list(record.get("flags") or []),
         )  # fmt: skip
         new = state_record(result.final, plan, result.method)
+        if "effects" in record:
+            real_all = real_patients(protocol, cuts, record.get("real_arms") or {}, args)
+            engines = {e["engine"] for e in record["effects"]} - {"none"}
+            effects = hybrid_decisions(
+                protocol, real_all, effect_prior(virtual, result),
+                engine="mcmc" if "mcmc" in engines else "auto",
+            )  # fmt: skip
+            new["effects"] = json.loads(
+                json.dumps([e.record() for e in effects.values()], default=float)
+            )
         # the entries the archived record has (an older record has fewer, e.g. no engine)
         keys = [k for k in _REPLAYED_KEYS if k in record]
         differ = [k for k in keys if not _same_json(record[k], new.get(k))]
@@ -976,3 +1022,70 @@ def pd_concat_latest(frames: list[Any]) -> Any:
     if "usubjid" in df.columns:
         df = df.drop_duplicates("usubjid", keep="last").reset_index(drop=True)
     return df
+
+
+def real_arm_map(
+    protocol: TrialProtocol, control_arm: str | None, arms: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Protocol arm name -> ADSL ARM of its real patients (default: the same name; the
+    control arm's from ``--control-arm``).
+
+    Raises
+    ------
+    InputError
+        An ``--arm`` naming no arm of the protocol, or two arms mapped to one ADSL ARM.
+    """
+    names = [a.name for a in protocol.arms]
+    for k in arms or {}:
+        if k not in names:
+            raise InputError(
+                f"--arm {k}=...: {k!r} is not an arm of the protocol ({', '.join(names)})",
+                where="--arm", actual=k, expected=names,
+            )  # fmt: skip
+    out = {a.name: (arms or {}).get(a.name, a.name) for a in protocol.arms}
+    if control_arm is not None:
+        out[protocol.control_arm.name] = control_arm
+    if len(set(out.values())) != len(out):
+        raise InputError(
+            f"--arm/--control-arm: two protocol arms map to one ADSL ARM: {out}",
+            where="--arm", actual=out,
+        )  # fmt: skip
+    return out
+
+
+def real_patients(
+    protocol: TrialProtocol, cuts: list[Any], real_arms: Mapping[str, str], args: Mapping[str, Any]
+) -> Any:
+    """Real patients of every protocol arm over all cuts (a subject re-sent later keeps its
+    latest record), outcome columns and protocol arm names in ``arm``; patients of other ADSL
+    arms are left out (the count is printed)."""
+    from insilico_trials.io.realdata import endpoint_frame
+
+    frames = [endpoint_frame(c, endpoint=args["endpoint"], paramcd=args["paramcd"]) for c in cuts]
+    df = pd_concat_latest(frames)
+    to_protocol = {v: k for k, v in real_arms.items()}
+    known = df["arm"].isin(list(to_protocol))
+    if (~known).any():
+        other = sorted(map(str, df.loc[~known, "arm"].unique()))
+        _say(
+            f"{int((~known).sum())} real patients of ADSL ARM {other} belong to no protocol arm "
+            "(map them with --arm NAME=ARM); left out of the analysis"
+        )
+    out = df[known].assign(arm=df.loc[known, "arm"].map(to_protocol)).reset_index(drop=True)
+    return out
+
+
+def effect_line(e: Mapping[str, Any]) -> str:
+    """One printed line of an update's treatment effect."""
+    sign = "<" if e["direction"] == "less" else ">"
+    head = f"{e['treatment']} vs hybrid control ({e['n_treatment']} real patients): "
+    if e["probability"] != e["probability"]:
+        return head + e["decision"]
+    mcse = "" if not e["probability_mcse"] else f" (MC error {e['probability_mcse']:.3f})"
+    return (
+        head + f"{e['quantity']} {e['mean']:.3g} (95% CI {e['ci'][0]:.3g} to {e['ci'][1]:.3g}); "
+        f"P({e['quantity']} {sign} {e['delta']:g}) = {e['probability']:.4f}{mcse}; "
+        f"decision {e['decision']} (threshold {e['threshold']:g}; "
+        + ("exact" if e["engine"] == "closed_form" else e["engine"])
+        + ")"
+    )

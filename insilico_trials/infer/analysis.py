@@ -15,7 +15,7 @@ from insilico_trials.spec.catalog import OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import TrialProtocol
 from insilico_trials.units import DAYS_PER_MONTH
 
-__all__ = ["analyse", "validation_table", "virtual_control_summary"]
+__all__ = ["analyse", "analyse_frame", "validation_table", "virtual_control_summary"]
 
 
 def analyse(
@@ -28,11 +28,23 @@ def analyse(
     """Fit the protocol's outcome model (control vs one treatment arm) and apply its decision
     rule, with ``prior`` on the control parameter (the synthetic control's prior,
     :func:`insilico_trials.run.virtual.synthetic_prior`; None: vague)."""
+    return analyse_frame(protocol, analysis_frame(protocol, endpoints), prior, treatment=treatment)
+
+
+def analyse_frame(
+    protocol: TrialProtocol,
+    frame: pd.DataFrame,
+    prior: MixturePrior | None = None,
+    *,
+    treatment: str | None = None,
+) -> Any:
+    """:func:`analyse` on a frame already in the outcome model's columns (``response``, or
+    ``time`` in days and ``event``, and ``arm`` with protocol arm names): the simulated
+    endpoints of ``run`` or the real patients of ``update``'s cuts."""
     from insilico_trials.infer.outcomes import fit_outcome
 
     treat = treatment or protocol.analysis.treatment or protocol.treatment_arms[0].name
     control = protocol.control_arm.name
-    frame = analysis_frame(protocol, endpoints)
     frame = frame[frame["arm"].isin([control, treat])].reset_index(drop=True)
     a = protocol.analysis
     return fit_outcome(

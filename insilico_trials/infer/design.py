@@ -63,7 +63,6 @@ difference; tte: log hazard ratio).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -74,11 +73,10 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from insilico_trials.infer.conjugate import (
-    VAGUE_BETA,
-    MixturePrior,
-    beta_mixture_posterior,
-    normal_mixture_posterior,
+from insilico_trials.infer.conjugate import MixturePrior, normal_mixture_posterior
+from insilico_trials.infer.decision import (
+    TteLogHrPosterior,
+    binary_decision_table,
 )
 from insilico_trials.infer.synthetic import VirtualArms, pooled_statistics, protocol_prior
 from insilico_trials.sim.rng import patient_uniforms, stream
@@ -276,77 +274,6 @@ def compile_design(
 # --------------------------------------------------------------------------- binary kernel
 
 
-@functools.cache
-def _gauss_legendre01(nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    # scipy's O(n) Golub-Welsch variant; numpy's leggauss is O(n^3) in the node count
-    x, w = special.roots_legendre(nodes)
-    return 0.5 * (x + 1.0), 0.5 * w
-
-
-def binary_decision_table(
-    prior: MixturePrior,
-    n_control: int,
-    n_treatment: int,
-    *,
-    delta: float,
-    nodes: int = 2000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``P(p_t - p_c > delta | x_c, x_t)`` and ``E(p_t - p_c | x_c, x_t)`` on the count lattice.
-
-    ``p_c`` has the beta-mixture posterior of ``prior`` after ``x_c`` of ``n_control``
-    (:func:`insilico_trials.infer.conjugate.beta_mixture_posterior`), ``p_t ~ Beta(1 + x_t,
-    1 + n_t - x_t)`` (the outcome model's ``Beta(1, 1)`` prior). With Gauss-Legendre nodes
-    ``u_i``, weights ``v_i`` on [0, 1]:
-
-    ``P[x_c, x_t] = sum_i v_i sum_k w_k' Beta(u_i; a_k', b_k') S_t(u_i + delta; x_t)
-    + sum_k w_k' I_{-delta}(a_k', b_k')``
-
-    where ``S_t`` is the Beta survival function, the nodes span the smooth part
-    ``[max(0, -delta), min(1, 1 - delta)]`` and the last term (``delta < 0`` only) is the mass
-    where ``S_t = 1``.
-
-    Returns
-    -------
-    prob, mean : arrays of shape ``(n_control + 1, n_treatment + 1)``.
-    """
-    # The integrand has a kink where p + delta leaves [0, 1]; integrate only the smooth part
-    # [lo, hi] and add the flat part (S_t = 1 for p < -delta) in closed form.
-    u, v = _nodes(float(delta), nodes)
-    lo = max(0.0, -delta)
-    dens = np.empty((n_control + 1, nodes))
-    flat = np.zeros(n_control + 1)
-    mean_c = np.empty(n_control + 1)
-    for x in range(n_control + 1):
-        w, a, b = beta_mixture_posterior(prior.weights, prior.a, prior.b, x, n_control)
-        dens[x] = (w[:, None] * stats.beta.pdf(u[None, :], a[:, None], b[:, None])).sum(0)
-        if lo > 0.0:
-            flat[x] = float(w @ special.betainc(a, b, lo))
-        mean_c[x] = float(w @ (a / (a + b)))
-    xt = np.arange(n_treatment + 1)
-    at, bt = VAGUE_BETA[0] + xt, VAGUE_BETA[1] + n_treatment - xt
-    surv = _treatment_survival(n_treatment, float(delta), nodes)
-    prob = np.clip((dens * v) @ surv.T + flat[:, None], 0.0, 1.0)
-    mean = (at / (at + bt))[None, :] - mean_c[:, None]
-    return prob, mean
-
-
-def _nodes(delta: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = max(0.0, -delta), min(1.0, 1.0 - delta)
-    u, v = _gauss_legendre01(nodes)
-    return lo + (hi - lo) * u, (hi - lo) * v
-
-
-@functools.lru_cache(maxsize=256)
-def _treatment_survival(n_treatment: int, delta: float, nodes: int) -> np.ndarray:
-    """``S_t(u_i + delta; x_t)`` for every count ``x_t`` and node (shared by all methods)."""
-    u, _ = _nodes(delta, nodes)
-    xt = np.arange(n_treatment + 1)
-    at, bt = VAGUE_BETA[0] + xt, VAGUE_BETA[1] + n_treatment - xt
-    surv = special.betaincc(at[:, None], bt[:, None], np.clip(u[None, :] + delta, 0.0, 1.0))
-    surv.setflags(write=False)
-    return surv
-
-
 def _with_binary_tables(plan: DesignPlan, *, nodes: int) -> DesignPlan:
     tables, true_tables, mean_tables = {}, {}, {}
     for m in plan.methods:
@@ -468,77 +395,6 @@ def _tte_at(
     t = np.minimum(np.minimum(event, drop), follow)
     d = on & (event <= np.minimum(drop, follow))
     return on.sum(1), d.sum(1), t.sum(1)
-
-
-# The analysis's prior on the log hazard ratio (outcomes._pwexp_likelihood): Normal(0, 2.5).
-LOG_HR_PRIOR_SD = 2.5
-TTE_NODES = 128
-
-
-class TteLogHrPosterior:
-    """The exact posterior of ``beta = log HR`` of the constant-hazard analysis, per replicate.
-
-    The analysis (``tte_exponential``: :func:`insilico_trials.infer.outcomes.fit_outcome`) has
-    control hazard ``lambda_c`` with the gamma-mixture ``prior``, treatment hazard
-    ``lambda_c exp(beta)``, ``beta ~ Normal(0, 2.5)``. Integrating ``lambda_c`` out in closed
-    form (``D = d_c + d_t``, exposures in months):
-
-    ``p(beta | data) ∝ N(beta; 0, 2.5) exp(beta d_t)
-    sum_k w_k b_k^a_k Γ(a_k + D) / (Γ(a_k) (b_k + E_c + exp(beta) E_t)^(a_k + D))``
-
-    a one-dimensional density. Its integrals are Gauss-Legendre quadratures (``nodes`` points
-    per interval) on a per-replicate window covering every component's mode by 10 posterior
-    sds; probabilities ``P(beta < c)`` split the window at ``c`` so the step is never inside
-    an interval (the quadrature error is that of a smooth integrand: below 1e-9 in the tests).
-    """
-
-    def __init__(self, prior: MixturePrior, dc, ec, dt_, et, *, nodes: int = TTE_NODES) -> None:
-        w, a, b = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
-        dc, ec, dt_, et = (np.asarray(v, dtype=float).reshape(-1, 1) for v in (dc, ec, dt_, et))
-        self.ec, self.et, self.dt = np.maximum(ec, 1e-12), np.maximum(et, 1e-12), dt_
-        self.a, self.b = a, b
-        self.dsum = dc + dt_
-        with np.errstate(divide="ignore"):
-            self.log_k = (
-                np.log(w) + a * np.log(b) + special.gammaln(a + self.dsum) - special.gammaln(a)
-            )
-        centre = np.log((dt_ + 0.5) / self.et) - np.log((a + dc) / (b + self.ec))
-        sd = np.minimum(np.sqrt(1.0 / (dt_ + 1.0) + 1.0 / (a + dc)), LOG_HR_PRIOR_SD)
-        self.lo = np.maximum((centre - 10.0 * sd).min(1), -10.0 * LOG_HR_PRIOR_SD)
-        self.hi = np.minimum((centre + 10.0 * sd).max(1), 10.0 * LOG_HR_PRIOR_SD)
-        self.nodes = nodes
-        # the log of the density's scale: its value at the centre of the window (avoids overflow)
-        self.shift = self.log_density(0.5 * (self.lo + self.hi)[:, None])[:, 0]
-        self.total = self._integral(self.lo, self.hi)
-
-    def log_density(self, beta: np.ndarray) -> np.ndarray:
-        """Unnormalised log posterior at ``beta`` (R, m)."""
-        denom = np.log(
-            self.b + self.ec[:, :, None] * 1.0 + np.exp(beta)[:, :, None] * self.et[:, :, None]
-        )
-        log_mix = special.logsumexp(
-            self.log_k[:, None, :] - (self.a + self.dsum)[:, None, :] * denom, axis=2
-        )
-        return -0.5 * (beta / LOG_HR_PRIOR_SD) ** 2 + beta * self.dt + log_mix
-
-    def _integral(self, lo: np.ndarray, hi: np.ndarray, moment: bool = False) -> np.ndarray:
-        u, v = _gauss_legendre01(self.nodes)
-        width = np.maximum(hi - lo, 0.0)[:, None]
-        beta = lo[:, None] + width * u[None, :]
-        f = np.exp(self.log_density(beta) - self.shift[:, None])
-        if moment:
-            f = f * beta
-        return (f * v[None, :] * width).sum(1)
-
-    def cdf(self, c: float) -> np.ndarray:
-        """``P(beta < c | data)`` per replicate."""
-        cut = np.clip(c, self.lo, self.hi)
-        below = self._integral(self.lo, cut)
-        above = self._integral(cut, self.hi)
-        return below / (below + above)
-
-    def mean(self) -> np.ndarray:
-        return self._integral(self.lo, self.hi, moment=True) / self.total
 
 
 def _tte_look(

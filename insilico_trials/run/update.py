@@ -1,8 +1,12 @@
-"""A real data cut's refit of the synthetic control, run through an executor.
+"""A real data cut's refit of the synthetic control and the trial's decision, run through an
+executor.
 
 :func:`borrowing_arguments` compiles the protocol's analysis and synthetic-control sections
 into the arguments of :func:`insilico_trials.infer.borrowing.update_control`;
-:func:`refit_control` runs that refit as one task of the executor (serial by default).
+:func:`refit_control` runs that refit as one task of the executor (serial by default);
+:func:`hybrid_decisions` applies the protocol's analysis to the real patients of every
+treatment arm against the hybrid control (the real control patients with the synthetic
+control's prior), with :func:`insilico_trials.infer.decision.hybrid_effect`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from insilico_trials.spec.catalog import ENDPOINTS
 from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
 
-__all__ = ["ARCHIVE_DEFAULT_ENGINE", "borrowing_arguments", "recorded_engine", "refit_control",
-           "virtual_source"]  # fmt: skip
+__all__ = ["ARCHIVE_DEFAULT_ENGINE", "borrowing_arguments", "control_composition",
+           "hybrid_decisions", "recorded_engine", "refit_control", "virtual_source"]  # fmt: skip
 
 # An archived update without an ``engine`` entry was made before engines existed: by MCMC.
 ARCHIVE_DEFAULT_ENGINE = "mcmc"
@@ -108,3 +112,48 @@ def _refit(
     args: dict[str, Any],
 ) -> UpdateResult:
     return update_control(virtual_control, [real_control], **args)
+
+
+def effect_prior(
+    virtual_control: VirtualPrior | pd.DataFrame | Mapping[str, Any], result: UpdateResult
+) -> Any:
+    """The control prior of the trial's analysis at a cut: the synthetic control's prior as
+    the run's analysis used it (a :class:`VirtualPrior`'s ``prior``), else the refit's prior
+    (power prior from the virtual arm's statistics); None for a commensurate prior."""
+    if isinstance(virtual_control, VirtualPrior):
+        return virtual_control.prior
+    return result.prior
+
+
+def hybrid_decisions(
+    protocol: TrialProtocol,
+    frame: pd.DataFrame,
+    prior: Any,
+    *,
+    engine: str = "auto",
+) -> dict[str, Any]:
+    """The protocol's analysis of every treatment arm's real patients against the hybrid
+    control (``frame``: real patients of all cuts so far, outcome columns and protocol arm
+    names in ``arm``). Returns ``{arm: Effect}`` in protocol order; an arm without real
+    patients yet gets an Effect that says so."""
+    from insilico_trials.infer.decision import hybrid_effect
+
+    return {
+        arm.name: hybrid_effect(protocol, frame, prior, treatment=arm.name, engine=engine)
+        for arm in protocol.treatment_arms
+    }
+
+
+def control_composition(record: Mapping[str, Any]) -> dict[str, float]:
+    """How much of the hybrid control arm is real and how much virtual, from an update's
+    record: real patients (events for TTE), the effective number of virtual ones borrowed,
+    and the virtual share of their sum."""
+    real = float(record.get("n_real") or 0.0)
+    virtual = float(record.get("borrowed_virtual") or 0.0)
+    virtual = virtual if virtual == virtual else 0.0
+    total = real + virtual
+    return {
+        "real": real,
+        "virtual_borrowed": virtual,
+        "virtual_share": virtual / total if total > 0 else float("nan"),
+    }
