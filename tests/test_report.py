@@ -155,6 +155,44 @@ def test_updates_and_oc_rendered_when_present(
     assert "1" * 64 in _section(html, "provenance")
 
 
+def test_headline_follows_the_latest_cut_decision(
+    report: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """After real cuts with both arms, the first screen states the decision of the latest cut
+    (real patients against the hybrid control), its probability, and the control arm's
+    virtual share; the run's simulated prediction is kept, labelled as such; every cut is in
+    the decision history."""
+    archive, meta, _ = report
+    copy = tmp_path / "copy"
+    shutil.copytree(archive, copy)
+    decisions = [("no-go", 0.41, 8), ("go", 0.95, 24)]
+    for cut, (verdict, prob, n) in enumerate(decisions, start=1):
+        d = copy / "updates" / f"{cut:03d}"
+        d.mkdir(parents=True)
+        effect = {
+            "treatment": "tki200", "quantity": "rate_difference", "direction": "greater",
+            "delta": 0.1, "threshold": 0.9, "probability": prob, "probability_mcse": 0.0,
+            "decision": verdict, "mean": 0.2 * cut, "ci": [0.01, 0.5], "n_control": n,
+            "n_treatment": n, "engine": "closed_form", "converged": True,
+        }  # fmt: skip
+        (d / "update.json").write_text(json.dumps({
+            "cut": cut, "cut_sha256": f"{cut}" * 64, "method": "robust", "engine": "closed_form",
+            "posterior_mean": 0.15, "posterior_ci": [0.05, 0.3], "prior_ess": 14.0,
+            "borrowed_virtual": 8.0, "conflict": {}, "vague_weight": 0.2, "n_real": n,
+            "effects": [effect],
+        }))  # fmt: skip
+    html = render_report(copy, meta)
+    summary = _section(html, "summary")
+    assert 'id="decision">Decision after real data cut 2: go</p>' in summary
+    assert '<strong id="probability">0.950</strong> (exact)' in summary
+    assert "tki200 (24)" in summary and "24 real control patients" in summary
+    assert '<span id="virtual-share">25%</span>' in summary  # 8 virtual beside 24 real
+    assert "Before real data, the in-silico run predicted" in summary
+    hist = re.search(r'<table class="tbl" id="decision-history">(.*?)</table>', html, re.S)
+    assert hist is not None and hist.group(1).count("<tr>") == 3
+    assert "no-go" in hist.group(1) and "0.41" in hist.group(1)
+
+
 def test_verification_counts_come_from_the_archive_only(
     report: tuple[Path, dict[str, Any], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

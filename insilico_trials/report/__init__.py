@@ -400,6 +400,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     else:
         virtual = {"share": 1.0, "borrowed": float(n_virtual), "n_real": 0, "cut": None}
 
+    latest = _latest_decision(protocol, updates, virtual)
     qrow = next((r for r in summary["posterior"] if r.get("param") == quantity), None)
     arms = []
     for arm in protocol.arms:
@@ -435,6 +436,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         target_note=target_note,
         protocol_text=protocol_text,
         updates=updates,
+        latest=latest,
         twins=twins,
         twin_skill_table=_table(twins["skill"]) if twins else "",
         twin_shared_table=_table(twins["shared"], floatfmt="{:.4g}") if twins else "",
@@ -452,6 +454,29 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         validation=_validation_rows(archive),
         generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _latest_decision(
+    protocol: Any, updates: list[dict[str, Any]], virtual: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The trial's decision as of the archive's latest real data cut: the protocol's analysis
+    of the analysed treatment arm's real patients against the hybrid control (``effects`` of
+    the last update that has them); None before any such update."""
+    with_effects = [u for u in updates if u.get("effects")]
+    if not with_effects:
+        return None
+    last = with_effects[-1]
+    treat = protocol.analysis.treatment or protocol.treatment_arms[0].name
+    effect = next((e for e in last["effects"] if e["treatment"] == treat), last["effects"][0])
+    others = [e for e in last["effects"] if e is not effect]
+    return {
+        "cut": last["cut"],
+        "effect": effect,
+        "others": others,
+        "reported": effect["probability"] == effect["probability"],
+        "virtual": virtual,
+        "sign": "<" if effect["direction"] == "less" else ">",
+    }
 
 
 def _validation_rows(archive: Path) -> list[dict[str, Any]]:
