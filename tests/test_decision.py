@@ -137,3 +137,46 @@ def test_hybrid_effect_closed_form_equals_the_runs_mcmc_analysis():
     assert abs(exact.probability - mcmc.probability) < 5 * mcmc.probability_mcse + 1e-3
     assert exact.mean == pytest.approx(mcmc.mean, abs=0.01)
     assert exact.decision == mcmc.decision
+
+
+@pytest.mark.parametrize(
+    ("xc", "nc", "xt", "nt", "final"), [(3, 10, 5, 10, (30, 30)), (8, 20, 4, 15, (40, 40))]
+)
+def test_predictive_success_equals_brute_force_simulation_of_the_remaining_trial(
+    xc, nc, xt, nt, final
+):
+    """Simulate the rest of the trial directly: draw p_c from its beta-mixture posterior and
+    p_t from its beta posterior, the remaining patients' responders from binomials, and apply
+    the final analysis (its exact probability, from the design table) to the final counts."""
+    from insilico_trials.infer.decision import binary_predictive_success
+
+    fc, ft = final
+    table = binary_predictive_success(ROBUST, nc, nt, fc, ft, delta=0.05, success_threshold=0.9)
+    final_prob, _ = design.binary_decision_table(ROBUST, fc, ft, delta=0.05, nodes=2000)
+    rng = np.random.default_rng(7)
+    size = 400_000
+    w, a, b = borrowing.beta_mixture_posterior(ROBUST.weights, ROBUST.a, ROBUST.b, xc, nc)
+    k = rng.choice(len(w), p=np.asarray(w) / np.sum(w), size=size)
+    pc = rng.beta(np.asarray(a)[k], np.asarray(b)[k])
+    pt = rng.beta(1 + xt, 1 + nt - xt, size=size)
+    yc = xc + rng.binomial(fc - nc, pc)
+    yt = xt + rng.binomial(ft - nt, pt)
+    success = final_prob[yc, yt] > 0.9
+    p_mc = success.mean()
+    se = math.sqrt(p_mc * (1 - p_mc) / size)
+    assert abs(table[xc, xt] - p_mc) < 5 * se
+    # At the final sizes the predictive probability is the final verdict itself.
+    at_final = binary_predictive_success(ROBUST, fc, ft, fc, ft, delta=0.05, success_threshold=0.9)
+    np.testing.assert_allclose(at_final, (final_prob > 0.9).astype(float), atol=1e-12)
+
+
+def test_sequential_rule_verdicts():
+    from insilico_trials.infer.decision import SequentialRule
+
+    rule = SequentialRule((0.99, 0.99), (0.05, 0.05), 0.9, (0.1, 0.0))
+    assert rule.verdict(0, 3, 0.995) == "stop for efficacy"
+    assert rule.verdict(0, 3, 0.02) == "stop for futility"
+    assert rule.verdict(0, 3, 0.5, pos=0.05) == "stop for futility"  # by predictive probability
+    assert rule.verdict(1, 3, 0.5, pos=0.05) == "continue"  # no PoS rule at the second look
+    assert rule.verdict(2, 3, 0.95) == "success (final analysis)"
+    assert rule.verdict(2, 3, 0.85) == "failure (final analysis)"

@@ -425,3 +425,48 @@ def test_tte_interim_after_enrolment_is_refused(tmp_path):
         {"design.interim_patients": [], "design.interim_fractions": [0.5]},
     )
     assert ok.design.interim_fractions == [0.5]
+
+
+def test_predictive_futility_rule_is_the_engine_update_applies():
+    """``design.futility_pos``: an interim stops for futility when the predictive probability
+    of success at the final analysis is below it. Each replicate's verdict equals what
+    ``update`` computes for the same counts: SequentialRule.verdict on the exact criterion
+    probability and binary_predictive_success (one rule engine for design and update)."""
+    from insilico_trials.infer.decision import binary_effect, binary_predictive_success
+
+    protocol = with_fields(pooled(load_protocol(EXAMPLE)), {"design.futility_pos": 0.2})
+    plan = design.compile_design(protocol, virtual=VIRTUAL_200, methods=["robust_mixture"])
+    looks, rule = design.planned_looks(protocol)
+    assert plan.rule == rule and rule.futility_pos == (0.2, 0.2)
+    s = plan.scenario("null_nodrift")
+    reps = np.arange(400)
+    xc, xt = design._binary_counts(plan, s, reps)
+    res = design.simulate_batch(plan, "null_nodrift", 0, 400).data["robust_mixture"]
+    fut_by_pos = 0
+    final = looks[-1]
+    prior = plan.priors["robust_mixture"]
+    for r in range(0, 400, 7):
+        j = 0
+        lk = looks[j]
+        prob, _, _ = binary_effect(
+            prior, int(xc[r, j]), lk.n_control, int(xt[r, j]), lk.n_treatment,
+            delta=plan.delta, nodes=2000,
+        )  # fmt: skip
+        pos = binary_predictive_success(
+            prior, lk.n_control, lk.n_treatment, final.n_control, final.n_treatment,
+            delta=plan.delta, success_threshold=plan.success,
+        )[xc[r, j], xt[r, j]]  # fmt: skip
+        verdict = rule.verdict(j, len(looks), prob, pos)
+        stopped_here = res["stop_look"][r] == 0 and res["reason"][r] != 0
+        expect = {1: "stop for efficacy", 2: "stop for futility"}.get(int(res["reason"][r]))
+        assert (verdict if verdict != "continue" else None) == (expect if stopped_here else None)
+        fut_by_pos += verdict == "stop for futility" and prob >= rule.futility[0]
+    assert fut_by_pos > 0  # the predictive rule, not the probability threshold, stopped some
+    without = design.compile_design(pooled(load_protocol(EXAMPLE)), virtual=VIRTUAL_200,
+                                    methods=["robust_mixture"])  # fmt: skip
+    res0 = design.simulate_batch(without, "null_nodrift", 0, 400).data["robust_mixture"]
+
+    def fut1(d):
+        return np.mean((d["stop_look"] == 0) & (d["reason"] == 2))
+
+    assert fut1(res) > fut1(res0)  # the rule adds futility stops under the null

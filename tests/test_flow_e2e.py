@@ -300,6 +300,11 @@ def _two_arm_cut(folder: Path, k: int, responders: dict[str, int]) -> Path:
     return folder
 
 
+def final_probability_above(records: list[dict]) -> bool:
+    e = records[-1]["effects"][0]
+    return e["probability"] > e["threshold"]
+
+
 def test_update_decides_on_both_arms_against_the_hybrid_control(
     runs, tmp_path, capsys, monkeypatch
 ):
@@ -335,9 +340,23 @@ def test_update_decides_on_both_arms_against_the_hybrid_control(
     assert [e["n_control"] for e in effects] == [8, 16, 24]
     assert all(e["engine"] == "closed_form" and e["probability_mcse"] == 0.0 for e in effects)
     assert records[-1]["real_arms"] == {"control": "Placebo", "tki200": "TKI 200 mg"}
+    # The plan (no design section): one final analysis of the arms' planned sizes. Cuts 1 and
+    # 2 (8 + 8, 16 + 16) come before it, each with the exact predictive probability of
+    # success; cut 3 (24 + 24) has more real patients than planned: the final verdict.
+    protocol = load_protocol(archive / "protocol.yaml")
+    n = protocol.control_arm.n
+    assert 16 <= n < 24 and protocol.treatment_arms[0].n == n
+    looks = [r["look"] for r in records]
+    assert [lk["look"] for lk in looks] == [0, 0, 1] and looks[0]["planned"] == [[n, n]]
+    assert all(0.0 <= lk["pos"] <= 1.0 and lk["pos_method"].startswith("exact") for lk in looks[:2])
+    assert looks[-1]["pos"] is None
+    assert looks[-1]["verdict"] == (
+        "success (final analysis)"
+        if final_probability_above(records)
+        else "failure (final analysis)"
+    )
 
     # A direct analysis of all real data (4 of 24 control, 12 of 24 treatment responders)
-    protocol = load_protocol(archive / "protocol.yaml")
     prior = virtual_source(json.loads((archive / "synthetic_control.json").read_text())).prior
     dec = protocol.analysis.decision
     table, means = binary_decision_table(prior, 24, 24, delta=dec.delta, nodes=4000)

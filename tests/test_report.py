@@ -180,9 +180,14 @@ def test_headline_follows_the_latest_cut_decision(
             "posterior_mean": 0.15, "posterior_ci": [0.05, 0.3], "prior_ess": 14.0,
             "borrowed_virtual": 8.0, "conflict": {}, "vague_weight": 0.2, "n_real": n,
             "effects": [effect],
+            "look": {"treatment": "tki200", "planned": [[12, 12], [24, 24]], "look": cut,
+                     "of": 2, "verdict": "continue" if cut == 1 else "success (final analysis)",
+                     "pos": 0.61 if cut == 1 else None, "pos_mcse": 0.0,
+                     "pos_method": "exact (beta-binomial predictive)"},
         }))  # fmt: skip
     html = render_report(copy, meta)
     summary = _section(html, "summary")
+    assert "look 2 of 2 of the plan: <strong>success (final analysis)</strong>" in summary
     assert 'id="decision">Decision after real data cut 2: go</p>' in summary
     assert '<strong id="probability">0.950</strong> (exact)' in summary
     assert "tki200 (24)" in summary and "24 real control patients" in summary

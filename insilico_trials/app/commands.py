@@ -41,6 +41,7 @@ from insilico_trials.run.update import (
     control_composition,
     effect_prior,
     hybrid_decisions,
+    look_status,
     recorded_engine,
     refit_control,
     virtual_source,
@@ -787,6 +788,10 @@ def execute_update(
             )  # fmt: skip
             extra["real_arms"] = real_arms
             extra["effects"] = [e.record() for e in effects.values()]
+            analysed = protocol.analysis.treatment or protocol.treatment_arms[0].name
+            extra["look"] = look_status(
+                protocol, real_all, effect_prior(virtual, result), effects[analysed]
+            )
             labels = sorted({e.engine for e in effects.values()} - {"none"}) or ["none"]
             timings[f"decision ({', '.join(labels)})"] = time.perf_counter() - t
         extra_files: dict[str, Any] = {}
@@ -892,6 +897,14 @@ def execute_update(
         )
         for e in record.get("effects", []):
             _say(effect_line(e))
+        if lk := record.get("look"):
+            pos = (
+                f"; predictive probability of success at the final analysis {lk['pos']:.4f} "
+                f"({lk['pos_method']})"
+                if lk.get("pos") is not None
+                else f"; probability of success {lk['pos_method']}"
+            )
+            _say(f"look {lk['look']} of {lk['of']} (planned {lk['planned']}): {lk['verdict']}{pos}")
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder
@@ -902,7 +915,7 @@ def execute_update(
 _REPLAYED_KEYS = (
     "parameter", "posterior_mean", "posterior_sd", "posterior_ci", "prior_ess", "posterior_ess",
     "borrowed_virtual", "ess_unit", "conflict", "vague_weight", "n_real", "real_stats",
-    "converged", "engine", "posterior_mixture", "effects",
+    "converged", "engine", "posterior_mixture", "effects", "look",
 )  # fmt: skip
 
 
@@ -971,6 +984,11 @@ def replay_control_updates(
             new["effects"] = json.loads(
                 json.dumps([e.record() for e in effects.values()], default=float)
             )
+            if "look" in record:
+                analysed = protocol.analysis.treatment or protocol.treatment_arms[0].name
+                new["look"] = json.loads(json.dumps(look_status(
+                    protocol, real_all, effect_prior(virtual, result), effects[analysed]
+                ), default=float))  # fmt: skip
         # the entries the archived record has (an older record has fewer, e.g. no engine)
         keys = [k for k in _REPLAYED_KEYS if k in record]
         differ = [k for k in keys if not _same_json(record[k], new.get(k))]

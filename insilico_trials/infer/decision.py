@@ -39,9 +39,11 @@ __all__ = [
     "LOG_HR_PRIOR_SD",
     "TTE_NODES",
     "Effect",
+    "SequentialRule",
     "TteLogHrPosterior",
     "binary_decision_table",
     "binary_effect",
+    "binary_predictive_success",
     "exact_effect_refusal",
     "hybrid_effect",
     "tte_exponential_effect",
@@ -243,6 +245,104 @@ class TteLogHrPosterior:
 
     def mean(self) -> np.ndarray:
         return self._integral(self.lo, self.hi, moment=True) / self.total
+
+
+# --------------------------------------------------------------------------- predictive
+
+
+def _beta_binomial_rows(w: np.ndarray, a: np.ndarray, b: np.ndarray, remaining: int) -> np.ndarray:
+    """Predictive pmf of the successes among ``remaining`` future patients, for a beta mixture
+    (rows: components summed with weights), shape (remaining + 1,)."""
+    y = np.arange(remaining + 1)
+    return (w[:, None] * stats.betabinom.pmf(y[None, :], remaining, a[:, None], b[:, None])).sum(0)
+
+
+def binary_predictive_success(
+    prior: MixturePrior,
+    n_control: int,
+    n_treatment: int,
+    final_control: int,
+    final_treatment: int,
+    *,
+    delta: float,
+    success_threshold: float,
+    direction: str = "greater",
+    nodes: int = 2000,
+) -> np.ndarray:
+    """Predictive probability of success at the final analysis, on the count lattice of a look.
+
+    ``PoS[x_c, x_t]``: with ``x_c`` of ``n_control`` and ``x_t`` of ``n_treatment`` responders
+    now, the probability that the final analysis (``final_control``, ``final_treatment``
+    patients) finds ``P(p_t - p_c > delta) > success_threshold`` (``<`` when ``direction`` is
+    ``less``), the patients still to come drawn from the current posterior predictive: a
+    beta-binomial mixture for the control arm (its beta-mixture posterior), a beta-binomial for
+    the treatment arm. Exact: ``PoS = P_c S P_t^T`` with ``S`` the final look's success
+    indicator on its lattice (:func:`binary_decision_table`) and ``P_c``, ``P_t`` the
+    predictive transition matrices from now to the final counts. Shape
+    ``(n_control + 1, n_treatment + 1)``.
+    """
+    if final_control < n_control or final_treatment < n_treatment:
+        raise ValueError(
+            f"final sizes ({final_control}, {final_treatment}) below the look's "
+            f"({n_control}, {n_treatment})"
+        )
+    prob, _ = binary_decision_table(prior, final_control, final_treatment, delta=delta, nodes=nodes)
+    if direction == "less":
+        prob = 1.0 - prob
+    success = (prob > success_threshold).astype(float)
+    mc, mt = final_control - n_control, final_treatment - n_treatment
+    pc = np.zeros((n_control + 1, final_control + 1))
+    for x in range(n_control + 1):
+        w, a, b = (np.asarray(v, dtype=float) for v in beta_mixture_posterior(
+            prior.weights, prior.a, prior.b, x, n_control
+        ))  # fmt: skip
+        pc[x, x : x + mc + 1] = _beta_binomial_rows(w, a, b, mc)
+    ptr = np.zeros((n_treatment + 1, final_treatment + 1))
+    for x in range(n_treatment + 1):
+        ptr[x, x : x + mt + 1] = _beta_binomial_rows(
+            np.array([1.0]),
+            np.array([VAGUE_BETA[0] + x], dtype=float),
+            np.array([VAGUE_BETA[1] + n_treatment - x], dtype=float),
+            mt,
+        )
+    return np.clip(pc @ success @ ptr.T, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SequentialRule:
+    """The protocol's sequential decision rule, one engine for ``design`` and ``update``.
+
+    At interim look ``j`` (0-based, before the last): stop for efficacy when the criterion's
+    probability exceeds ``efficacy[j]``; stop for futility when it is below ``futility[j]``
+    or the predictive probability of success is below ``futility_pos[j]`` (0: no such rule).
+    At the final look: success when the probability exceeds ``success``.
+    """
+
+    efficacy: tuple[float, ...]
+    futility: tuple[float, ...]
+    success: float
+    futility_pos: tuple[float, ...] = ()
+
+    def interim(
+        self, j: int, prob: np.ndarray, pos: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(efficacy stop, futility stop) at interim ``j``, elementwise."""
+        eff = prob > self.efficacy[j]
+        fut = ~eff & (prob < self.futility[j])
+        if pos is not None and self.futility_pos and self.futility_pos[j] > 0:
+            fut |= ~eff & (pos < self.futility_pos[j])
+        return eff, fut
+
+    def verdict(self, j: int, n_looks: int, prob: float, pos: float | None = None) -> str:
+        """The rule's verdict at look ``j`` of ``n_looks`` for one trial."""
+        if j == n_looks - 1:
+            return "success (final analysis)" if prob > self.success else "failure (final analysis)"
+        eff, fut = self.interim(j, np.array([prob]), None if pos is None else np.array([pos]))
+        if eff[0]:
+            return "stop for efficacy"
+        if fut[0]:
+            return "stop for futility"
+        return "continue"
 
 
 # --------------------------------------------------------------------------- one cut

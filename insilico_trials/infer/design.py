@@ -75,8 +75,10 @@ from scipy import special, stats
 
 from insilico_trials.infer.conjugate import MixturePrior, normal_mixture_posterior
 from insilico_trials.infer.decision import (
+    SequentialRule,
     TteLogHrPosterior,
     binary_decision_table,
+    binary_predictive_success,
 )
 from insilico_trials.infer.synthetic import VirtualArms, pooled_statistics, protocol_prior
 from insilico_trials.sim.rng import patient_uniforms, stream
@@ -106,6 +108,7 @@ __all__ = [
     "mcmc_agreement",
     "merge_batches",
     "operating_characteristics",
+    "planned_looks",
     "replicate_batches",
     "simulate_batch",
 ]
@@ -152,6 +155,14 @@ class DesignPlan:
     tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
     true_tables: Mapping[tuple[str, str, int], np.ndarray] = field(default_factory=dict, repr=False)
     mean_tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    # predictive probability of success per (method, interim look), binary with futility_pos
+    futility_pos: tuple[float, ...] = ()
+    pos_tables: Mapping[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def rule(self) -> SequentialRule:
+        """The sequential rule (the engine ``update`` applies to real cuts too)."""
+        return SequentialRule(self.efficacy, self.futility, self.success, self.futility_pos)
 
     def true_effect(self, scenario: Scenario) -> float:
         """Difference (binary, continuous) or log hazard ratio (tte: log(median_c / median_t))."""
@@ -177,6 +188,26 @@ def _looks(protocol: Any, d: DesignSpec) -> tuple[Look, ...]:
     for f in fr:
         looks.append(Look(max(1, round(f * n_c)), max(1, round(f * n_t)), float(f)))
     return tuple(looks)
+
+
+def planned_looks(protocol: Any) -> tuple[tuple[Look, ...], SequentialRule]:
+    """The trial's planned looks (real patients per arm) and its sequential rule, as ``design``
+    evaluates them and ``update`` applies them to real cuts: the design section's interims and
+    thresholds, or, without one, a single final analysis of the arms' planned sizes at the
+    analysis' threshold."""
+    d: DesignSpec | None = protocol.design
+    dec = protocol.analysis.decision
+    if d is None:
+        n_c, n_t = protocol.control_arm.n, treatment_arm(protocol).n
+        return (Look(n_c, n_t, 1.0),), SequentialRule((), (), float(dec.threshold))
+    looks = _looks(protocol, d)
+    n_int = len(looks) - 1
+    eff, fut, fpos = d.efficacy_threshold, d.futility_threshold, d.futility_pos
+    eff_t = tuple(eff) if isinstance(eff, list) else (float(eff),) * n_int
+    fut_t = tuple(fut) if isinstance(fut, list) else (float(fut or 0.0),) * n_int
+    fpos_t = tuple(fpos) if isinstance(fpos, list) else ((float(fpos),) * n_int if fpos else ())
+    success = d.success_threshold or dec.threshold
+    return looks, SequentialRule(eff_t, fut_t, float(success), fpos_t)
 
 
 def compile_design(
@@ -217,14 +248,10 @@ def compile_design(
     virtual_priors = {m: protocol_prior(protocol, virtual, method=m) for m in methods}
     priors = {m: vp.prior for m, vp in virtual_priors.items()}
     pooled = pooled_statistics(virtual)
-    looks = _looks(protocol, d)
-    n_int = len(looks) - 1
-    eff = d.efficacy_threshold
-    fut = d.futility_threshold
-    eff_t = tuple(eff) if isinstance(eff, list) else (float(eff),) * n_int
-    fut_t = tuple(fut) if isinstance(fut, list) else (float(fut or 0.0),) * n_int
+    looks, rule = planned_looks(protocol)
+    eff_t, fut_t, fpos_t = rule.efficacy, rule.futility, rule.futility_pos
     dec = protocol.analysis.decision
-    success = success_threshold or d.success_threshold or dec.threshold
+    success = success_threshold or rule.success
     ep = protocol.endpoints
     extra: dict[str, Any] = {"virtual_priors": virtual_priors}
     if d.endpoint == "continuous":
@@ -255,6 +282,7 @@ def compile_design(
         looks=looks,
         efficacy=eff_t,
         futility=fut_t,
+        futility_pos=fpos_t,
         success=float(success),
         delta=float(dec.delta),
         side=dec.side,
@@ -291,9 +319,20 @@ def _with_binary_tables(plan: DesignPlan, *, nodes: int) -> DesignPlan:
                     delta=plan.true_effect(s),
                     nodes=nodes,
                 )[0]
+    pos_tables = {}
+    if any(f > 0 for f in plan.futility_pos):
+        final = plan.looks[-1]
+        for m in plan.methods:
+            for j, lk in enumerate(plan.looks[:-1]):
+                pos_tables[(m, j)] = binary_predictive_success(
+                    plan.priors[m], lk.n_control, lk.n_treatment, final.n_control,
+                    final.n_treatment, delta=plan.delta, success_threshold=plan.success,
+                    direction=plan.side, nodes=nodes,
+                )  # fmt: skip
     return dataclasses.replace(
-        plan, tables=tables, true_tables=true_tables, mean_tables=mean_tables
-    )
+        plan, tables=tables, true_tables=true_tables, mean_tables=mean_tables,
+        pos_tables=pos_tables,
+    )  # fmt: skip
 
 
 def _binom_inverse(u: np.ndarray, n: int, p: float) -> np.ndarray:
@@ -437,21 +476,28 @@ def replicate_batches(replicates: int, batch_size: int) -> list[tuple[int, int]]
 
 
 def _decide(
-    plan: DesignPlan, prob: np.ndarray, est: np.ndarray, above: np.ndarray, n_look: np.ndarray
+    plan: DesignPlan,
+    prob: np.ndarray,
+    est: np.ndarray,
+    above: np.ndarray,
+    n_look: np.ndarray,
+    pos: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Apply the sequential rule to per-look probabilities, shape (R, L)."""
+    """Apply the sequential rule (:attr:`DesignPlan.rule`) to per-look probabilities, shape
+    (R, L); ``pos`` the predictive probabilities of success at the interims (R, L - 1)."""
     r, n_l = prob.shape
+    rule = plan.rule
     active = np.ones(r, dtype=bool)
     stop_look = np.full(r, n_l - 1, dtype=np.int16)
     reason = np.zeros(r, dtype=np.int8)
     for j in range(n_l - 1):
-        eff = active & (prob[:, j] > plan.efficacy[j])
-        fut = active & ~eff & (prob[:, j] < plan.futility[j])
+        e, f = rule.interim(j, prob[:, j], None if pos is None else pos[:, j])
+        eff, fut = active & e, active & f
         stop_look[eff | fut] = j
         reason[eff], reason[fut] = 1, 2
         active &= ~(eff | fut)
     idx = np.arange(r)
-    success = (reason == 1) | ((reason == 0) & (prob[:, -1] > plan.success))
+    success = (reason == 1) | ((reason == 0) & (prob[:, -1] > rule.success))
     a = above[idx, stop_look]
     return {
         "stop_look": stop_look,
@@ -485,7 +531,12 @@ def simulate_batch(plan: DesignPlan, scenario: str, start: int, stop: int) -> Ba
             above = np.stack(
                 [plan.true_tables[(m, s.name, j)][xc[:, j], xt[:, j]] for j in range(n_l)], 1
             )
-            out[m] = _decide(plan, prob, est, above, n_look)
+            pos = None
+            if plan.pos_tables:
+                pos = np.stack(
+                    [plan.pos_tables[(m, j)][xc[:, j], xt[:, j]] for j in range(n_l - 1)], 1
+                ).reshape(reps.size, n_l - 1)
+            out[m] = _decide(plan, prob, est, above, n_look, pos)
     elif plan.endpoint == "continuous":
         yc, yt = _normal_means(plan, s, reps)
         for m in plan.methods:

@@ -476,6 +476,7 @@ def _latest_decision(
         "reported": effect["probability"] == effect["probability"],
         "virtual": virtual,
         "sign": "<" if effect["direction"] == "less" else ">",
+        "look": last.get("look"),
     }
 
 

@@ -24,7 +24,8 @@ from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
 
 __all__ = ["ARCHIVE_DEFAULT_ENGINE", "borrowing_arguments", "control_composition",
-           "hybrid_decisions", "recorded_engine", "refit_control", "virtual_source"]  # fmt: skip
+           "hybrid_decisions", "look_status", "recorded_engine", "refit_control",
+           "virtual_source"]  # fmt: skip
 
 # An archived update without an ``engine`` entry was made before engines existed: by MCMC.
 ARCHIVE_DEFAULT_ENGINE = "mcmc"
@@ -157,3 +158,59 @@ def control_composition(record: Mapping[str, Any]) -> dict[str, float]:
         "virtual_borrowed": virtual,
         "virtual_share": virtual / total if total > 0 else float("nan"),
     }
+
+
+def look_status(
+    protocol: TrialProtocol, frame: pd.DataFrame, prior: Any, effect: Any
+) -> dict[str, Any]:
+    """Which planned look a cut corresponds to, the protocol's rule there, and the predictive
+    probability of success at the planned final analysis (for the analysed treatment arm).
+
+    The look is the last planned one (:func:`insilico_trials.infer.design.planned_looks`) whose
+    per-arm sizes the real patients of both arms have reached; before the first, no rule
+    applies. The probability of success is exact for a binary endpoint with a closed-form
+    posterior (:func:`insilico_trials.infer.decision.binary_predictive_success`: the patients
+    still to come drawn from the current posterior predictive); elsewhere it is not computed
+    and the record says why.
+    """
+    from insilico_trials.infer.decision import binary_predictive_success
+    from insilico_trials.infer.design import planned_looks
+
+    looks, rule = planned_looks(protocol)
+    nc, nt = int(effect.n_control), int(effect.n_treatment)
+    reached = [j for j, lk in enumerate(looks) if nc >= lk.n_control and nt >= lk.n_treatment]
+    final = looks[-1]
+    out: dict[str, Any] = {
+        "treatment": effect.treatment,
+        "planned": [[lk.n_control, lk.n_treatment] for lk in looks],
+        "look": reached[-1] + 1 if reached else 0,
+        "of": len(looks),
+    }
+    a = protocol.analysis
+    pos = None
+    if a.model == "binary" and effect.engine == "closed_form" and prior is not None:
+        if nc <= final.n_control and nt <= final.n_treatment:
+            ctrl = frame[frame["arm"] == protocol.control_arm.name]
+            trt = frame[frame["arm"] == effect.treatment]
+            table = binary_predictive_success(
+                prior, nc, nt, final.n_control, final.n_treatment,
+                delta=float(a.decision.delta), success_threshold=rule.success,
+                direction=a.decision.side,
+            )  # fmt: skip
+            pos = float(table[int(ctrl["response"].sum()), int(trt["response"].sum())])
+            out.update(pos=pos, pos_mcse=0.0, pos_method="exact (beta-binomial predictive)")
+        else:
+            out.update(pos=None, pos_method="more real patients than planned: final analysis")
+    else:
+        out.update(
+            pos=None,
+            pos_method=f"not computed for model {a.model} with engine {effect.engine} "
+            "(exact for a binary endpoint only)",
+        )
+    if not reached:
+        out["verdict"] = "before the first planned look: no rule applies"
+    elif effect.probability != effect.probability:
+        out["verdict"] = "no decision (no effect estimate)"
+    else:
+        out["verdict"] = rule.verdict(reached[-1], len(looks), float(effect.probability), pos)
+    return out

@@ -93,6 +93,11 @@ class DesignSpec(_D):
     success_threshold: Prob | None = Field(
         default=None, description="final look; default analysis.decision.threshold"
     )
+    futility_pos: Prob | list[Prob] | None = Field(
+        default=None,
+        description="stop for futility at an interim when the predictive probability of "
+        "success at the final analysis is below this (binary endpoint; the same rule as update)",
+    )
     compare_borrowing: list[Method] = Field(default_factory=list)
     calibration: Calibration | None = Calibration()
     replicates: int = Field(default=1000, ge=1, le=10_000_000)
@@ -114,7 +119,12 @@ class DesignSpec(_D):
             if any(b <= a for a, b in itertools.pairwise(v)):
                 raise ValueError(f"{name} must be strictly increasing, got {v}")
         n_int = len(self.interim_fractions or self.interim_patients)
-        for name in ("efficacy_threshold", "futility_threshold"):
+        if self.futility_pos is not None and self.endpoint != "binary":
+            raise ValueError(
+                "futility_pos: the predictive probability of success is computed for a binary "
+                f"endpoint only, not {self.endpoint}"
+            )
+        for name in ("efficacy_threshold", "futility_threshold", "futility_pos"):
             v = getattr(self, name)
             if isinstance(v, list) and len(v) != n_int:
                 raise ValueError(f"{name}: need one value per interim look ({n_int}), got {v}")

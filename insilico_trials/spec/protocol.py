@@ -670,6 +670,8 @@ class TrialProtocol(_Spec):
         for name in _LATER_SECTIONS:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name)
+        if data.get("design") is not None and data["design"].get("futility_pos") is None:
+            data["design"].pop("futility_pos", None)  # added later; None changes nothing
         for arm in data["arms"]:
             adaptive = (arm.get("regimen") or {}).get("adaptive")
             # Added after the first archives; "trial" is what older protocols ran.
