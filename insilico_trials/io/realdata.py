@@ -381,20 +381,34 @@ def _arrow_text(series: pd.Series) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = series.to_numpy(dtype=object)
-    try:
-        arr = pa.array(values, type=pa.string(), from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types (numbers among strings)
-        arr = pa.array([_text(v) for v in values], type=pa.string())
+    arr = None
+    if isinstance(series.dtype, pd.StringDtype):  # arrow-backed text: no trip through objects
+        arr = pa.array(series.array)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+    else:
+        values = series.to_numpy(dtype=object)
+        try:
+            arr = pa.array(values, type=pa.string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types (numbers among strings)
+            arr = pa.array([_text(v) for v in values], type=pa.string())
     return pc.utf8_trim_whitespace(pc.fill_null(arr, ""))
 
 
-def _texts(series: pd.Series) -> pd.Series:
-    """``_text`` of every value (object Series, same index)."""
+def _column_text(series: pd.Series) -> Any:
+    """``_text`` of every value of a column, as a pyarrow string array (text columns through
+    pyarrow; other columns over their distinct values)."""
+    import pyarrow as pa
+
     if series.dtype == object or pd.api.types.is_string_dtype(series):
-        out = _arrow_text(series).to_numpy(zero_copy_only=False)
-        return pd.Series(out, index=series.index, dtype=object)
-    return series.map(_text)
+        return _arrow_text(series)
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    return pa.array([_text(u) for u in uniques] or [""], type=pa.string()).take(codes)
+
+
+def _texts(series: pd.Series) -> pd.Series:
+    """``_text`` of every value (a text Series, pyarrow-backed, same index)."""
+    return pd.Series(pd.array(_column_text(series), dtype="str"), index=series.index)
 
 
 def _screen_values(
@@ -516,9 +530,7 @@ def _numbers(
 def _canonical(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     # sorted by the keys, then by every other column (a total order for the many-record
     # datasets; the one-record-per-key datasets sort exactly as by their keys)
-    out = df.copy()
-    for c in out.columns:
-        out[c] = out[c].map(_text)
+    out = pd.DataFrame({c: _texts(df[c]) for c in df.columns}, index=df.index)
     order = list(keys) + [c for c in sorted(out.columns) if c not in keys]
     return out.sort_values(order, kind="stable").reset_index(drop=True)[sorted(out.columns)]
 
@@ -532,11 +544,43 @@ CANONICAL_KEYS = {
 }
 
 
-def _hash_rows(df: pd.DataFrame) -> list[str]:
-    return [
-        "\x1f".join(f"{c}={v}" for c, v in zip(df.columns, row, strict=True))
-        for row in df.itertuples(index=False)
-    ]
+def _hash_rows(df: pd.DataFrame) -> Any:
+    """``C1=v1<US>C2=v2...`` per row of a canonical table (a pyarrow string array)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts: list[Any] = []
+    for k, c in enumerate(df.columns):
+        col = pa.array(df[c].array).cast(pa.large_string())
+        parts += [pa.scalar(f"{chr(0x1F) if k else ''}{c}=", pa.large_string()), col]
+    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
+
+
+_HASH_BLOCK = 65536  # rows hashed per block (bounds the memory of the text)
+
+
+def _content_hashes(
+    canon: dict[str, pd.DataFrame], subjects: Collection[str]
+) -> tuple[str, dict[str, str]]:
+    """The SHA-256 of the canonical tables, and per subject of his rows: each table's header
+    line ``[name]C1,C2,...`` then its rows, one per line (per subject: ``[name]`` and the row).
+    SHA-256 is a stream: updating with a block of lines is updating with each line in turn."""
+    h = hashlib.sha256()
+    per_subject: dict[str, Any] = {s: hashlib.sha256() for s in sorted(subjects)}
+    for name, df in canon.items():
+        h.update(f"[{name}]{','.join(df.columns)}\n".encode())
+        lines = _hash_rows(df)
+        head, sep = f"[{name}]", f"\n[{name}]"
+        for a in range(0, len(df), _HASH_BLOCK):
+            block = lines.slice(a, _HASH_BLOCK).to_pylist()
+            h.update(("\n".join(block) + "\n").encode())
+            # canonical order is by USUBJID first: each subject's rows are contiguous
+            sids = df["USUBJID"].iloc[a : a + _HASH_BLOCK].to_numpy(dtype=object)
+            starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
+            ends = np.r_[starts[1:], len(sids)]
+            for i, j in zip(starts.tolist(), ends.tolist(), strict=True):
+                per_subject[sids[i]].update((head + sep.join(block[i:j]) + "\n").encode())
+    return h.hexdigest(), {s: d.hexdigest() for s, d in per_subject.items()}
 
 
 def _check_adlb(df: pd.DataFrame, path: Path, problems: _Problems) -> pd.DataFrame:
@@ -815,13 +859,7 @@ def load_cut(
         for name, df in datasets.items()
         if df is not None
     }
-    h = hashlib.sha256()
-    per_subject: dict[str, hashlib._Hash] = {s: hashlib.sha256() for s in sorted(known)}
-    for name, df in canon.items():
-        h.update(f"[{name}]{','.join(df.columns)}\n".encode())
-        for sid, line in zip(df["USUBJID"], _hash_rows(df), strict=True):
-            h.update(line.encode() + b"\n")
-            per_subject[sid].update(f"[{name}]{line}\n".encode())
+    content_hash, subject_hashes = _content_hashes(canon, known)
     return Cut(
         cut_id=cut_id or cut_dir.name,
         path=cut_dir,
@@ -829,8 +867,8 @@ def load_cut(
         adtte=adtte,
         adrs=adrs,
         files=files,
-        content_hash=h.hexdigest(),
-        subject_hashes={s: d.hexdigest() for s, d in per_subject.items()},
+        content_hash=content_hash,
+        subject_hashes=subject_hashes,
         adlb=adlb,
         adex=adex,
         dropped=tuple(dropped),
