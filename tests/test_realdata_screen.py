@@ -194,7 +194,7 @@ def test_every_problem_of_a_cut_is_listed(tmp_path):
         ("adrs.csv", 3, "USUBJID"),  # S3 not in ADSL
     }
     text = e.report()
-    assert text.startswith("error: the data cut breaks 9 rules (every problem is listed")
+    assert text.startswith("error: 9 problems in the data cut (every one is listed")
     assert (
         "adtte.csv, row 2, column AVAL: AVAL must be a finite time in days >= 0; got '-5.0'" in text
     )
@@ -301,7 +301,7 @@ def _tree(folder: Path) -> dict[str, str]:
             "several problems",
             {"adsl": {"PATIENT_NAME": "Jane Doe", "SMOKER": "Y"},
              "adtte": {"AVAL": [1.0, -5.0, 3.0, 4.0]}, "adrs": {"AVALC": ["PR", "GOOD", "SD", "CR"]}},
-            ["breaks 4 rules", "column PATIENT_NAME: direct identifier", "column SMOKER: column "
+            ["error: 4 problems in the data cut", "column PATIENT_NAME: direct identifier", "column SMOKER: column "
              "not allowed in ADSL", "row 2, column AVAL", "row 2, column AVALC",
              "--drop-unknown-columns"],
         ),
@@ -309,7 +309,7 @@ def _tree(folder: Path) -> dict[str, str]:
         (
             "no adrs and an e-mail",
             {"skip": ("adrs",), "adsl": {"COUNTRY": "jane.doe@example.org"}},
-            ["breaks 5 rules", "missing adrs dataset", "looks like an e-mail address",
+            ["error: 5 problems in the data cut", "missing adrs dataset", "looks like an e-mail address",
              "(direct identifier); got 'ja... (20 characters)'"],
         ),
     ],

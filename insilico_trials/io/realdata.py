@@ -207,7 +207,7 @@ class DataCutError(InputError):
         if len(self.problems) == 1:
             return f"error: {self}"
         return (
-            f"error: the data cut breaks {len(self.problems)} rules (every problem is listed; "
+            f"error: {len(self.problems)} problems in the data cut (every one is listed; "
             "nothing was written):\n" + "\n".join(f"  {p}" for p in self.problems)
         )
 
@@ -486,6 +486,17 @@ def _screen_columns(
             continue
         _screen_values(df[col], col, path, problems, label=col in allowed.labels)
     return (df.drop(columns=dropped) if dropped else df), dropped
+
+
+def _isin(values: pd.Series, pool: pd.Series) -> np.ndarray:
+    """Which ``values`` are in ``pool`` (two text columns), by pyarrow's hash kernel."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def arrow(s: pd.Series) -> Any:
+        return pa.array(s.array).cast(pa.large_string())
+
+    return pc.is_in(arrow(values), value_set=arrow(pool)).to_numpy(zero_copy_only=False)
 
 
 def _missing_columns(df: pd.DataFrame, name: str, path: Path, problems: _Problems) -> bool:
@@ -809,8 +820,8 @@ def load_cut(
         df["USUBJID"] = _ids(df, path, problems)
         if "PARAMCD" in REQUIRED[name]:
             df["PARAMCD"] = _texts(df["PARAMCD"])
-        if known is not None:
-            missing = ~df["USUBJID"].isin(known) & (df["USUBJID"] != "")
+        if adsl is not None:
+            missing = ~_isin(df["USUBJID"], adsl["USUBJID"]) & (df["USUBJID"] != "")
             problems.rows(path, missing, "USUBJID", df["USUBJID"],
                           f"subject not in ADSL ({files['adsl'].name})")  # fmt: skip
         if name in LONGITUDINAL:
