@@ -234,7 +234,7 @@ def _cut(folder: Path, *, adrs: bool = True, bor: bool = True, rows: int = 2, **
 @pytest.mark.parametrize(
     ("case", "kwargs", "phrase"),
     [
-        ("no adrs for a response endpoint", {"adrs": False}, "binary endpoint needs an adrs"),
+        ("no adrs for a response endpoint", {"adrs": False}, "missing adrs dataset"),
         ("no BOR records", {"bor": False}, "no records with this PARAMCD"),
         ("no rows", {"rows": 0}, "adsl has no rows"),
         ("a patient's name", {"PATIENT_NAME": "Jane Doe"}, "direct identifier column"),

@@ -2,7 +2,7 @@
 
 The committed example ``examples/abiraterone`` (Zhang et al., eLife 2022, CC0) is the data:
 its cuts load, the converter reproduces them byte for byte, each bad input of issue #16 is
-refused with the file, row, column, value and rule named, and successive cuts only append.
+refused with the file, row (1-based data row), column, value and rule named, and successive cuts only append.
 """
 
 from __future__ import annotations
@@ -193,10 +193,10 @@ def test_negative_psa_refused(tmp_path):
     adlb.loc[5, "AVAL"] = "-1.5"
     _write(folder, "adlb", adlb)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 5, "AVAL", "-1.5")
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 6, "AVAL", "-1.5")
     assert e.rule == "AVAL must be a finite value >= 0"
     assert str(e).endswith(
-        "adlb.csv, row 5, column AVAL: AVAL must be a finite value >= 0; got '-1.5'"
+        "adlb.csv, row 6, column AVAL: AVAL must be a finite value >= 0; got '-1.5'"
     )
 
 
@@ -207,9 +207,9 @@ def test_ady_going_backwards_refused(tmp_path):
     adlb.loc[3, "ADY"] = "20"  # P1001: 0, 27, 55, then 20
     _write(folder, "adlb", adlb)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 3, "ADY", "20")
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 4, "ADY", "20")
     assert "ADY must not decrease within a subject and PARAMCD in file order" in e.rule
-    assert "row 2 of NCT02415621-ABI-P1001 PSA has ADY 55" in e.rule
+    assert "row 3 of NCT02415621-ABI-P1001 PSA has ADY 55" in e.rule
 
 
 def test_equal_days_allowed_identical_record_refused(tmp_path):
@@ -221,7 +221,7 @@ def test_equal_days_allowed_identical_record_refused(tmp_path):
     twice = pd.concat([adlb.iloc[:3], adlb.iloc[[2]], adlb.iloc[3:]], ignore_index=True)
     _write(folder, "adlb", twice)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column) == ("adlb.csv", 3, "ADY")
+    assert (Path(e.file).name, e.row, e.column) == ("adlb.csv", 4, "ADY")
     assert "duplicate record" in e.rule
 
 
@@ -232,9 +232,9 @@ def test_overlapping_dosing_intervals_refused(tmp_path):
     adex.loc[1, "AENDY"] = "150.0"  # now overlaps the next interval, 137 to 165
     _write(folder, "adex", adex)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 2, "ASTDY", "137.0")
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 3, "ASTDY", "137.0")
     assert "exposure intervals of a subject and EXTRT must not overlap" in e.rule
-    assert "AENDY 150, of row 1" in e.rule
+    assert "AENDY 150, of row 2" in e.rule
 
 
 def test_interval_ending_before_it_starts_refused(tmp_path):
@@ -243,7 +243,7 @@ def test_interval_ending_before_it_starts_refused(tmp_path):
     adex.loc[0, "AENDY"] = "-3"
     _write(folder, "adex", adex)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 0, "AENDY", "-3")
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 1, "AENDY", "-3")
     assert e.rule.startswith("AENDY must be >= ASTDY (0)")
 
 
@@ -254,13 +254,13 @@ def test_subject_missing_from_adsl_refused(tmp_path):
     first = int(np.flatnonzero(_read(folder, "adlb")["USUBJID"] == P1002)[0])
     assert first == 7  # P1001 has 7 records by day 180
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 7, "USUBJID", P1002)
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 8, "USUBJID", P1002)
     assert e.rule == "subject not in ADSL (adsl.csv)"
     # the same rule for ADEX (with the ADLB rows of that subject gone)
     adlb = _read(folder, "adlb")
     _write(folder, "adlb", adlb[adlb["USUBJID"] != P1002])
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 4, "USUBJID", P1002)
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adex.csv", 5, "USUBJID", P1002)
 
 
 @pytest.mark.parametrize("unit", ["ng/dL", "ug/L", ""])
@@ -270,7 +270,7 @@ def test_unit_not_ng_ml_refused(tmp_path, unit):
     adlb.loc[4, "AVALU"] = unit
     _write(folder, "adlb", adlb)
     e = _refused(folder)
-    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 4, "AVALU", unit)
+    assert (Path(e.file).name, e.row, e.column, e.value) == ("adlb.csv", 5, "AVALU", unit)
     assert e.rule == "AVALU must be ng/mL for PARAMCD PSA (values are not converted)"
 
 
@@ -281,14 +281,14 @@ def test_unknown_paramcd_and_missing_columns_refused(tmp_path):
     bad.loc[6, "PARAMCD"] = "TESTO"
     _write(folder, "adlb", bad)
     e = _refused(folder)
-    assert (e.row, e.column, e.value) == (6, "PARAMCD", "TESTO")
+    assert (e.row, e.column, e.value) == (7, "PARAMCD", "TESTO")
     assert "PARAMCD must be a parameter with a known unit" in e.rule
     _write(folder, "adlb", adlb.drop(columns="ADY"))
     e = _refused(folder)
     assert e.column == "ADY" and "ADLB needs columns" in e.rule
     _write(folder, "adlb", adlb.assign(PATIENT_NAME="Jane Doe"))
     e = _refused(folder)
-    assert (e.row, e.column) == (0, "PATIENT_NAME") and "direct identifier" in e.rule
+    assert (e.row, e.column) == (1, "PATIENT_NAME") and "direct identifier" in e.rule
 
 
 def test_a_cut_without_adtte_needs_adlb(tmp_path):

@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         help="ADSL ARM value of the real patients of protocol arm NAME (repeatable; default: "
         "the same name)",
     )
+    up.add_argument(
+        "--drop-unknown-columns",
+        action="store_true",
+        help="drop columns that are neither ADaM variables of the allow-list nor protocol "
+        "covariates (listed and recorded in update.json) instead of refusing the cut",
+    )
     sign(up)
     verify(up)
 
@@ -248,6 +254,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     execute_update(
         args.archive, args.data, control_arm=args.control_arm, arms=arms,
         verify_key=args.verify_key, sign_key=args.sign_key, check_tracking=args.check_tracking,
+        drop_unknown_columns=args.drop_unknown_columns,
     )  # fmt: skip
     return EXIT_OK
 

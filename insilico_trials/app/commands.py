@@ -671,6 +671,7 @@ def execute_update(
     verify_key: Path | None = None,
     sign_key: Path | None = None,
     check_tracking: bool = False,
+    drop_unknown_columns: bool = False,
 ) -> Path:
     """``insilico-trials update``: ingest a real data cut and append a synthetic-control update.
 
@@ -681,8 +682,13 @@ def execute_update(
     values (default: the same names; the control arm's is ``control_arm``).
 
     Everything is checked before anything is written: the archive's integrity, the cut's
-    schema and content (naming file, row and column), and the update lock (another update
-    running: a failure at once). Cuts already ingested are re-read from the archive; a subject
+    schema and content (every problem listed, each naming file, row, column, value and rule:
+    the datasets this protocol's update reads, the ADaM allow-list plus the protocol's
+    population covariates, identifier screens), and the update lock (another update running:
+    a failure at once). With ``drop_unknown_columns`` a column outside the allow-list is
+    dropped instead of refused: it is not archived (the archived dataset file lacks it), and
+    the (file, column) pairs are printed and recorded in ``update.json``
+    (``dropped_columns``). Cuts already ingested are re-read from the archive; a subject
     re-sent with different content is flagged (printed and recorded), and its latest record is
     used. Returns the new ``updates/NNN`` folder.
     """
@@ -703,22 +709,33 @@ def execute_update(
         protocol = require_verified(archive, manifest, verify_key=verify_key)
         if check_tracking:
             require_tracking_record(archive, manifest)
+        args = borrowing_arguments(protocol)
+        twins = protocol.twins is not None
+        dataset = endpoint_dataset(protocol)
         try:
-            new_cut = load_cut(cut_dir)
+            new_cut = load_cut(
+                cut_dir, require=("adlb", "adex") if twins else (dataset,),
+                extra_allowed=declared_covariates(protocol), drop_unknown=drop_unknown_columns,
+            )  # fmt: skip
         except FileNotFoundError as exc:
             raise InputError(str(exc), where=str(cut_dir)) from None
-        previous = [load_cut(p / "cut", cut_id=p.name) for p in existing_updates(archive)]
+        # cuts already archived were accepted under the policy of their day: no allow-list
+        previous = [
+            load_cut(p / "cut", cut_id=p.name, allow_list=False) for p in existing_updates(archive)
+        ]
         _require_one_study(protocol, [*previous, new_cut], cut_dir)
         flags = [str(i) for i in check_append_only(previous, new_cut)]
         for flag in flags:
             print(f"flagged: {flag}", file=sys.stderr)
+        if new_cut.dropped:
+            _say(
+                f"dropped before archiving (not ADaM variables of the allow-list, not protocol "
+                f"covariates): {', '.join(f'{f} {c}' for f, c in new_cut.dropped)}"
+            )
         number = len(previous) + 1
         arm_name = control_arm or protocol.control_arm.name
-        args = borrowing_arguments(protocol)
-        twins = protocol.twins is not None
         # A twin protocol's cut may carry only longitudinal data: the synthetic control is
         # refitted when every cut so far has the analysis endpoint's dataset.
-        dataset = {"tte": "adtte", "binary": "adrs"}.get(args["endpoint"], "")
         control_refit = not twins or all(
             getattr(c, dataset, None) is not None for c in [*previous, new_cut]
         )
@@ -825,7 +842,7 @@ def execute_update(
         }
         plan = UpdatePlan(
             number=number, cut_dir=cut_dir, cut_sha256=new_cut.content_hash, flags=flags,
-            files=tuple(new_cut.files.values()),
+            files=tuple(new_cut.files.values()), dropped_columns=new_cut.dropped,
         )  # fmt: skip
         ignored = sorted(
             p.name for p in Path(cut_dir).iterdir() if p not in set(new_cut.files.values())
@@ -957,7 +974,7 @@ def replay_control_updates(
             virtual = virtual_source(_read_json(archive / "synthetic_control.json"))
         engine = recorded_engine(record)
         arm_name = record.get("control_arm") or protocol.control_arm.name
-        cuts = [load_cut(f / "cut", cut_id=f.name) for f in folders[: i + 1]]
+        cuts = [load_cut(f / "cut", cut_id=f.name, allow_list=False) for f in folders[: i + 1]]
         frames = [
             endpoint_frame(c, endpoint=args["endpoint"], paramcd=args["paramcd"],
                            control_arm=arm_name)
@@ -1002,6 +1019,35 @@ def replay_control_updates(
             same = states.read_text(encoding="utf-8") == text
             rows.append((f"updates/{folder.name}/states.csv", same, ""))
     return rows
+
+
+def endpoint_dataset(protocol: TrialProtocol) -> str:
+    """The dataset holding the analysis endpoint of ``protocol``'s real data (``adtte`` for a
+    time-to-event model, ``adrs`` for a response model).
+
+    Raises
+    ------
+    InputError
+        The analysis model's endpoint has no ADaM dataset that ``update`` reads (a protocol
+        without twins cannot be updated from real data then).
+    """
+    endpoint = borrowing_arguments(protocol)["endpoint"]
+    dataset = {"tte": "adtte", "binary": "adrs"}.get(endpoint)
+    if dataset is None and protocol.twins is None:
+        raise InputError(
+            f"analysis.model {protocol.analysis.model!r} ({endpoint} endpoint): `update` reads "
+            "real data cuts for time-to-event (ADTTE) and response (ADRS) endpoints only; "
+            "nothing was read or written",
+            rule="endpoint with an ADaM dataset", actual=endpoint, expected="tte or binary",
+            where="analysis.model",
+        )  # fmt: skip
+    return dataset or ""
+
+
+def declared_covariates(protocol: TrialProtocol) -> tuple[str, ...]:
+    """The covariates ``protocol`` declares (``population.covariates``): ADSL columns a cut may
+    carry besides the ADaM allow-list."""
+    return tuple(protocol.population.covariates)
 
 
 def _require_one_study(protocol: TrialProtocol, cuts: list[Any], cut_dir: Path) -> None:

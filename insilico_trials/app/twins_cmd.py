@@ -191,7 +191,7 @@ def replay_twin_updates(
         record = json.loads((folder / "update.json").read_text(encoding="utf-8"))
         if not record.get("twins"):
             continue
-        cut = load_cut(folder / "cut", cut_id=folder.name)
+        cut = load_cut(folder / "cut", cut_id=folder.name, allow_list=False)
         data, real_arm = twin_inputs(protocol, cut)
         if progress is not None:
             progress(f"rerun: twin update {folder.name}")

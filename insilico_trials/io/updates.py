@@ -34,6 +34,7 @@ from insilico_trials.io.archive import (
     update_folders,
     write_manifest,
 )
+from insilico_trials.io.realdata import write_dataset
 
 __all__ = [
     "ArchiveBusyError",
@@ -91,6 +92,8 @@ class UpdatePlan:
     cut_sha256: str
     flags: list[str]
     files: tuple[Path, ...] = ()  # the cut's dataset files that were read (only these are kept)
+    # (file name, column) pairs left out of the archived files (update --drop-unknown-columns)
+    dropped_columns: tuple[tuple[str, str], ...] = ()
 
 
 def _state_record(state: Any, plan: UpdatePlan, method: str) -> dict[str, Any]:
@@ -158,7 +161,9 @@ def write_update(
     """Append ``updates/NNN`` (atomically) for the final state of ``result``.
 
     Only the cut's dataset files that were read and validated are kept (``plan.files``): any
-    other file of the cut folder stays out of the archive and the tracking store. With
+    other file of the cut folder stays out of the archive and the tracking store, and a file
+    with ``plan.dropped_columns`` is written without those columns (listed in ``update.json``
+    as ``dropped_columns``). With
     ``sign_key`` the update's manifest is signed before the folder appears.
 
     ``result`` is the synthetic control's refit, or None when the cut carries no endpoint
@@ -177,12 +182,18 @@ def write_update(
     else:
         record = {"cut": plan.number, "cut_sha256": plan.cut_sha256, "method": None,
                   "flags": plan.flags}  # fmt: skip
+    if plan.dropped_columns:
+        record["dropped_columns"] = [{"file": f, "column": c} for f, c in plan.dropped_columns]
     record.update(extra or {})
     with staged_directory(final) as stage:
         (stage / "cut").mkdir()
         copied = []
         for src in sorted(plan.files):
-            shutil.copyfile(src, stage / "cut" / src.name, follow_symlinks=False)
+            drop = [c for f, c in plan.dropped_columns if f == src.name]
+            if drop:
+                write_dataset(src, stage / "cut" / src.name, drop)
+            else:
+                shutil.copyfile(src, stage / "cut" / src.name, follow_symlinks=False)
             copied.append(f"cut/{src.name}")
         write_json(stage / "update.json", record)
         outputs = ["update.json"]
