@@ -299,6 +299,7 @@ LEAVES = sorted(_leaf_paths(BASE), key=str)
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )  # fmt: skip
 @given(path=st.sampled_from(LEAVES), value=FUZZ_VALUES)
+@pytest.mark.slow
 def test_fuzz_protocol_fields(path, value):
     """Any value in any field: a valid protocol or a ProtocolError naming the field, nothing
     else; an accepted protocol holds no NaN or infinity."""
@@ -348,6 +349,7 @@ CUT_COLUMNS = [("adsl", "USUBJID"), ("adsl", "ARM"), ("adtte", "AVAL"), ("adtte"
     value=st.one_of(st.text(max_size=40), st.floats(allow_nan=True, allow_infinity=True),
                     st.integers(min_value=-(10**9), max_value=10**9)),
 )  # fmt: skip
+@pytest.mark.slow
 def test_fuzz_dataset_cells(tmp_path_factory, where, row, value):
     """Any value in any cell of a cut: the cut loads or is refused with a DataCutError naming
     file, row and column; never another exception."""

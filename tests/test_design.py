@@ -307,6 +307,7 @@ VIRTUAL_TTE = VirtualArms(
 )
 
 
+@pytest.mark.slow
 def test_tte_design_runs_and_is_sensible(tmp_path):
     pl = design.compile_design(load_protocol(_tte_protocol(tmp_path)), virtual=VIRTUAL_TTE)
     res = simulate_design(pl, replicates=2000)
@@ -427,6 +428,7 @@ def test_tte_interim_after_enrolment_is_refused(tmp_path):
     assert ok.design.interim_fractions == [0.5]
 
 
+@pytest.mark.slow
 def test_predictive_futility_rule_is_the_engine_update_applies():
     """``design.futility_pos``: an interim stops for futility when the predictive probability
     of success at the final analysis is below it. Each replicate's verdict equals what

@@ -198,6 +198,7 @@ def test_headline_follows_the_latest_cut_decision(
     assert "no-go" in hist.group(1) and "0.41" in hist.group(1)
 
 
+@pytest.mark.slow
 def test_verification_counts_come_from_the_archive_only(
     report: tuple[Path, dict[str, Any], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,7 +264,7 @@ def test_validation_table_sets_the_model_beside_the_script_not_clinical_figures(
     protocol = load_protocol(Path(__file__).parents[1] / "protocols" / "zhang2017_adaptive.yaml")
     ep = pd.concat(
         [
-            simulate_zhang_trial(20, seed=1, strategy=s, horizon_days=3650).assign(arm=s)
+            simulate_zhang_trial(20, seed=1, strategy=s, horizon_days=400).assign(arm=s)
             for s in ("continuous", "adaptive")
         ]
     )

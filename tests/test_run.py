@@ -26,6 +26,7 @@ def _archive(tmp_path, result, protocol_path, name):
     return folder, groups
 
 
+@pytest.mark.slow
 def test_memory_and_parquet_sinks_write_the_same_bytes(tmp_path):
     """The sink (memory or Parquet parts) and the chunk size change no byte of the archive."""
     path = tiny_protocol(tmp_path, n=9)
@@ -61,6 +62,7 @@ def test_sensitivity_stage_is_declared_and_can_be_switched_off(tmp_path):
     assert "sensitivity.json" not in groups["outputs"]
 
 
+@pytest.mark.slow
 def test_sensitivity_stage_equals_the_serial_function(tmp_path):
     """Run through the executor on the run's cohorts, the stage computes what
     ``sobol_sensitivity`` computes on its own."""

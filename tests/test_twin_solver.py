@@ -49,6 +49,7 @@ def _constants(model):
     return np.array([c.value for c in model.constants.values()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("u", [0.0, 1.0])
 def test_zhang_jacobian_equals_the_symbolic_derivatives_of_its_rates(u):
     import pytensor
@@ -106,6 +107,7 @@ def test_compiled_trajectories_and_sensitivities_on_real_dosing():
         np.testing.assert_allclose(sz[..., q], fd, rtol=0, atol=1e-6 * scale)
 
 
+@pytest.mark.slow
 def test_fit_density_and_gradient_equal_the_scan_solver():
     cut = _cut("day0365")
     data = _data(cut)

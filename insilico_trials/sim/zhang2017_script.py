@@ -28,6 +28,7 @@ and in the report's validation table.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,6 +183,12 @@ def script_reference() -> pd.DataFrame:
 
 
 def script_reproduction(params: ZhangParams = ZHANG2017_PARAMS) -> pd.DataFrame:
+    """See :func:`_script_reproduction`; computed once per process (deterministic)."""
+    return _script_reproduction(params).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _script_reproduction(params: ZhangParams) -> pd.DataFrame:
     """This code's outputs beside the script's, per matrix and schedule, with distances.
 
     One row per (matrix, schedule): ``ours_*`` and ``script_*`` for the treatment start, the
