@@ -180,3 +180,141 @@ def test_sequential_rule_verdicts():
     assert rule.verdict(1, 3, 0.5, pos=0.05) == "continue"  # no PoS rule at the second look
     assert rule.verdict(2, 3, 0.95) == "success (final analysis)"
     assert rule.verdict(2, 3, 0.85) == "failure (final analysis)"
+
+
+def test_tte_posterior_draws_match_a_two_dimensional_grid():
+    """(lambda_c, beta) draws against the joint posterior on a 600 x 600 grid of (log lambda_c,
+    beta), computed from the likelihood and the priors directly."""
+    from insilico_trials.infer.decision import tte_posterior_draws
+
+    prior = MixturePrior("gamma", (0.8, 0.2), (30.0, 1.0), (300.0, 10.0))
+    dc, ec, dt, et = 12, 80.0, 6, 90.0
+    lam, beta = tte_posterior_draws(prior, dc, ec, dt, et, size=200_000,
+                                    rng=np.random.default_rng(3))  # fmt: skip
+    ll = np.linspace(np.log(0.01), np.log(1.0), 600)[:, None]
+    bb = np.linspace(-3, 3, 600)[None, :]
+    lc = np.exp(ll)
+    log_prior = np.logaddexp(
+        *[math.log(w) + stats.gamma.logpdf(lc, a, scale=1 / b)
+          for w, a, b in zip(prior.weights, prior.a, prior.b, strict=True)]
+    ) + ll  # log-scale Jacobian  # fmt: skip
+    lt = lc * np.exp(bb)
+    lp = (
+        log_prior
+        + stats.norm.logpdf(bb, 0, 2.5)
+        + dc * np.log(lc)
+        - lc * ec
+        + dt * np.log(lt)
+        - lt * et
+    )
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    assert beta.mean() == pytest.approx(float((p * bb).sum()), abs=0.01)
+    assert lam.mean() == pytest.approx(float((p * lc).sum()), rel=0.01)
+    assert beta.std() == pytest.approx(
+        math.sqrt(float((p * bb**2).sum()) - float((p * bb).sum()) ** 2), rel=0.02
+    )
+
+
+@pytest.mark.slow
+def test_tte_predictive_success_equals_brute_force_simulation_of_the_remaining_trial():
+    """The remaining trial simulated patient by patient on a calendar (the design's timeline:
+    uniform entry at the accrual rate, final analysis at N / accrual + follow-up), from
+    posterior draws taken on an independent 2-D grid; the final analysis is the protocol's
+    exact constant-hazard analysis. Agreement within 5 Monte Carlo errors."""
+    from insilico_trials.infer.decision import TteLogHrPosterior, tte_predictive_success
+
+    prior = MixturePrior("gamma", (0.8, 0.2), (30.0, 1.0), (300.0, 10.0))
+    rng = np.random.default_rng(11)
+    # 20 + 20 real patients so far, followed 0-6 months, some events
+    ctrl = pd.DataFrame(
+        {"time": rng.uniform(0, 6, 20) * 30.4375, "event": rng.uniform(size=20) < 0.3}
+    )
+    trt = pd.DataFrame(
+        {"time": rng.uniform(0, 6, 20) * 30.4375, "event": rng.uniform(size=20) < 0.15}
+    )
+    kw = dict(accrual_per_month=4.0, follow_up_months=12.0, dropout_per_month=0.01, delta=1.0,
+              success_threshold=0.9)  # fmt: skip
+    pos, mcse = tte_predictive_success(prior, ctrl, trt, 40, 40, draws=20_000, seed=5, **kw)
+
+    # independent posterior draws on a grid
+    dc, ec = float(ctrl["event"].sum()), float(ctrl["time"].sum() / 30.4375)
+    dt, et = float(trt["event"].sum()), float(trt["time"].sum() / 30.4375)
+    ll = np.linspace(np.log(0.003), np.log(1.5), 500)[:, None]
+    bb = np.linspace(-4, 4, 500)[None, :]
+    lc = np.exp(ll)
+    log_prior = np.logaddexp(
+        *[math.log(w) + stats.gamma.logpdf(lc, a, scale=1 / b)
+          for w, a, b in zip(prior.weights, prior.a, prior.b, strict=True)]
+    ) + ll  # fmt: skip
+    lt = lc * np.exp(bb)
+    lp = (
+        log_prior
+        + stats.norm.logpdf(bb, 0, 2.5)
+        + dc * np.log(lc)
+        - lc * ec
+        + dt * np.log(lt)
+        - lt * et
+    )
+    p = np.exp(lp - lp.max()).ravel()
+    n = 20_000
+    cell = rng.choice(p.size, p=p / p.sum(), size=n)
+    i, j = np.unravel_index(cell, (500, 500))
+    lam_c = np.exp(ll[i, 0] + rng.uniform(-0.5, 0.5, n) * (ll[1, 0] - ll[0, 0]))
+    beta = bb[0, j] + rng.uniform(-0.5, 0.5, n) * (bb[0, 1] - bb[0, 0])
+    # the remaining trial on a calendar, patient by patient
+    t_cut, t_end = 40 / 4.0, 80 / 4.0 + 12.0
+    finals = []
+    for frame, lam in ((ctrl, lam_c), (trt, lam_c * np.exp(beta))):
+        d = np.full(n, frame["event"].sum(), dtype=float)
+        e = np.full(n, frame["time"].sum() / 30.4375)
+        for _ in range(int((~frame["event"]).sum())):  # still at risk at the cut
+            t, q = rng.exponential(1 / lam), rng.exponential(100.0, n)
+            f = t_end - t_cut
+            e += np.minimum(np.minimum(t, q), f)
+            d += t <= np.minimum(q, f)
+        for _ in range(20):  # patients still to come in this arm
+            entry = rng.uniform(t_cut, 80 / 4.0, n)
+            t, q = rng.exponential(1 / lam), rng.exponential(100.0, n)
+            f = t_end - entry
+            e += np.minimum(np.minimum(t, q), f)
+            d += t <= np.minimum(q, f)
+        finals.append((d, e))
+    post = TteLogHrPosterior(prior, finals[0][0], finals[0][1], finals[1][0], finals[1][1])
+    bf = float((post.cdf(math.log(1.0)) > 0.9).mean())
+    se = math.sqrt(mcse**2 + bf * (1 - bf) / n)
+    assert 0.02 < pos < 0.98  # a case where the answer is not trivial
+    assert abs(pos - bf) < 5 * se
+
+
+def test_look_status_reports_the_probability_of_success_for_a_constant_hazard_protocol():
+    """update's look record for a tte_exponential protocol: before the planned final analysis
+    the probability of success comes from the simulation of the remaining trial, with its
+    Monte Carlo error; past the planned sizes the final analysis's verdict."""
+    from insilico_trials.run.update import look_status
+    from insilico_trials.spec.protocol import load_protocol
+    from insilico_trials.testing import with_fields
+    from tests.conftest import ROOT
+
+    protocol = with_fields(
+        load_protocol(ROOT / "protocols" / "onc_phase2_orr.yaml"),
+        {"analysis.endpoint": "pfs", "analysis.model": "tte_exponential",
+         "analysis.decision": {"quantity": "hazard_ratio", "delta": 1.0, "threshold": 0.9}},
+    )  # fmt: skip
+    prior = MixturePrior("gamma", (0.8, 0.2), (30.0, 1.0), (300.0, 10.0))
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(
+        {"arm": ["control"] * 10 + ["tki200"] * 10, "time": rng.uniform(10, 150, 20),
+         "event": rng.uniform(size=20) < 0.3}
+    )  # fmt: skip
+    effect = hybrid_effect(protocol, frame, prior, treatment="tki200")
+    assert effect.engine == "closed_form"
+    status = look_status(protocol, frame, prior, effect)
+    assert status["look"] == 0 and status["of"] == 1
+    assert 0.0 <= status["pos"] <= 1.0 and 0.0 <= status["pos_mcse"] < 0.01
+    assert status["pos_method"].startswith("simulation of the remaining trial")
+    big = pd.concat([frame] * 20, ignore_index=True)  # more patients than planned
+    status = look_status(
+        protocol, big, prior, hybrid_effect(protocol, big, prior, treatment="tki200")
+    )
+    assert status["pos"] is None and status["verdict"].endswith("(final analysis)")

@@ -380,6 +380,37 @@ def test_update_decides_on_both_arms_against_the_hybrid_control(
     assert "DIFFERENT" not in out
 
 
+def test_cut_files_reach_the_tracking_store_only_when_the_protocol_asks(
+    runs, tmp_path, monkeypatch
+):
+    """``real_data.track_cut_files``: the cut's files are copied to the MLflow run of the
+    update only when the protocol says so (default: the update's record and manifest only)."""
+    import mlflow
+
+    from insilico_trials.app import commands
+    from insilico_trials.testing import with_fields
+
+    monkeypatch.chdir(runs["tmp"])
+    archive = tmp_path / "archive"
+    shutil.copytree(runs["one"], archive)
+    verified = commands.require_verified
+
+    def asks(*args, **kwargs):
+        return with_fields(verified(*args, **kwargs), {"real_data.track_cut_files": True})
+
+    monkeypatch.setattr(commands, "require_verified", asks)
+    cut = _cut(tmp_path / "cut", ["T1", "T2", "T3"], {"T1"})
+    assert main(["update", str(archive), "--data", str(cut)]) == 0
+    run_id = json.loads((archive / "updates" / "001" / "manifest.json").read_text())[
+        "mlflow_run_id"
+    ]
+    client = mlflow.tracking.MlflowClient(
+        tracking_uri=f"sqlite:///{runs['tmp'] / '.insilico' / 'mlflow.db'}"
+    )
+    logged = {a.path for a in client.list_artifacts(run_id, "updates/001/cut")}
+    assert logged == {f"updates/001/cut/{n}" for n in ("adrs.csv", "adsl.csv", "adtte.csv")}
+
+
 def test_update_lock_refuses_a_concurrent_update(runs, tmp_path, capsys):
     from insilico_trials.io.updates import archive_lock
 

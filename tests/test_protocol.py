@@ -204,3 +204,14 @@ def test_twin_arms_refuse_the_script_rule():
     protocol = load_protocol(ROOT / "protocols" / "abiraterone_twins.yaml")
     with pytest.raises(ValueError, match="reads the model's equilibrium PSA"):
         with_fields(protocol, {"arms[1].regimen.adaptive": {"rule": "script"}})
+
+
+def test_track_cut_files_is_hashed_only_when_asked():
+    """real_data.track_cut_files (added later): False, the old behaviour, leaves every
+    protocol's hash as it was; True is part of the protocol."""
+    from insilico_trials.testing import with_fields
+
+    protocol = load_protocol(ROOT / "protocols" / "abiraterone_twins.yaml")
+    off = with_fields(protocol, {"real_data.track_cut_files": False})
+    on = with_fields(protocol, {"real_data.track_cut_files": True})
+    assert off.sha256() == protocol.sha256() != on.sha256()

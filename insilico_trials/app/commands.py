@@ -889,10 +889,13 @@ def execute_update(
         tracker.set_tags({"insilico.update_manifest_sha256": sha256_file(folder / MANIFEST)})
         # The tracking store gets the update's record and manifest (which holds the SHA-256 of
         # every file); the real patients' records (cut/) and per-patient twin files (twins/)
-        # stay in the archive.
+        # stay in the archive, unless the protocol asks for the cut files explicitly.
         for path in sorted(folder.iterdir()):
             if path.is_file():
                 tracker.log_artifact(path, artifact_path=f"updates/{number:03d}")
+        if protocol.real_data.track_cut_files:
+            for path in sorted((folder / "cut").iterdir()):
+                tracker.log_artifact(path, artifact_path=f"updates/{number:03d}/cut")
         tracker.end()
         timings["archive and tracking"] = time.perf_counter() - t
     if result is not None:

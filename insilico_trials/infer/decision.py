@@ -47,6 +47,8 @@ __all__ = [
     "exact_effect_refusal",
     "hybrid_effect",
     "tte_exponential_effect",
+    "tte_posterior_draws",
+    "tte_predictive_success",
 ]
 
 
@@ -306,6 +308,115 @@ def binary_predictive_success(
             mt,
         )
     return np.clip(pc @ success @ ptr.T, 0.0, 1.0)
+
+
+def tte_posterior_draws(
+    prior: MixturePrior,
+    dc: float,
+    ec: float,
+    dt: float,
+    et: float,
+    *,
+    size: int,
+    rng: np.random.Generator,
+    grid: int = 20_001,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of ``(lambda_c, beta)`` from the constant-hazard analysis' posterior: ``beta`` by
+    inverse transform of its marginal (:class:`TteLogHrPosterior` on a fine grid), then
+    ``lambda_c | beta`` exactly, a gamma mixture with the marginal's own component weights."""
+    post = TteLogHrPosterior(prior, [dc], [ec], [dt], [et])
+    b = np.linspace(post.lo[0], post.hi[0], grid)
+    lf = post.log_density(b[None, :])[0]
+    f = np.exp(lf - lf.max())
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]) * np.diff(b))])
+    cdf /= cdf[-1]
+    beta = np.interp(rng.uniform(size=size), cdf, b)
+    w, a, bb = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
+    d = dc + dt
+    rate = bb[None, :] + ec + np.exp(beta)[:, None] * et
+    with np.errstate(divide="ignore"):
+        logw = (
+            np.log(w)[None, :] + (a * np.log(bb) + special.gammaln(a + d) - special.gammaln(a))
+            - (a + d)[None, :] * np.log(rate)
+        )  # fmt: skip
+    p = np.exp(logw - logw.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    k = (rng.uniform(size=size)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    k = np.minimum(k, w.size - 1)
+    lam = rng.gamma(a[k] + d, 1.0 / rate[np.arange(size), k])
+    return lam, beta
+
+
+def tte_predictive_success(
+    prior: MixturePrior,
+    control: pd.DataFrame,
+    treatment: pd.DataFrame,
+    final_control: int,
+    final_treatment: int,
+    *,
+    accrual_per_month: float,
+    follow_up_months: float,
+    dropout_per_month: float,
+    delta: float,
+    success_threshold: float,
+    direction: str = "less",
+    draws: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Predictive probability of success of the constant-hazard analysis at the planned final
+    analysis, by simulation of the remaining trial; returns ``(pos, monte_carlo_error)``.
+
+    The timeline is the design's (``infer/design.tte_patients``): patients enter uniformly at
+    ``accrual_per_month`` from month 0, and the final analysis is at month
+    ``(N_c + N_t) / accrual + follow_up``. The cut is at month ``(n_c + n_t) / accrual``. Per
+    draw of ``(lambda_c, beta)`` from the current posterior (:func:`tte_posterior_draws`):
+    every real patient without an event is still at risk and followed to the final analysis
+    (memoryless exponential times, dropout at ``dropout_per_month``); the patients still to
+    come enter uniformly between the cut and the end of accrual. The final analysis
+    (:class:`TteLogHrPosterior`, exact) is applied to each simulated trial; the share of
+    successes is the probability, with its binomial Monte Carlo error.
+    """
+    rng = np.random.default_rng(seed)
+    lam_c, beta = tte_posterior_draws(
+        prior,
+        float(control["event"].sum()), float(control["time"].sum() / DAYS_PER_MONTH),
+        float(treatment["event"].sum()), float(treatment["time"].sum() / DAYS_PER_MONTH),
+        size=draws, rng=rng,
+    )  # fmt: skip
+    n_now = len(control) + len(treatment)
+    t_cut = n_now / accrual_per_month
+    t_end = (final_control + final_treatment) / accrual_per_month + follow_up_months
+    totals = []
+    for frame, final, lam in (
+        (control, final_control, lam_c),
+        (treatment, final_treatment, lam_c * np.exp(beta)),
+    ):
+        d0 = float(frame["event"].sum())
+        e0 = float(frame["time"].sum() / DAYS_PER_MONTH)
+        at_risk = int((frame["event"] == 0).sum())
+        new = max(final - len(frame), 0)
+        horizon = np.concatenate([
+            np.full(at_risk, t_end - t_cut),
+            t_end - rng.uniform(t_cut, (final_control + final_treatment) / accrual_per_month,
+                                size=(new,)) if new else np.zeros(0),
+        ])  # fmt: skip
+        m = horizon.size
+        ev = rng.exponential(1.0, size=(draws, m)) / lam[:, None]
+        drop = (
+            rng.exponential(1.0, size=(draws, m)) / dropout_per_month
+            if dropout_per_month > 0
+            else np.full((draws, m), np.inf)
+        )
+        stop = np.minimum(np.minimum(ev, drop), horizon[None, :])
+        events = (ev <= np.minimum(drop, horizon[None, :])).sum(axis=1)
+        totals.append((d0 + events, e0 + stop.sum(axis=1)))
+    (dc, ec), (dt, et) = totals
+    final_post = TteLogHrPosterior(prior, dc, ec, dt, et)
+    below = final_post.cdf(math.log(delta))
+    prob = below if direction == "less" else 1.0 - below
+    success = prob > success_threshold
+    pos = float(success.mean())
+    return pos, math.sqrt(max(pos * (1 - pos), 0.0) / draws)
 
 
 @dataclass(frozen=True)

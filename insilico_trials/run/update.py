@@ -22,6 +22,7 @@ from insilico_trials.run.executor import Executor, Serial
 from insilico_trials.spec.catalog import ENDPOINTS
 from insilico_trials.spec.design import ENDPOINT_OF_MODEL
 from insilico_trials.spec.protocol import TrialProtocol
+from insilico_trials.units import DAYS_PER_MONTH
 
 __all__ = ["ARCHIVE_DEFAULT_ENGINE", "borrowing_arguments", "control_composition",
            "hybrid_decisions", "look_status", "recorded_engine", "refit_control",
@@ -173,7 +174,7 @@ def look_status(
     still to come drawn from the current posterior predictive); elsewhere it is not computed
     and the record says why.
     """
-    from insilico_trials.infer.decision import binary_predictive_success
+    from insilico_trials.infer.decision import binary_predictive_success, tte_predictive_success
     from insilico_trials.infer.design import planned_looks
 
     looks, rule = planned_looks(protocol)
@@ -201,11 +202,33 @@ def look_status(
             out.update(pos=pos, pos_mcse=0.0, pos_method="exact (beta-binomial predictive)")
         else:
             out.update(pos=None, pos_method="more real patients than planned: final analysis")
+    elif a.model == "tte_exponential" and effect.engine == "closed_form" and prior is not None:
+        if nc <= final.n_control and nt <= final.n_treatment:
+            ep = protocol.endpoints
+            draws = 4000
+            pos, mcse = tte_predictive_success(
+                prior,
+                frame[frame["arm"] == protocol.control_arm.name],
+                frame[frame["arm"] == effect.treatment],
+                final.n_control, final.n_treatment,
+                accrual_per_month=float(ep.accrual_per_month),
+                follow_up_months=ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH,
+                dropout_per_month=ep.dropout_per_year / 12.0,
+                delta=float(a.decision.delta), success_threshold=rule.success,
+                direction=a.decision.side, draws=draws, seed=protocol.seed,
+            )  # fmt: skip
+            out.update(
+                pos=pos, pos_mcse=mcse,
+                pos_method=f"simulation of the remaining trial, {draws} posterior draws "
+                "(the design's accrual and follow-up; patients without an event still at risk)",
+            )  # fmt: skip
+        else:
+            out.update(pos=None, pos_method="more real patients than planned: final analysis")
     else:
         out.update(
             pos=None,
             pos_method=f"not computed for model {a.model} with engine {effect.engine} "
-            "(exact for a binary endpoint only)",
+            "(binary and constant-hazard endpoints only)",
         )
     if not reached:
         out["verdict"] = "before the first planned look: no rule applies"

@@ -356,9 +356,14 @@ class Sensitivity(_Spec):
 class RealData(_Spec):
     """What the real data cuts of this trial are: ``study_id`` is the ADSL ``STUDYID`` every cut
     must carry (without it, the first cut's STUDYID binds the archive and later cuts must
-    match it)."""
+    match it). Real patient records go to the archive only; the tracking store receives each
+    update's record and manifest (summaries and content hashes), and the cut's files as well
+    only when ``track_cut_files`` is true (the sponsor's explicit choice)."""
 
     study_id: str | None = Field(default=None, min_length=1, max_length=80)
+    track_cut_files: bool = Field(
+        default=False, description="also copy each cut's (screened) files to the tracking store"
+    )
 
 
 class TwinFitSettings(_Spec):
@@ -670,6 +675,8 @@ class TrialProtocol(_Spec):
         for name in _LATER_SECTIONS:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name)
+        if "real_data" in data and not data["real_data"].get("track_cut_files"):
+            data["real_data"].pop("track_cut_files", None)  # added later; False is the old rule
         if data.get("design") is not None and data["design"].get("futility_pos") is None:
             data["design"].pop("futility_pos", None)  # added later; None changes nothing
         for arm in data["arms"]:
