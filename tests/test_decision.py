@@ -165,6 +165,15 @@ def test_predictive_success_equals_brute_force_simulation_of_the_remaining_trial
     p_mc = success.mean()
     se = math.sqrt(p_mc * (1 - p_mc) / size)
     assert abs(table[xc, xt] - p_mc) < 5 * se
+    # The option: the control patients to come from the virtual cohort's model (the prior).
+    virt = binary_predictive_success(
+        ROBUST, nc, nt, fc, ft, delta=0.05, success_threshold=0.9, control_source="virtual"
+    )
+    k = rng.choice(len(ROBUST.weights), p=np.asarray(ROBUST.weights), size=size)
+    pv = rng.beta(np.asarray(ROBUST.a)[k], np.asarray(ROBUST.b)[k])
+    yv = xc + rng.binomial(fc - nc, pv)
+    p_v = (final_prob[yv, yt] > 0.9).mean()
+    assert abs(virt[xc, xt] - p_v) < 5 * math.sqrt(p_v * (1 - p_v) / size) + 1e-9
     # At the final sizes the predictive probability is the final verdict itself.
     at_final = binary_predictive_success(ROBUST, fc, ft, fc, ft, delta=0.05, success_threshold=0.9)
     np.testing.assert_allclose(at_final, (final_prob > 0.9).astype(float), atol=1e-12)

@@ -920,7 +920,15 @@ def execute_update(
         if lk := record.get("look"):
             pos = (
                 f"; predictive probability of success at the final analysis {lk['pos']:.4f} "
-                f"({lk['pos_method']})"
+                f"({lk['pos_method']}"
+                + (f", Monte Carlo error {lk['pos_mcse']:.4f}" if lk.get("pos_mcse") else "")
+                + ")"
+                + (
+                    f"; {lk['pos_virtual_control']:.4f} with future controls from the virtual "
+                    "cohort's model"
+                    if lk.get("pos_virtual_control") is not None
+                    else ""
+                )
                 if lk.get("pos") is not None
                 else f"; probability of success {lk['pos_method']}"
             )

@@ -270,8 +270,13 @@ def binary_predictive_success(
     success_threshold: float,
     direction: str = "greater",
     nodes: int = 2000,
+    control_source: str = "posterior",
 ) -> np.ndarray:
     """Predictive probability of success at the final analysis, on the count lattice of a look.
+
+    ``control_source="virtual"``: the control patients still to come are drawn from the
+    virtual cohort's model (the synthetic control's prior, not updated by the real controls)
+    instead of the posterior predictive; the final analysis is the same.
 
     ``PoS[x_c, x_t]``: with ``x_c`` of ``n_control`` and ``x_t`` of ``n_treatment`` responders
     now, the probability that the final analysis (``final_control``, ``final_treatment``
@@ -294,10 +299,15 @@ def binary_predictive_success(
     success = (prob > success_threshold).astype(float)
     mc, mt = final_control - n_control, final_treatment - n_treatment
     pc = np.zeros((n_control + 1, final_control + 1))
+    if control_source not in ("posterior", "virtual"):
+        raise ValueError(f"control_source: posterior or virtual, got {control_source!r}")
     for x in range(n_control + 1):
-        w, a, b = (np.asarray(v, dtype=float) for v in beta_mixture_posterior(
-            prior.weights, prior.a, prior.b, x, n_control
-        ))  # fmt: skip
+        if control_source == "virtual":
+            w, a, b = (np.asarray(v, dtype=float) for v in (prior.weights, prior.a, prior.b))
+        else:
+            w, a, b = (np.asarray(v, dtype=float) for v in beta_mixture_posterior(
+                prior.weights, prior.a, prior.b, x, n_control
+            ))  # fmt: skip
         pc[x, x : x + mc + 1] = _beta_binomial_rows(w, a, b, mc)
     ptr = np.zeros((n_treatment + 1, final_treatment + 1))
     for x in range(n_treatment + 1):

@@ -198,8 +198,16 @@ def look_status(
                 delta=float(a.decision.delta), success_threshold=rule.success,
                 direction=a.decision.side,
             )  # fmt: skip
-            pos = float(table[int(ctrl["response"].sum()), int(trt["response"].sum())])
+            xc, xt = int(ctrl["response"].sum()), int(trt["response"].sum())
+            pos = float(table[xc, xt])
             out.update(pos=pos, pos_mcse=0.0, pos_method="exact (beta-binomial predictive)")
+            # the option: control patients still to come from the virtual cohort's model
+            virtual = binary_predictive_success(
+                prior, nc, nt, final.n_control, final.n_treatment,
+                delta=float(a.decision.delta), success_threshold=rule.success,
+                direction=a.decision.side, control_source="virtual",
+            )  # fmt: skip
+            out["pos_virtual_control"] = float(virtual[xc, xt])
         else:
             out.update(pos=None, pos_method="more real patients than planned: final analysis")
     elif a.model == "tte_exponential" and effect.engine == "closed_form" and prior is not None:
