@@ -327,3 +327,17 @@ def test_look_status_reports_the_probability_of_success_for_a_constant_hazard_pr
         protocol, big, prior, hybrid_effect(protocol, big, prior, treatment="tki200")
     )
     assert status["pos"] is None and status["verdict"].endswith("(final analysis)")
+
+
+def test_indicator_mcse_by_batch_means():
+    """Independent draws: the batch-means error equals the binomial one (within its own
+    sampling error); strongly autocorrelated draws give a larger error than the binomial."""
+    from insilico_trials.infer.decision import indicator_mcse
+
+    rng = np.random.default_rng(4)
+    iid = rng.uniform(size=(2, 20_000)) < 0.3
+    binomial = math.sqrt(0.3 * 0.7 / iid.size)
+    assert indicator_mcse(iid) == pytest.approx(binomial, rel=0.35)
+    sticky = np.repeat(rng.uniform(size=(2, 400)) < 0.3, 50, axis=1)  # runs of 50 equal draws
+    assert indicator_mcse(sticky) > 3 * binomial
+    assert indicator_mcse(np.ones((2, 1000), dtype=bool)) == 1.0 / 2000

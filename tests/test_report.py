@@ -165,7 +165,7 @@ def test_headline_follows_the_latest_cut_decision(
     archive, meta, _ = report
     copy = tmp_path / "copy"
     shutil.copytree(archive, copy)
-    decisions = [("no-go", 0.41, 8), ("go", 0.95, 24)]
+    decisions = [("go", 0.95, 8), ("go", 0.95, 24)]
     for cut, (verdict, prob, n) in enumerate(decisions, start=1):
         d = copy / "updates" / f"{cut:03d}"
         d.mkdir(parents=True)
@@ -182,20 +182,30 @@ def test_headline_follows_the_latest_cut_decision(
             "effects": [effect],
             "look": {"treatment": "tki200", "planned": [[12, 12], [24, 24]], "look": cut,
                      "of": 2, "verdict": "continue" if cut == 1 else "success (final analysis)",
+                     "thresholds": {"efficacy": 0.99, "futility": 0.05} if cut == 1
+                     else {"success": 0.9},
                      "pos": 0.61 if cut == 1 else None, "pos_mcse": 0.0,
                      "pos_method": "exact (beta-binomial predictive)"},
         }))  # fmt: skip
     html = render_report(copy, meta)
     summary = _section(html, "summary")
-    assert "look 2 of 2 of the plan: <strong>success (final analysis)</strong>" in summary
-    assert 'id="decision">Decision after real data cut 2: go</p>' in summary
+    assert 'id="decision">Decision after real data cut 2: success (final analysis)</p>' in summary
+    assert "look 2 of 2 of the plan (rule: success 0.9)" in summary
     assert '<strong id="probability">0.950</strong> (exact)' in summary
+    assert "the analysis criterion (threshold 0.9) is met at this cut" in summary
     assert "tki200 (24)" in summary and "24 real control patients" in summary
     assert '<span id="virtual-share">25%</span>' in summary  # 8 virtual beside 24 real
     assert "Before real data, the in-silico run predicted" in summary
+    # The plan decides, not the analysis threshold: at an interim look the criterion can be
+    # met (0.95 > 0.9) while the rule says continue (efficacy needs 0.99).
+    shutil.rmtree(copy / "updates" / "002")
+    interim = render_report(copy, meta)
+    first = _section(interim, "summary")
+    assert 'id="decision">Decision after real data cut 1: continue</p>' in first
+    assert "(rule: efficacy 0.99, futility 0.05)" in first
     hist = re.search(r'<table class="tbl" id="decision-history">(.*?)</table>', html, re.S)
     assert hist is not None and hist.group(1).count("<tr>") == 3
-    assert "no-go" in hist.group(1) and "0.41" in hist.group(1)
+    assert hist.group(1).count("0.95") == 2
 
 
 @pytest.mark.slow

@@ -333,3 +333,27 @@ def test_closed_form_equals_mcmc_tte_gamma_robust():
     assert closed.final.closed_form.family == "gamma"
     assert closed.final.summary.iloc[0]["param"] == "lambda_c[0]"
     _compare_with_mcmc(closed.final, mcmc.final)
+
+
+def test_real_arm_map_is_one_mapping_per_archive():
+    """--arm and --control-arm map protocol arms to ADSL ARM values; the archive's earlier
+    mapping is kept when none is given, and a different one is refused (every cut is read with
+    one mapping, so an update cannot drop earlier patients)."""
+    from insilico_trials.app.commands import real_arm_map
+    from insilico_trials.errors import InputError
+    from insilico_trials.spec.protocol import load_protocol
+
+    protocol = load_protocol(ROOT / "protocols" / "onc_phase2_orr.yaml")
+    assert real_arm_map(protocol, None, None) == {"control": "control", "tki200": "tki200"}
+    first = real_arm_map(protocol, None, {"control": "Placebo", "tki200": "TKI"})
+    assert first == {"control": "Placebo", "tki200": "TKI"}
+    assert real_arm_map(protocol, "Placebo", {"tki200": "TKI"}) == first
+    assert real_arm_map(protocol, None, None, archived=first) == first
+    with pytest.raises(InputError, match="differs from the one this archive's earlier updates"):
+        real_arm_map(protocol, None, {"tki200": "TKI 200"}, archived=first)
+    with pytest.raises(InputError, match="disagree"):
+        real_arm_map(protocol, "Placebo", {"control": "PBO"})
+    with pytest.raises(InputError, match="not an arm of the protocol"):
+        real_arm_map(protocol, None, {"tki400": "X"})
+    with pytest.raises(InputError, match="two protocol arms map to one ADSL ARM"):
+        real_arm_map(protocol, None, {"tki200": "control"})

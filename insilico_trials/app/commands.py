@@ -733,14 +733,20 @@ def execute_update(
                 f"covariates): {', '.join(f'{f} {c}' for f, c in new_cut.dropped)}"
             )
         number = len(previous) + 1
-        arm_name = control_arm or protocol.control_arm.name
+        earlier = [_read_json(u / "update.json") for u in existing_updates(archive)]
+        archived = next((r["real_arms"] for r in earlier if r.get("real_arms")), None)
+        ctrl = protocol.control_arm.name
+        if archived is None and control_arm is None and ctrl not in (arms or {}):
+            # an archive whose updates predate arm maps recorded the control arm's ADSL ARM
+            control_arm = next((r["control_arm"] for r in earlier if r.get("control_arm")), None)
+        real_arms = real_arm_map(protocol, control_arm, arms, archived=archived)
+        arm_name = real_arms[protocol.control_arm.name]
         # A twin protocol's cut may carry only longitudinal data: the synthetic control is
         # refitted when every cut so far has the analysis endpoint's dataset.
         control_refit = not twins or all(
             getattr(c, dataset, None) is not None for c in [*previous, new_cut]
         )
         real = virtual = real_all = None
-        real_arms = real_arm_map(protocol, control_arm, arms)
         if control_refit:
             frames = [
                 endpoint_frame(
@@ -910,10 +916,11 @@ def execute_update(
             + ("; exact (closed form)" if record.get("engine") == "closed_form" else "; MCMC")
         )
         comp = control_composition(record)
+        share = comp["virtual_share"]
         _say(
-            f"hybrid control: {comp['real']:.0f} real {record['ess_unit']} + "
-            f"{comp['virtual_borrowed']:.1f} virtual borrowed "
-            f"({100 * comp['virtual_share']:.0f}% virtual)"
+            f"hybrid control: {comp['real']:.0f} real {comp['unit']} + "
+            f"{comp['virtual_borrowed']:.1f} virtual {comp['unit']} borrowed ("
+            + (f"{100 * share:.0f}% virtual)" if share == share else "virtual share unknown)")
         )
         for e in record.get("effects", []):
             _say(effect_line(e))
@@ -932,7 +939,10 @@ def execute_update(
                 if lk.get("pos") is not None
                 else f"; probability of success {lk['pos_method']}"
             )
-            _say(f"look {lk['look']} of {lk['of']} (planned {lk['planned']}): {lk['verdict']}{pos}")
+            _say(
+                f"decision: {lk['verdict']} (look {lk['look']} of {lk['of']}, planned "
+                f"{lk['planned']}){pos}"
+            )
     _say(_timing_table(timings, time.perf_counter() - t_all))
     _say(f"update: {folder}")
     return folder
@@ -1100,26 +1110,49 @@ def pd_concat_latest(frames: list[Any]) -> Any:
 
 
 def real_arm_map(
-    protocol: TrialProtocol, control_arm: str | None, arms: Mapping[str, str] | None
+    protocol: TrialProtocol,
+    control_arm: str | None,
+    arms: Mapping[str, str] | None,
+    *,
+    archived: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Protocol arm name -> ADSL ARM of its real patients (default: the same name; the
-    control arm's from ``--control-arm``).
+    """Protocol arm name -> ADSL ARM of its real patients: ``--arm NAME=ARM`` and
+    ``--control-arm ARM`` (the same as ``--arm CONTROL=ARM``), else the mapping the archive's
+    earlier updates recorded (``archived``), else the protocol's arm names. Every cut of an
+    archive is read with one mapping, so an update cannot silently drop earlier patients.
 
     Raises
     ------
     InputError
-        An ``--arm`` naming no arm of the protocol, or two arms mapped to one ADSL ARM.
+        An ``--arm`` naming no arm of the protocol, ``--control-arm`` and ``--arm`` giving the
+        control arm two values, two arms mapped to one ADSL ARM, or a mapping that differs
+        from the one the archive's earlier updates used.
     """
     names = [a.name for a in protocol.arms]
-    for k in arms or {}:
+    given = dict(arms or {})
+    for k in given:
         if k not in names:
             raise InputError(
                 f"--arm {k}=...: {k!r} is not an arm of the protocol ({', '.join(names)})",
                 where="--arm", actual=k, expected=names,
             )  # fmt: skip
-    out = {a.name: (arms or {}).get(a.name, a.name) for a in protocol.arms}
+    ctrl = protocol.control_arm.name
     if control_arm is not None:
-        out[protocol.control_arm.name] = control_arm
+        if given.get(ctrl, control_arm) != control_arm:
+            raise InputError(
+                f"--control-arm {control_arm!r} and --arm {ctrl}={given[ctrl]!r} disagree",
+                where="--control-arm", actual=control_arm, expected=given[ctrl],
+            )  # fmt: skip
+        given[ctrl] = control_arm
+    base = dict(archived) if archived else {a: a for a in names}
+    out = {a: given.get(a, base.get(a, a)) for a in names}
+    if archived and out != dict(archived):
+        raise InputError(
+            f"arm mapping {out} differs from the one this archive's earlier updates used "
+            f"({dict(archived)}): every cut is read with one mapping (omit --arm/--control-arm "
+            "to keep it)",
+            where="--arm", actual=out, expected=dict(archived),
+        )  # fmt: skip
     if len(set(out.values())) != len(out):
         raise InputError(
             f"--arm/--control-arm: two protocol arms map to one ADSL ARM: {out}",
@@ -1151,16 +1184,18 @@ def real_patients(
 
 
 def effect_line(e: Mapping[str, Any]) -> str:
-    """One printed line of an update's treatment effect."""
+    """One printed line of an update's treatment effect (descriptive: the trial's decision is
+    the planned look's verdict, printed after it)."""
     sign = "<" if e["direction"] == "less" else ">"
     head = f"{e['treatment']} vs hybrid control ({e['n_treatment']} real patients): "
     if e["probability"] != e["probability"]:
         return head + e["decision"]
     mcse = "" if not e["probability_mcse"] else f" (MC error {e['probability_mcse']:.3f})"
+    met = "met" if e["probability"] > e["threshold"] else "not met"
     return (
         head + f"{e['quantity']} {e['mean']:.3g} (95% CI {e['ci'][0]:.3g} to {e['ci'][1]:.3g}); "
         f"P({e['quantity']} {sign} {e['delta']:g}) = {e['probability']:.4f}{mcse}; "
-        f"decision {e['decision']} (threshold {e['threshold']:g}; "
+        f"the analysis criterion (threshold {e['threshold']:g}) is {met} at this cut ("
         + ("exact" if e["engine"] == "closed_form" else e["engine"])
         + ")"
     )

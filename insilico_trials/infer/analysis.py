@@ -218,7 +218,11 @@ def validation_table(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[d
                 "note": (
                     f"PSA {protocol.disease.progression} rule at the protocol's visits, one model "
                     "step taken as one day, patients drawn uniformly over the 22 matrices, "
-                    f"followed {protocol.disease.horizon_days} days (Kaplan-Meier median)"
+                    f"followed {protocol.disease.horizon_days} days (Kaplan-Meier median). "
+                    "Progression is assessed only at visits with drug on since the previous "
+                    "one: a patient whose PSA stays near the resume level after resistance "
+                    "emerges may never progress by this definition, so the arms' difference "
+                    "depends on it"
                 ),
             }
         )

@@ -372,13 +372,15 @@ def tte_predictive_success(
     direction: str = "less",
     draws: int = 4000,
     seed: int = 0,
+    cut_month: float | None = None,
 ) -> tuple[float, float]:
     """Predictive probability of success of the constant-hazard analysis at the planned final
     analysis, by simulation of the remaining trial; returns ``(pos, monte_carlo_error)``.
 
     The timeline is the design's (``infer/design.tte_patients``): patients enter uniformly at
     ``accrual_per_month`` from month 0, and the final analysis is at month
-    ``(N_c + N_t) / accrual + follow_up``. The cut is at month ``(n_c + n_t) / accrual``. Per
+    ``(N_c + N_t) / accrual + follow_up``. The cut is at ``cut_month`` (default: the month
+    the real patients' enrolment takes, ``(n_c + n_t) / accrual``). Per
     draw of ``(lambda_c, beta)`` from the current posterior (:func:`tte_posterior_draws`):
     every real patient without an event is still at risk and followed to the final analysis
     (memoryless exponential times, dropout at ``dropout_per_month``); the patients still to
@@ -394,7 +396,7 @@ def tte_predictive_success(
         size=draws, rng=rng,
     )  # fmt: skip
     n_now = len(control) + len(treatment)
-    t_cut = n_now / accrual_per_month
+    t_cut = n_now / accrual_per_month if cut_month is None else float(cut_month)
     t_end = (final_control + final_treatment) / accrual_per_month + follow_up_months
     totals = []
     for frame, final, lam in (
@@ -405,10 +407,10 @@ def tte_predictive_success(
         e0 = float(frame["time"].sum() / DAYS_PER_MONTH)
         at_risk = int((frame["event"] == 0).sum())
         new = max(final - len(frame), 0)
+        end_accrual = max((final_control + final_treatment) / accrual_per_month, t_cut)
         horizon = np.concatenate([
-            np.full(at_risk, t_end - t_cut),
-            t_end - rng.uniform(t_cut, (final_control + final_treatment) / accrual_per_month,
-                                size=(new,)) if new else np.zeros(0),
+            np.full(at_risk, max(t_end - t_cut, 0.0)),
+            t_end - rng.uniform(t_cut, end_accrual, size=(new,)) if new else np.zeros(0),
         ])  # fmt: skip
         m = horizon.size
         ev = rng.exponential(1.0, size=(draws, m)) / lam[:, None]
@@ -497,6 +499,20 @@ class Effect:
         out = asdict(self)
         out["ci"] = [float(x) for x in self.ci]
         return out
+
+
+def indicator_mcse(hits: np.ndarray, batches: int = 20) -> float:
+    """Monte Carlo standard error of ``P = mean(hits)`` from MCMC draws (chains, draws) of the
+    criterion's indicator, by batch means within each chain (autocorrelation of the indicator
+    itself, not of the parameter); with no variation over the draws, the bound
+    ``1 / (number of draws)``."""
+    h = np.atleast_2d(np.asarray(hits, dtype=float))
+    n = h.shape[1] // batches
+    if n < 1:
+        return float("nan")
+    means = h[:, : n * batches].reshape(h.shape[0], batches, n).mean(axis=2).ravel()
+    se = float(means.std(ddof=1) / math.sqrt(means.size))
+    return se if se > 0 else 1.0 / h.size
 
 
 def _verdict(probability: float, threshold: float, converged: bool) -> str:
@@ -616,7 +632,7 @@ def hybrid_effect(
         "delta": float(dec.delta), "threshold": float(dec.threshold),
         "n_control": len(ctrl), "n_treatment": len(trt),
     }  # fmt: skip
-    if use_exact and len(trt) and len(ctrl) >= 0:
+    if use_exact and len(trt):
         assert prior is not None
         if a.model == "binary":
             prob, mean, ci = binary_effect(
@@ -646,11 +662,12 @@ def hybrid_effect(
 
     fit = analyse_frame(protocol, frame, prior, treatment=treatment)
     row = fit.summary[fit.summary["param"] == dec.quantity].iloc[0]
-    n_eff = float(row["ess_bulk"]) if row["ess_bulk"] == row["ess_bulk"] else 1.0
+    draws = np.asarray(fit.idata["posterior"][dec.quantity].values, dtype=float)
+    hits = draws > dec.delta if dec.side == "greater" else draws < dec.delta
     p = fit.probability
     mean = float(row["mean"])
     return Effect(
-        **common, probability=p, probability_mcse=math.sqrt(max(p * (1 - p), 0.0) / n_eff),
+        **common, probability=p, probability_mcse=indicator_mcse(hits),
         decision=fit.decision, mean=mean, ci=(float(row["eti_2.5%"]), float(row["eti_97.5%"])),
         engine="mcmc", converged=bool(fit.converged),
     )  # fmt: skip

@@ -83,6 +83,7 @@ from insilico_trials.infer.decision import (
 from insilico_trials.infer.synthetic import VirtualArms, pooled_statistics, protocol_prior
 from insilico_trials.sim.rng import patient_uniforms, stream
 from insilico_trials.spec.design import (
+    ENDPOINT_OF_MODEL,
     Calibration,
     DesignError,
     DesignSpec,
@@ -191,23 +192,44 @@ def _looks(protocol: Any, d: DesignSpec) -> tuple[Look, ...]:
 
 
 def planned_looks(protocol: Any) -> tuple[tuple[Look, ...], SequentialRule]:
-    """The trial's planned looks (real patients per arm) and its sequential rule, as ``design``
-    evaluates them and ``update`` applies them to real cuts: the design section's interims and
-    thresholds, or, without one, a single final analysis of the arms' planned sizes at the
-    analysis' threshold."""
+    """The trial's planned looks (real patients per arm; for a time-to-event endpoint also the
+    calendar month of each look) and its sequential rule, as ``design`` evaluates them and
+    ``update`` applies them to real cuts: the design section's interims and thresholds, or,
+    without one, a single final analysis of the arms' planned sizes at the analysis' threshold.
+
+    Time-to-event looks are at calendar months from the first entry (uniform accrual at
+    ``endpoints.accrual_per_month``): the final one at ``N / accrual + follow_up``, interims at
+    ``interim_patients / accrual`` or at ``interim_fractions`` of the final month.
+    """
     d: DesignSpec | None = protocol.design
     dec = protocol.analysis.decision
     if d is None:
         n_c, n_t = protocol.control_arm.n, treatment_arm(protocol).n
-        return (Look(n_c, n_t, 1.0),), SequentialRule((), (), float(dec.threshold))
-    looks = _looks(protocol, d)
-    n_int = len(looks) - 1
-    eff, fut, fpos = d.efficacy_threshold, d.futility_threshold, d.futility_pos
-    eff_t = tuple(eff) if isinstance(eff, list) else (float(eff),) * n_int
-    fut_t = tuple(fut) if isinstance(fut, list) else (float(fut or 0.0),) * n_int
-    fpos_t = tuple(fpos) if isinstance(fpos, list) else ((float(fpos),) * n_int if fpos else ())
-    success = d.success_threshold or dec.threshold
-    return looks, SequentialRule(eff_t, fut_t, float(success), fpos_t)
+        looks: tuple[Look, ...] = (Look(n_c, n_t, 1.0),)
+        rule = SequentialRule((), (), float(dec.threshold))
+    else:
+        looks = _looks(protocol, d)
+        n_int = len(looks) - 1
+        eff, fut, fpos = d.efficacy_threshold, d.futility_threshold, d.futility_pos
+        eff_t = tuple(eff) if isinstance(eff, list) else (float(eff),) * n_int
+        fut_t = tuple(fut) if isinstance(fut, list) else (float(fut or 0.0),) * n_int
+        fpos_t = tuple(fpos) if isinstance(fpos, list) else ((float(fpos),) * n_int if fpos else ())
+        success = d.success_threshold or dec.threshold
+        rule = SequentialRule(eff_t, fut_t, float(success), fpos_t)
+    if ENDPOINT_OF_MODEL.get(protocol.analysis.model) == "tte":
+        ep = protocol.endpoints
+        accrual = float(ep.accrual_per_month)
+        total = looks[-1].n_control + looks[-1].n_treatment
+        t_end = total / accrual + ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH
+        if d is not None and d.interim_patients:
+            months = [k / accrual for k in d.interim_patients] + [t_end]
+        else:
+            months = [lk.fraction * t_end for lk in looks]
+        looks = tuple(
+            Look(lk.n_control, lk.n_treatment, lk.fraction, float(m))
+            for lk, m in zip(looks, months, strict=True)
+        )
+    return looks, rule
 
 
 def compile_design(
@@ -265,16 +287,7 @@ def compile_design(
         extra["accrual_per_month"] = float(ep.accrual_per_month)
         extra["follow_up_months"] = ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH
         extra["dropout_per_month"] = ep.dropout_per_year / 12.0
-        total = looks[-1].n_control + looks[-1].n_treatment
-        t_end = total / extra["accrual_per_month"] + extra["follow_up_months"]
-        if d.interim_patients:
-            months = [k / extra["accrual_per_month"] for k in d.interim_patients] + [t_end]
-        else:
-            months = [lk.fraction * t_end for lk in looks]
-        looks = tuple(
-            Look(lk.n_control, lk.n_treatment, lk.fraction, float(m))
-            for lk, m in zip(looks, months, strict=True)
-        )
+        # the looks' calendar months come from planned_looks (the same months update uses)
     plan = DesignPlan(
         endpoint=d.endpoint,
         seed=protocol.seed,

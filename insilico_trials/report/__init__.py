@@ -389,14 +389,16 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     ]
     baseline_html, target_note = _baseline(protocol, cohort, summary)
 
-    # Virtual share of the control arm: all virtual until a real data cut borrows from it.
+    # Virtual share of the control arm: all virtual until a real data cut borrows from it;
+    # taken from the latest cut with a decision (else the latest control refit).
     n_virtual = int(control.get("n", 0))
     if updates:
-        last = updates[-1]
-        borrowed = float(last.get("borrowed_virtual") or 0.0)
-        n_real = int(last.get("n_real") or 0)
-        share = borrowed / (borrowed + n_real) if borrowed + n_real > 0 else 0.0
-        virtual = {"share": share, "borrowed": borrowed, "n_real": n_real, "cut": last["cut"]}
+        from insilico_trials.run.update import control_composition
+
+        last = next((u for u in reversed(updates) if u.get("effects")), updates[-1])
+        comp = control_composition(last)
+        virtual = {"share": comp["virtual_share"], "borrowed": comp["virtual_borrowed"],
+                   "n_real": comp["real"], "unit": comp["unit"], "cut": last["cut"]}  # fmt: skip
     else:
         virtual = {"share": 1.0, "borrowed": float(n_virtual), "n_real": 0, "cut": None}
 

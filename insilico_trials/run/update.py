@@ -148,100 +148,130 @@ def hybrid_decisions(
 
 def control_composition(record: Mapping[str, Any]) -> dict[str, float]:
     """How much of the hybrid control arm is real and how much virtual, from an update's
-    record: real patients (events for TTE), the effective number of virtual ones borrowed,
-    and the virtual share of their sum."""
-    real = float(record.get("n_real") or 0.0)
+    record, in the unit its borrowing is counted in (patients; events for time to event):
+    the real ones, the effective number of virtual ones borrowed, and the virtual share of
+    their sum (NaN when either is unknown)."""
+    unit = record.get("ess_unit") or "patients"
+    if unit == "events":  # borrowed information is counted in events for time to event
+        real = float((record.get("real_stats") or {}).get("d", float("nan")))
+    else:
+        real = float(record.get("n_real") or 0.0)
     virtual = float(record.get("borrowed_virtual") or 0.0)
-    virtual = virtual if virtual == virtual else 0.0
-    total = real + virtual
+    known = real == real and virtual == virtual
+    total = real + virtual if known else float("nan")
     return {
+        "unit": unit,
         "real": real,
         "virtual_borrowed": virtual,
-        "virtual_share": virtual / total if total > 0 else float("nan"),
+        "virtual_share": virtual / total if known and total > 0 else float("nan"),
     }
 
 
 def look_status(
     protocol: TrialProtocol, frame: pd.DataFrame, prior: Any, effect: Any
 ) -> dict[str, Any]:
-    """Which planned look a cut corresponds to, the protocol's rule there, and the predictive
-    probability of success at the planned final analysis (for the analysed treatment arm).
+    """Which planned look a cut corresponds to, the protocol's rule there (the trial's
+    decision at this cut), and the predictive probability of success at the planned final
+    analysis (for the analysed treatment arm).
 
-    The look is the last planned one (:func:`insilico_trials.infer.design.planned_looks`) whose
-    per-arm sizes the real patients of both arms have reached; before the first, no rule
-    applies. The probability of success is exact for a binary endpoint with a closed-form
-    posterior (:func:`insilico_trials.infer.decision.binary_predictive_success`: the patients
-    still to come drawn from the current posterior predictive); elsewhere it is not computed
-    and the record says why.
+    Looks are :func:`insilico_trials.infer.design.planned_looks`, the ones ``design``
+    evaluates. Binary and continuous endpoints: the last look whose per-arm sizes the real
+    patients of both arms have reached. Time-to-event endpoints: the last look whose calendar
+    month the cut has reached; the cut's month is estimated from the data (cut dates are not
+    in an archive: full dates are screened out) as the larger of the months needed to enrol
+    the real patients at the planned accrual and the longest follow-up of a patient still
+    without an event. Before the first look no rule applies.
+
+    The probability of success is exact for a binary endpoint with a closed-form posterior
+    (:func:`insilico_trials.infer.decision.binary_predictive_success`), simulated for a
+    constant-hazard analysis (:func:`~insilico_trials.infer.decision.tte_predictive_success`),
+    and otherwise not computed (the record says why). Final sizes are the planned ones, or the
+    real ones where a cut already has more patients.
     """
     from insilico_trials.infer.decision import binary_predictive_success, tte_predictive_success
     from insilico_trials.infer.design import planned_looks
 
     looks, rule = planned_looks(protocol)
+    a = protocol.analysis
     nc, nt = int(effect.n_control), int(effect.n_treatment)
-    reached = [j for j, lk in enumerate(looks) if nc >= lk.n_control and nt >= lk.n_treatment]
+    ctrl = frame[frame["arm"] == protocol.control_arm.name]
+    trt = frame[frame["arm"] == effect.treatment]
     final = looks[-1]
+    fc, ft = max(final.n_control, nc), max(final.n_treatment, nt)
     out: dict[str, Any] = {
         "treatment": effect.treatment,
         "planned": [[lk.n_control, lk.n_treatment] for lk in looks],
-        "look": reached[-1] + 1 if reached else 0,
         "of": len(looks),
     }
-    a = protocol.analysis
-    pos = None
-    if a.model == "binary" and effect.engine == "closed_form" and prior is not None:
-        if nc <= final.n_control and nt <= final.n_treatment:
-            ctrl = frame[frame["arm"] == protocol.control_arm.name]
-            trt = frame[frame["arm"] == effect.treatment]
-            table = binary_predictive_success(
-                prior, nc, nt, final.n_control, final.n_treatment,
-                delta=float(a.decision.delta), success_threshold=rule.success,
-                direction=a.decision.side,
-            )  # fmt: skip
-            xc, xt = int(ctrl["response"].sum()), int(trt["response"].sum())
-            pos = float(table[xc, xt])
-            out.update(pos=pos, pos_mcse=0.0, pos_method="exact (beta-binomial predictive)")
-            # the option: control patients still to come from the virtual cohort's model
-            virtual = binary_predictive_success(
-                prior, nc, nt, final.n_control, final.n_treatment,
-                delta=float(a.decision.delta), success_threshold=rule.success,
-                direction=a.decision.side, control_source="virtual",
-            )  # fmt: skip
-            out["pos_virtual_control"] = float(virtual[xc, xt])
-        else:
-            out.update(pos=None, pos_method="more real patients than planned: final analysis")
-    elif a.model == "tte_exponential" and effect.engine == "closed_form" and prior is not None:
-        if nc <= final.n_control and nt <= final.n_treatment:
-            ep = protocol.endpoints
-            draws = 4000
-            pos, mcse = tte_predictive_success(
-                prior,
-                frame[frame["arm"] == protocol.control_arm.name],
-                frame[frame["arm"] == effect.treatment],
-                final.n_control, final.n_treatment,
-                accrual_per_month=float(ep.accrual_per_month),
-                follow_up_months=ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH,
-                dropout_per_month=ep.dropout_per_year / 12.0,
-                delta=float(a.decision.delta), success_threshold=rule.success,
-                direction=a.decision.side, draws=draws, seed=protocol.seed,
-            )  # fmt: skip
-            out.update(
-                pos=pos, pos_mcse=mcse,
-                pos_method=f"simulation of the remaining trial, {draws} posterior draws "
-                "(the design's accrual and follow-up; patients without an event still at risk)",
-            )  # fmt: skip
-        else:
-            out.update(pos=None, pos_method="more real patients than planned: final analysis")
-    else:
-        out.update(
-            pos=None,
-            pos_method=f"not computed for model {a.model} with engine {effect.engine} "
-            "(binary and constant-hazard endpoints only)",
+    tte = a.model in ("tte_exponential", "tte_weibull", "tte_pwexp")
+    cut_month = None
+    if tte:
+        ep = protocol.endpoints
+        both = pd.concat([ctrl, trt])
+        censored = both.loc[both["event"] == 0, "time"] / DAYS_PER_MONTH
+        cut_month = max(
+            (nc + nt) / float(ep.accrual_per_month),
+            float(censored.max()) if len(censored) else 0.0,
         )
-    if not reached:
+        months = [lk.month for lk in looks]
+        reached = [j for j, m in enumerate(months) if cut_month >= m - 1e-9]
+        out["planned_months"] = months
+        out["cut_month_estimate"] = cut_month
+    else:
+        reached = [j for j, lk in enumerate(looks) if nc >= lk.n_control and nt >= lk.n_treatment]
+    j = reached[-1] if reached else None
+    out["look"] = j + 1 if j is not None else 0
+    if j is not None:
+        if j == len(looks) - 1:
+            out["thresholds"] = {"success": rule.success}
+        else:
+            out["thresholds"] = {"efficacy": rule.efficacy[j], "futility": rule.futility[j]}
+            if rule.futility_pos and rule.futility_pos[j] > 0:
+                out["thresholds"]["futility_pos"] = rule.futility_pos[j]
+    pos = None
+    at_final = j == len(looks) - 1
+    if at_final:
+        out.update(pos=None, pos_method="the cut is at the planned final analysis")
+    elif a.model == "binary" and effect.engine == "closed_form" and prior is not None:
+        kw = {"delta": float(a.decision.delta), "success_threshold": rule.success,
+              "direction": a.decision.side}  # fmt: skip
+        xc, xt = int(ctrl["response"].sum()), int(trt["response"].sum())
+        pos = float(binary_predictive_success(prior, nc, nt, fc, ft, **kw)[xc, xt])
+        out.update(pos=pos, pos_mcse=0.0, pos_method="exact (beta-binomial predictive)")
+        # the option: control patients still to come from the virtual cohort's model
+        virtual = binary_predictive_success(prior, nc, nt, fc, ft, control_source="virtual", **kw)
+        out["pos_virtual_control"] = float(virtual[xc, xt])
+    elif a.model == "tte_exponential" and effect.engine == "closed_form" and prior is not None:
+        ep = protocol.endpoints
+        draws = 4000
+        pos, mcse = tte_predictive_success(
+            prior, ctrl, trt, fc, ft,
+            accrual_per_month=float(ep.accrual_per_month),
+            follow_up_months=ep.follow_up_weeks * 7.0 / DAYS_PER_MONTH,
+            dropout_per_month=ep.dropout_per_year / 12.0,
+            delta=float(a.decision.delta), success_threshold=rule.success,
+            direction=a.decision.side, draws=draws, seed=protocol.seed, cut_month=cut_month,
+        )  # fmt: skip
+        out.update(
+            pos=pos, pos_mcse=mcse,
+            pos_method=f"simulation of the remaining trial, {draws} posterior draws (the "
+            "design's accrual and follow-up; every patient without an event taken as still at "
+            "risk, none as lost to follow-up)",
+        )  # fmt: skip
+    else:
+        why = (
+            "no real patients of the treatment arm yet"
+            if not nt
+            else f"model {a.model} with engine {effect.engine}: computed for binary and "
+            "constant-hazard analyses with a closed-form posterior only"
+        )
+        out.update(pos=None, pos_method=f"not computed ({why})")
+    if j is None:
         out["verdict"] = "before the first planned look: no rule applies"
     elif effect.probability != effect.probability:
         out["verdict"] = "no decision (no effect estimate)"
     else:
-        out["verdict"] = rule.verdict(reached[-1], len(looks), float(effect.probability), pos)
+        out["verdict"] = rule.verdict(j, len(looks), float(effect.probability), pos)
+        if not at_final and pos is None and rule.futility_pos and rule.futility_pos[j] > 0:
+            out["note"] = "the futility rule on the probability of success was not evaluated"
     return out
