@@ -203,7 +203,7 @@ def look_status(
         "planned": [[lk.n_control, lk.n_treatment] for lk in looks],
         "of": len(looks),
     }
-    tte = a.model in ("tte_exponential", "tte_weibull", "tte_pwexp")
+    tte = ENDPOINT_OF_MODEL[a.model] == "tte"
     cut_month = None
     if tte:
         ep = protocol.endpoints
