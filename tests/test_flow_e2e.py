@@ -373,11 +373,22 @@ def test_update_decides_on_both_arms_against_the_hybrid_control(
     mcse = (fit.probability * (1 - fit.probability) / ess) ** 0.5
     assert abs(final["probability"] - fit.probability) < 5 * mcse + 1e-3
 
-    assert main(["rerun", str(archive), "--workers", "1"]) == 0
-    out = capsys.readouterr().out
-    for k in (1, 2, 3):
-        assert re.search(rf"updates/00{k}/update\.json \(control, closed_form\) +identical", out)
-    assert "DIFFERENT" not in out
+    # rerun's replay of the updates (the run's own replay is tested above): effects and looks
+    # included, every record identical
+    from insilico_trials.app.commands import replay_control_updates
+
+    rows = replay_control_updates(archive, protocol)
+    assert [(name, same) for name, same, _ in rows if "update.json" in name] == [
+        (f"updates/00{k}/update.json (control, closed_form)", True) for k in (1, 2, 3)
+    ]
+    assert all(same for _, same, _ in rows), rows
+    # a record whose decision was edited is caught by the replay
+    path = archive / "updates" / "003" / "update.json"
+    edited = json.loads(path.read_text())
+    edited["effects"][0]["probability"] = 0.5
+    path.write_text(json.dumps(edited))
+    rows = replay_control_updates(archive, protocol)
+    assert ("updates/003/update.json (control, closed_form)", False, "differs: effects") in rows
 
 
 def test_cut_files_reach_the_tracking_store_only_when_the_protocol_asks(
