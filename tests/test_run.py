@@ -43,6 +43,7 @@ def test_memory_and_parquet_sinks_write_the_same_bytes(tmp_path):
         assert sha256_file(a / name) == sha256_file(b / name), name
 
 
+@pytest.mark.slow
 def test_sensitivity_stage_is_declared_and_can_be_switched_off(tmp_path):
     protocol = load_protocol(tiny_protocol(tmp_path, n=6))
     lines: list[str] = []

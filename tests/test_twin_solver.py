@@ -71,6 +71,7 @@ def test_zhang_jacobian_equals_the_symbolic_derivatives_of_its_rates(u):
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-16)
 
 
+@pytest.mark.slow
 def test_compiled_trajectories_and_sensitivities_on_real_dosing():
     data = _data(_cut("full"))
     h, u = data["h"], data["u"]

@@ -203,6 +203,7 @@ def test_reference_solver_matches_lsoda(alpha, beta):
     np.testing.assert_allclose(sol.observed[sol.mask], 2e-3 * total[sol.mask], rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_scan_solver_matches_reference():
     """The RK4-in-scan graph of the fit (1-day steps) against the reference solver.
 
