@@ -10,8 +10,8 @@ a three-component prior, and a control-only fit.
 
 from __future__ import annotations
 
-import nutpie
 import numpy as np
+import nutpie
 import pandas as pd
 import pytest
 
@@ -96,9 +96,7 @@ CASES = {
 def test_outcome_draws_equal_nutpie_compiled(both_paths, case):
     data = _frame(60, seed=11)
     kw = CASES[case]
-    ours, theirs = both_paths(
-        lambda: outcomes.fit_outcome(data, **kw, draws=500, tune=500, seed=3)
-    )
+    ours, theirs = both_paths(lambda: outcomes.fit_outcome(data, **kw, draws=500, tune=500, seed=3))
     _same_fit(ours, theirs)
 
 

@@ -279,7 +279,9 @@ def test_replay_uses_the_recorded_engine(tmp_path, monkeypatch):
         seen.append(engine)
         return refit_control(virtual, real, protocol, engine="closed_form")
 
-    monkeypatch.setattr(commands, "refit_control", spy)
+    import insilico_trials.run.update as update_module
+
+    monkeypatch.setattr(update_module, "refit_control", spy)  # commands imports it when called
     rows = commands.replay_control_updates(archive, protocol)
     assert seen == ["mcmc", "mcmc"]
     assert rows[0] == ("updates/001/update.json (control, mcmc)", True, "")

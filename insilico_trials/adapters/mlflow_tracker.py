@@ -60,11 +60,41 @@ class MlflowTracker:
         self.parent_run_id = parent_run_id
         self.run_id: str | None = None
         self._client: Any = None
+        self._starting: Any = None
+        self._error: BaseException | None = None
 
-    def check(self) -> None:
-        """Reach the store before any work starts, so a bad URI fails fast and clearly."""
-        from mlflow.tracking import MlflowClient
+    def start_in_background(
+        self, experiment: str, *, run_name: str, tags: Mapping[str, str]
+    ) -> None:
+        """:meth:`check` and :meth:`start` in a thread, while the command does its work
+        (importing MLflow and opening its store cost about 6 s of CPU on the 2-core machine).
+        A server that does not answer is found here, at once, before any work; any other
+        failure is raised by :meth:`wait` (every other method waits first)."""
+        import threading
 
+        self.reach_server()
+
+        def target() -> None:
+            try:
+                self.check()
+                self.start(experiment, run_name=run_name, tags=tags)
+            except BaseException as exc:  # re-raised in the waiting thread
+                self._error = exc
+
+        self._starting = threading.Thread(target=target, name="insilico-tracking", daemon=True)
+        self._starting.start()
+
+    def wait(self) -> None:
+        """Wait for a background start; raise what it raised."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def reach_server(self) -> None:
+        """A tracking server (http) must answer its health check; a local store needs none."""
         if self.uri.startswith(("http://", "https://")):
             # MLflow's client retries an unreachable server for minutes: ask it once, briefly.
             import urllib.error
@@ -79,6 +109,12 @@ class MlflowTracker:
                     f"({getattr(exc, 'reason', exc)}); nothing was run. Start that server, or "
                     "unset MLFLOW_TRACKING_URI to use the embedded SQLite store."
                 ) from None
+
+    def check(self) -> None:
+        """Reach the store before any work starts, so a bad URI fails fast and clearly."""
+        from mlflow.tracking import MlflowClient
+
+        self.reach_server()
         # An explicit client only: mlflow.set_tracking_uri() would also export
         # MLFLOW_TRACKING_URI to this process, and the next run would land in this store.
         try:
@@ -113,6 +149,7 @@ class MlflowTracker:
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        self.wait()
         from mlflow.entities import Param
 
         items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(params.items())]
@@ -120,6 +157,7 @@ class MlflowTracker:
             self._client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        self.wait()
         import time
 
         from mlflow.entities import Metric
@@ -130,6 +168,7 @@ class MlflowTracker:
             self._client.log_batch(self.run_id, metrics=items[i : i + 500])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.wait()
         for key, value in sorted(tags.items()):
             self._client.set_tag(self.run_id, key, str(value))
 
@@ -166,11 +205,16 @@ class MlflowTracker:
         }
 
     def log_artifacts(self, folder: Path, *, artifact_path: str | None = None) -> None:
+        self.wait()
         self._client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
 
     def log_artifact(self, path: Path, *, artifact_path: str | None = None) -> None:
+        self.wait()
         self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
 
     def end(self, *, status: str = "FINISHED") -> None:
+        if self._starting is not None:
+            self._starting.join()  # a start that failed has nothing to end
+            self._starting = None
         if self.run_id:
             self._client.set_terminated(self.run_id, status=status)

@@ -3,13 +3,12 @@
 :class:`PrefectDask` runs a body of the run layer (:mod:`insilico_trials.run.executor`) as a
 Prefect flow whose submissions are Prefect tasks on a Dask cluster.
 
-With no ``PREFECT_API_URL`` configured, Prefect starts an ephemeral API server in the process
-that first needs one. A Dask worker process does not inherit the driver's in-process settings,
-so each LocalCluster worker started its own ephemeral server (~10-20 s of CPU each on this
-machine, before its first task) and recorded its task runs there. :func:`shared_prefect_api`
-starts the ephemeral server once in the driver and exports its URL in the environment, which
-worker processes inherit; with a configured API (a server, or the test harness) it only
-exports that URL.
+With no ``PREFECT_API_URL`` configured, a command that runs flows starts the embedded API
+server (:class:`EmbeddedApi`, the command of Prefect's ephemeral server) as its first step and
+exports its URL in the environment, which the LocalCluster worker processes inherit (without
+it each worker would start an ephemeral server of its own, ~10-20 s of CPU each); the flow
+waits for the server only when it starts (:func:`shared_prefect_api`). With a configured API
+(a server, the warm services, or the test harness) it only exports that URL.
 """
 
 from __future__ import annotations
@@ -18,16 +17,19 @@ import contextlib
 import functools
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from insilico_trials.run.executor import MODEL_WARM
+
 __all__ = [
+    "EmbeddedApi",
     "PrefectDask",
     "RunCache",
     "api_and_cluster",
+    "embedded_services",
     "quiet_prefect",
     "reach_dask_scheduler",
     "reach_prefect_api",
@@ -41,22 +43,29 @@ T = TypeVar("T")
 def shared_prefect_api() -> Iterator[str]:
     """The API URL the flow and its workers use, for the duration of the block.
 
-    An ephemeral server started here runs in its own session (:func:`_ephemeral_server`): a
-    Ctrl-C in the terminal reaches this process, which stops the flow and then the server,
-    instead of stopping the server under a flow that still reports to it. Enter the block in
-    the main thread (the server is tied to the thread that starts it)."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
-
-    url = get_current_settings().api.url
+    Inside :func:`embedded_services` the server it started is waited for here (it has been
+    starting meanwhile); with no API configured at all one is started here for the block.
+    Enter the block in the main thread."""
+    url = os.environ.get("PREFECT_API_URL", "")
     server = None
-    if not url:
-        server = _ephemeral_server()
-        try:
-            server.start()
-        except BaseException:  # Ctrl-C while it starts: it is ours to stop
-            server.stop()
-            raise
-        url = server.api_url
+    early = _EMBEDDED.api if _EMBEDDED is not None else None
+    if early is not None and url == early.api_url:
+        early.wait_ready()
+    elif not url:
+        from prefect.settings import get_current_settings
+
+        url = get_current_settings().api.url or ""
+        if not url:
+            server = EmbeddedApi(_default_prefect_home())
+            try:
+                server.start()
+                server.wait_ready()
+            except BaseException:  # Ctrl-C while it starts: it is ours to stop
+                server.stop()
+                raise
+            url = server.api_url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url  # LocalCluster workers are spawned with this
     try:
@@ -71,43 +80,183 @@ def shared_prefect_api() -> Iterator[str]:
             server.stop()
 
 
-def _ephemeral_server() -> Any:
-    """Prefect's ephemeral API server (a uvicorn subprocess), started in a session of its own.
+def _default_prefect_home() -> Path:
+    return Path.cwd() / ".insilico" / "prefect"
 
-    In this process's group it received the terminal's SIGINT together with this process and
-    could stop before the flow engine had reported its last state (an httpx ConnectError and a
-    traceback instead of the interrupted run's one-line message). In its own session only
-    :func:`shared_prefect_api` stops it; so that it cannot outlive this process either (a
-    SIGKILL, a crash), Linux kills it when the thread that started it ends
-    (``PR_SET_PDEATHSIG``).
+
+class EmbeddedApi:
+    """Prefect's API server (uvicorn on 127.0.0.1, a free port) started as a child process,
+    with its database under ``home`` (``.insilico/prefect/prefect.db``: kept between runs, so
+    only the first run of a checkout creates and migrates it).
+
+    This is the command Prefect's own ephemeral server runs, started without importing
+    ``prefect.server`` here (5-6 s of imports the driver does not need) and *before* the
+    driver's own imports, so the two start side by side. The server runs in a session of its
+    own: the terminal's Ctrl-C reaches this process, which stops the flow, then the cluster,
+    then the server (instead of the server stopping under a flow that still reports to it);
+    so that it cannot outlive this process either (a SIGKILL, a crash), Linux kills it when
+    the thread that started it ends (``PR_SET_PDEATHSIG``).
     """
-    import subprocess
-    import types
 
-    import prefect.server.api.server as server_module
-    from prefect.server.api.server import SubprocessASGIServer
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.log = home / "server.log"
+        self.port = 0
+        self.process: Any = None
 
-    # Prefect keeps one server per port: a thread of the flow that finds no API in its own
-    # settings context asks for SubprocessASGIServer() and is given this one, already running.
-    class EphemeralServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            # Prefect builds the command and calls subprocess.Popen from its module: give that
-            # module, for this call only, a Popen that starts the server in its own session.
-            popen = functools.partial(
-                subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent()
-            )
-            with _POPEN_LOCK:
-                original = server_module.subprocess
-                server_module.subprocess = types.SimpleNamespace(Popen=popen)  # type: ignore[assignment]
-                try:
-                    return super()._run_uvicorn_command()
-                finally:
-                    server_module.subprocess = original
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
 
-    return EphemeralServer()
+    def start(self) -> None:
+        import subprocess
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        env.pop("PREFECT_API_URL", None)
+        # Its messages go to a file (a pipe nobody reads could fill and stall it).
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "uvicorn", "--factory",
+                    "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until ``/health`` answers; a server that exits or does not answer in time is
+        a :class:`ServiceFailure` naming its last error output."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        timeout_s = timeout_s or float(
+            os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise _service_failure(
+                    f"the embedded Prefect API exited with code {code} before answering",
+                    self.log,
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise _service_failure(
+                    f"the embedded Prefect API did not answer within {timeout_s:.0f} s", self.log
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        import subprocess
+
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-_POPEN_LOCK = threading.Lock()
+def _service_failure(message: str, log: Path) -> Exception:
+    from insilico_trials.errors import RunFailure
+
+    tail = ""
+    with contextlib.suppress(OSError, IndexError):
+        tail = log.read_text(errors="replace").strip().splitlines()[-1]
+    return RunFailure(
+        message + (f" (its last message: {tail})" if tail else "") + f"; see {log}; "
+        "nothing was written"
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _Embedded:
+    api: EmbeddedApi | None
+    cluster: _LocalCluster | None
+
+
+_EMBEDDED: _Embedded | None = None
+
+
+@contextlib.contextmanager
+def embedded_services(
+    *,
+    cluster: bool = False,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    warm: tuple[str, ...] = (),
+) -> Iterator[None]:
+    """For a command that will run flows: start what it needs and is not configured, now,
+    while the command does its own preparation, and stop it at the end of the block.
+
+    - the embedded Prefect API, when no ``PREFECT_API_URL`` is set (its URL is exported to
+      this process and the workers it spawns);
+    - with ``cluster``, unless ``dask_address`` names one, a LocalCluster of ``workers``
+      processes importing the ``warm`` modules.
+
+    The flows wait for them only when they start (:func:`shared_prefect_api`,
+    :func:`api_and_cluster`). At the end the cluster is closed first, then the API.
+    """
+    global _EMBEDDED
+    if _EMBEDDED is not None:  # nested: the outer block owns the services
+        yield
+        return
+    quiet_prefect()  # before the server and the workers are spawned: they inherit it
+    api = None
+    if not os.environ.get("PREFECT_API_URL"):
+        api = EmbeddedApi(_default_prefect_home())
+        api.start()
+        os.environ["PREFECT_API_URL"] = api.api_url
+    local = None
+    try:
+        if cluster and not dask_address:
+            local = _LocalCluster(workers, warm)
+        _EMBEDDED = _Embedded(api, local)
+        yield
+    finally:
+        _EMBEDDED = None
+        try:
+            if local is not None:
+                local.close()
+        finally:
+            if api is not None:
+                os.environ.pop("PREFECT_API_URL", None)
+                api.stop()
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -156,35 +305,31 @@ def _set_environment(name: str, value: str) -> None:
     os.environ[name] = value
 
 
-@contextlib.contextmanager
-def api_and_cluster(
-    *, workers: int | None, dask_address: str | None, warm: tuple[str, ...] = ()
-) -> Iterator[Any]:
-    """A ``DaskTaskRunner`` for the block, on a shared Prefect API (:func:`shared_prefect_api`).
+# The LocalCluster worker that loads the model libraries (MODEL_WARM) while the run starts,
+# where ``model=True`` submissions go; None on a cluster we did not start.
+_MODEL_WORKER: str | None = None
 
-    With ``dask_address`` the runner connects to that scheduler. Otherwise a LocalCluster of
-    ``workers`` processes (default: CPUs) is started in a thread *while* the Prefect API starts,
-    and its workers import the ``warm`` modules meanwhile, so neither waits for the other;
-    the API URL is then set in the workers' environment before their first task (they have
-    not imported Prefect yet; their nanny respawns a lost worker with the driver's
-    environment, which carries the URL by then). The cluster is closed after the block.
-    """
-    from prefect_dask import DaskTaskRunner
 
-    if dask_address:
-        with shared_prefect_api():
-            yield DaskTaskRunner(address=dask_address)
-        return
+class _LocalCluster:
+    """A LocalCluster being started in a thread (its workers import the ``warm`` modules as
+    they come up), and closed quietly."""
 
-    from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, workers: int | None, warm: tuple[str, ...]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
 
-    n = workers or max(1, os.cpu_count() or 1)
+        self.n = workers or max(1, os.cpu_count() or 1)
+        self.warm = warm
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insilico-cluster")
+        self._starting = self._pool.submit(self._start)
+        self._started: tuple[Any, Any] | None = None
+        self.model_worker: str | None = None
+        self._model_warm: Any = None
 
-    def start() -> tuple[Any, Any]:
+    def _start(self) -> tuple[Any, Any]:
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(
-            n_workers=n,
+            n_workers=self.n,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",  # a free port: a fixed 8787 clashes between clusters
@@ -192,46 +337,81 @@ def api_and_cluster(
         client = Client(cluster)
         try:
             client.run(_ignore_sigint)
-            if warm:
-                client.run(_import_modules, warm)
+            if self.warm:
+                client.run(_import_modules, self.warm)
+            # One worker loads the model libraries meanwhile, as a task of its own (its other
+            # work goes to the rest of the cluster until it is done); fits run there.
+            self.model_worker = sorted(client.scheduler_info()["workers"])[0]
+            self._model_warm = client.submit(
+                _import_modules, MODEL_WARM, workers=[self.model_worker], pure=False
+            )
         except BaseException:
             client.close()
             cluster.close()
             raise
         return cluster, client
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="insilico-cluster") as pool:
-        starting = pool.submit(start)
-        started: tuple[Any, Any] | None = None
-        closed = False
+    def ready(self, api_url: str) -> str:
+        """Wait for the cluster; set the API URL in its workers' environment (they have not
+        imported Prefect yet; their nanny respawns a lost worker with the driver's environment,
+        which carries the URL by then). Returns the scheduler address."""
+        global _MODEL_WORKER
+        self._started = self._starting.result()
+        self._started[1].run(_set_environment, "PREFECT_API_URL", api_url)
+        _MODEL_WORKER = self.model_worker
+        return str(self._started[0].scheduler_address)
 
-        def close() -> None:
-            # Closing a cluster (at the end, or after Ctrl-C) is routine: its workers' last
-            # words ("still alive ... killing", cancelled tasks, and on a busy machine a
-            # heartbeat to the closed scheduler, logged as an ERROR with its traceback) are
-            # not the user's concern.
-            nonlocal closed, started
-            closed = True
-            _silence("distributed.nanny", "distributed.scheduler", "distributed.worker",
-                     "distributed.worker.state_machine", "distributed.core")  # fmt: skip
-            if started is None:  # the API did not start: close the cluster if it did
-                with contextlib.suppress(BaseException):  # a failed start closed its part
-                    started = starting.result()
-            if started is not None:
-                started[1].close()
-                started[0].close()
+    def close(self) -> None:
+        # Closing a cluster (at the end, or after Ctrl-C) is routine: its workers' last words
+        # ("still alive ... killing", cancelled tasks, and on a busy machine a heartbeat to the
+        # closed scheduler, logged as an ERROR with its traceback) are not the user's concern.
+        _silence("distributed.nanny", "distributed.scheduler", "distributed.worker",
+                 "distributed.worker.state_machine", "distributed.core")  # fmt: skip
+        global _MODEL_WORKER
+        _MODEL_WORKER = None
+        started = self._started
+        if started is None:  # not waited for: close it if it started
+            with contextlib.suppress(BaseException):  # a failed start closed its part
+                started = self._starting.result()
+        if started is not None:
+            started[1].close()
+            started[0].close()
+        self._pool.shutdown(wait=False)
 
-        try:
-            with shared_prefect_api() as url:
-                try:
-                    started = starting.result()
-                    started[1].run(_set_environment, "PREFECT_API_URL", url)
-                    yield DaskTaskRunner(address=started[0].scheduler_address)
-                finally:
-                    close()  # while the API is up: no worker reports to a stopped server
-        finally:
-            if not closed:  # the API did not start
-                close()
+
+@contextlib.contextmanager
+def api_and_cluster(
+    *, workers: int | None, dask_address: str | None, warm: tuple[str, ...] = ()
+) -> Iterator[Any]:
+    """A ``DaskTaskRunner`` for the block, on a shared Prefect API (:func:`shared_prefect_api`).
+
+    With ``dask_address`` the runner connects to that scheduler. Inside
+    :func:`embedded_services` with a cluster, the runner uses the LocalCluster started there
+    (closed by that block). Otherwise a LocalCluster of ``workers`` processes (default: CPUs)
+    is started in a thread *while* the Prefect API starts, its workers importing the ``warm``
+    modules meanwhile, and is closed after the block, while the API is still up (no worker
+    reports to a stopped server).
+    """
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        with shared_prefect_api():
+            yield DaskTaskRunner(address=dask_address)
+        return
+    early = _EMBEDDED.cluster if _EMBEDDED is not None else None
+    if early is not None and early.n == (workers or max(1, os.cpu_count() or 1)):
+        with shared_prefect_api() as url:
+            yield DaskTaskRunner(address=early.ready(url))
+        return
+    cluster = _LocalCluster(workers, warm)
+    try:
+        with shared_prefect_api() as url:
+            try:
+                yield DaskTaskRunner(address=cluster.ready(url))
+            finally:
+                cluster.close()
+    finally:
+        cluster.close()  # the API did not start (a second close does nothing)
 
 
 def _silence(*names: str) -> None:
@@ -296,7 +476,14 @@ class _PrefectSession:
         self.cache = cache
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, key: str, label: str, retries: int = 0
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        key: str,
+        label: str,
+        retries: int = 0,
+        model: bool = False,
     ) -> _PrefectFuture:
         from prefect import task
         from prefect.cache_policies import NO_CACHE
@@ -306,7 +493,14 @@ class _PrefectSession:
         options: dict[str, Any] = {"name": label, "retries": retries, "cache_policy": NO_CACHE}
         if self.cache is not None:
             options.update(self.cache.options(key))
-        return _PrefectFuture(task(_call, **options).submit(fn, args))
+        submitted = task(_call, **options)
+        if model and _MODEL_WORKER is not None:
+            import dask
+
+            # Where PyMC is already loaded; another worker may take it if that one is lost.
+            with dask.annotate(workers=[_MODEL_WORKER], allow_other_workers=True):
+                return _PrefectFuture(submitted.submit(fn, args))
+        return _PrefectFuture(submitted.submit(fn, args))
 
     def as_completed(self, futures: Iterable[_PrefectFuture]) -> Iterator[_PrefectFuture]:
         from prefect.futures import as_completed
@@ -341,12 +535,13 @@ class PrefectDask:
             return body(_PrefectSession(str(flow_run.id), cache))
 
         if self.in_process:
-            return _interruptible(
-                flow(
-                    orchestrated, name=name, log_prints=False, persist_result=False,
-                    validate_parameters=False,
-                )
-            )  # fmt: skip
+            with shared_prefect_api():
+                return _interruptible(
+                    flow(
+                        orchestrated, name=name, log_prints=False, persist_result=False,
+                        validate_parameters=False,
+                    )
+                )  # fmt: skip
         with api_and_cluster(
             workers=self.workers, dask_address=self.dask_address, warm=warm
         ) as runner:

@@ -9,6 +9,7 @@ into messages and exit codes (the deployable flows let them fail the flow run).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -17,11 +18,11 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from insilico_trials.adapters import interrupts
+from insilico_trials.adapters.prefect_dask import embedded_services
 from insilico_trials.errors import InputError, RunFailure
-from insilico_trials.infer.synthetic import VirtualPrior
 from insilico_trials.io.archive import (
     MANIFEST,
     atomic_write_text,
@@ -33,21 +34,11 @@ from insilico_trials.io.archive import (
     verify_archive,
     write_manifest,
 )
-from insilico_trials.io.spool import ParquetSpool
-from insilico_trials.run.preflight import checked_protocol
-from insilico_trials.run.trial import RunResult, run_trial
-from insilico_trials.run.update import (
-    borrowing_arguments,
-    control_composition,
-    effect_prior,
-    hybrid_decisions,
-    look_status,
-    recorded_engine,
-    refit_control,
-    virtual_source,
-)
-from insilico_trials.sim import trial
+from insilico_trials.run.executor import WARM
 from insilico_trials.spec.protocol import ProtocolError, TrialProtocol, load_protocol
+
+if TYPE_CHECKING:
+    from insilico_trials.run.trial import RunResult
 
 
 class ArchiveWriteError(RunFailure):
@@ -298,6 +289,9 @@ def run_to_archive(
     """
     from insilico_trials.io.archive import sha256_bytes
     from insilico_trials.io.outputs import code_sha256
+    from insilico_trials.io.spool import ParquetSpool
+    from insilico_trials.run.trial import run_trial
+    from insilico_trials.sim import trial
 
     t = time.perf_counter()
     from insilico_trials.adapters.prefect_dask import PrefectDask, RunCache, quiet_prefect
@@ -359,6 +353,8 @@ def _write_archive(
 ) -> dict[str, Any]:
     from insilico_trials.io.outputs import environment_provenance, write_run_outputs
     from insilico_trials.report import render_report
+
+    tracker.wait()  # the run id goes into the manifest
 
     with staged_directory(final) as stage:
         groups = write_run_outputs(stage, protocol_path, result)
@@ -460,7 +456,7 @@ def execute_run(
         archive write; nothing is written in any of these cases.
     """
     from insilico_trials.adapters.mlflow_tracker import flatten
-    from insilico_trials.io.outputs import new_run_id
+    from insilico_trials.run.preflight import checked_protocol
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -469,52 +465,62 @@ def execute_run(
     protocol = checked_protocol(protocol_path)
     _say(f"protocol {protocol_path}: {protocol.trial_id} (sha256 {protocol.sha256()[:12]})")
     require_writable(reports / protocol.trial_id, "archive")
-    t = time.perf_counter()
     require_prefect_api()
-    tracker = reach_tracker()
-    run_id = new_run_id(protocol)
-    final = reports / protocol.trial_id / run_id
-    tracker.start(
-        protocol.trial_id,
-        run_name=run_id,
-        tags={
-            "insilico.trial_id": protocol.trial_id,
-            "insilico.protocol_sha256": protocol.sha256(),
-        },
-    )
-    timings["tracking (MLflow)"] = time.perf_counter() - t
-    status = "FAILED"
-    try:
-        manifest = run_to_archive(
-            protocol, protocol_path, final, workers=workers, dask_address=dask_address,
-            chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
-            sign_key=sign_key,
-        )  # fmt: skip
+    from insilico_trials.adapters.mlflow_tracker import MlflowTracker
+
+    MlflowTracker(Path.cwd()).reach_server()  # a tracking server must answer before any work
+    # The embedded API and the LocalCluster start now, beside the tracking store and the
+    # driver's imports; the flow waits for them.
+    with embedded_services(cluster=True, workers=workers, dask_address=dask_address, warm=WARM):
         t = time.perf_counter()
-        tracker.log_params(flatten(protocol.model_dump(mode="json")))
-        # The tracking store's own record of the archive: a rewrite of archive and manifest
-        # together no longer matches it (see require_tracking_record).
-        tracker.set_tags({"insilico.manifest_sha256": sha256_file(final / MANIFEST)})
-        tracker.log_metrics(_run_metrics(final))
-        tracker.log_artifacts(final, artifact_path="archive")
-        status = "FINISHED"
-        timings["tracking (MLflow)"] += time.perf_counter() - t
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
-            status = "KILLED"  # the tracking store says so, not RUNNING forever
-        raise
-    finally:
-        tracker.end(status=status)
-    summary = _read_json(final / "summary.json")
-    _say(
-        f"decision: {summary['decision']}  ({summary['criterion']}: "
-        f"{summary['probability']:.3f}; converged: {summary['converged']})"
-    )
-    _say(_timing_table(timings, time.perf_counter() - t_all))
-    _say(f"archive: {final}")
-    _say(f"report:  {final / 'report.html'}")
-    _say(f"mlflow run: {manifest['mlflow_run_id']} ({tracker.uri})")
-    return final
+        from insilico_trials.adapters.mlflow_tracker import MlflowTracker
+        from insilico_trials.io.outputs import new_run_id
+
+        tracker = MlflowTracker(Path.cwd())
+        run_id = new_run_id(protocol)
+        final = reports / protocol.trial_id / run_id
+        # The tracking run starts beside the flow; the archive waits for its id.
+        tracker.start_in_background(
+            protocol.trial_id,
+            run_name=run_id,
+            tags={
+                "insilico.trial_id": protocol.trial_id,
+                "insilico.protocol_sha256": protocol.sha256(),
+            },
+        )
+        timings["tracking (MLflow)"] = time.perf_counter() - t
+        status = "FAILED"
+        try:
+            manifest = run_to_archive(
+                protocol, protocol_path, final, workers=workers, dask_address=dask_address,
+                chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
+                sign_key=sign_key,
+            )  # fmt: skip
+            t = time.perf_counter()
+            tracker.log_params(flatten(protocol.model_dump(mode="json")))
+            # The tracking store's own record of the archive: a rewrite of archive and manifest
+            # together no longer matches it (see require_tracking_record).
+            tracker.set_tags({"insilico.manifest_sha256": sha256_file(final / MANIFEST)})
+            tracker.log_metrics(_run_metrics(final))
+            tracker.log_artifacts(final, artifact_path="archive")
+            status = "FINISHED"
+            timings["tracking (MLflow)"] += time.perf_counter() - t
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
+                status = "KILLED"  # the tracking store says so, not RUNNING forever
+            raise
+        finally:
+            tracker.end(status=status)
+        summary = _read_json(final / "summary.json")
+        _say(
+            f"decision: {summary['decision']}  ({summary['criterion']}: "
+            f"{summary['probability']:.3f}; converged: {summary['converged']})"
+        )
+        _say(_timing_table(timings, time.perf_counter() - t_all))
+        _say(f"archive: {final}")
+        _say(f"report:  {final / 'report.html'}")
+        _say(f"mlflow run: {manifest['mlflow_run_id']} ({tracker.uri})")
+        return final
 
 
 def existing_twin_updates(archive: Path) -> list[Path]:
@@ -554,6 +560,9 @@ def execute_rerun(
         When the archive does not match its manifest, or any numeric output differs.
     """
     from insilico_trials.io.outputs import write_run_outputs
+    from insilico_trials.io.spool import ParquetSpool
+    from insilico_trials.run.trial import run_trial
+    from insilico_trials.sim import trial
 
     t_all = time.perf_counter()
     require_workers(workers, dask_address)
@@ -566,31 +575,33 @@ def execute_rerun(
         f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified"
         + (", signature valid)" if verify_key else ")")
     )
-    from insilico_trials.adapters.prefect_dask import PrefectDask
+    require_prefect_api()
+    with embedded_services(cluster=True, workers=workers, dask_address=dask_address, warm=WARM):
+        from insilico_trials.adapters.prefect_dask import PrefectDask
 
-    # Chunk tables are spooled where the workers can reach them (beside the task cache),
-    # and removed whatever happens.
-    spool_root = Path.cwd() / ".insilico" / "spool"
-    spool_root.mkdir(parents=True, exist_ok=True)
-    spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root)).resolve()
-    try:
-        result = run_trial(
-            protocol,
-            executor=PrefectDask(workers=workers, dask_address=dask_address),
-            sink=ParquetSpool(spool, keep=tuple(trial.summary_columns(protocol))),
-            progress=_say,
-        )
-        with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
-            write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
-            rows = compare_outputs(manifest["outputs"], Path(tmp))
-        rows += replay_control_updates(archive, protocol, progress=_say)
-        if protocol.twins is not None and existing_twin_updates(archive):
-            from insilico_trials.app.twins_cmd import replay_twin_updates
+        # Chunk tables are spooled where the workers can reach them (beside the task cache),
+        # and removed whatever happens.
+        spool_root = Path.cwd() / ".insilico" / "spool"
+        spool_root.mkdir(parents=True, exist_ok=True)
+        spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root)).resolve()
+        try:
+            result = run_trial(
+                protocol,
+                executor=PrefectDask(workers=workers, dask_address=dask_address),
+                sink=ParquetSpool(spool, keep=tuple(trial.summary_columns(protocol))),
+                progress=_say,
+            )
+            with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
+                write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
+                rows = compare_outputs(manifest["outputs"], Path(tmp))
+            rows += replay_control_updates(archive, protocol, progress=_say)
+            if protocol.twins is not None and existing_twin_updates(archive):
+                from insilico_trials.app.twins_cmd import replay_twin_updates
 
-            _say("rerun: replaying the twin updates from their archived cuts")
-            rows += replay_twin_updates(archive, protocol, progress=_say)
-    finally:
-        shutil.rmtree(spool, ignore_errors=True)
+                _say("rerun: replaying the twin updates from their archived cuts")
+                rows += replay_twin_updates(archive, protocol, progress=_say)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
     width = max(len(name) for name, _, _ in rows)
     for name, same, detail in rows:
         _say(
@@ -692,9 +703,19 @@ def execute_update(
     re-sent with different content is flagged (printed and recorded), and its latest record is
     used. Returns the new ``updates/NNN`` folder.
     """
+    from insilico_trials.infer.synthetic import VirtualPrior
     from insilico_trials.io.outputs import environment_provenance
     from insilico_trials.io.realdata import check_append_only, endpoint_frame, load_cut
     from insilico_trials.io.updates import UpdatePlan, archive_lock, existing_updates, write_update
+    from insilico_trials.run.update import (
+        borrowing_arguments,
+        control_composition,
+        effect_prior,
+        hybrid_decisions,
+        look_status,
+        refit_control,
+        virtual_source,
+    )
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -705,7 +726,7 @@ def execute_update(
             "and the archive is unchanged.",
             where=str(archive),
         )
-    with archive_lock(archive):
+    with archive_lock(archive), contextlib.ExitStack() as services:
         protocol = require_verified(archive, manifest, verify_key=verify_key)
         if check_tracking:
             require_tracking_record(archive, manifest)
@@ -777,6 +798,9 @@ def execute_update(
                 f"update {number:03d}: {len(real)} real control patients after this cut "
                 f"(cut {new_cut.content_hash[:12]}), {worth}; method {args['method']}"
             )
+        # The cut is valid: the embedded Prefect API starts now, the refit's flow waits for it.
+        require_prefect_api()
+        services.enter_context(embedded_services())
         twin_data = None
         if twins:
             from insilico_trials.app.twins_cmd import twin_inputs
@@ -788,7 +812,6 @@ def execute_update(
                 + ("" if control_refit else "; no endpoint data: synthetic control not refitted")
             )
         t = time.perf_counter()
-        require_prefect_api()
         tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
         timings["tracking (MLflow)"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -982,6 +1005,15 @@ def replay_control_updates(
     from insilico_trials.io.archive import update_folders
     from insilico_trials.io.realdata import endpoint_frame, load_cut
     from insilico_trials.io.updates import UpdatePlan, state_record
+    from insilico_trials.run.update import (
+        borrowing_arguments,
+        effect_prior,
+        hybrid_decisions,
+        look_status,
+        recorded_engine,
+        refit_control,
+        virtual_source,
+    )
 
     args = borrowing_arguments(protocol)
     folders = update_folders(archive)
@@ -1052,6 +1084,10 @@ def endpoint_dataset(protocol: TrialProtocol) -> str:
         The analysis model's endpoint has no ADaM dataset that ``update`` reads (a protocol
         without twins cannot be updated from real data then).
     """
+    from insilico_trials.run.update import (
+        borrowing_arguments,
+    )
+
     endpoint = borrowing_arguments(protocol)["endpoint"]
     dataset = {"tte": "adtte", "binary": "adrs"}.get(endpoint)
     if dataset is None and protocol.twins is None:

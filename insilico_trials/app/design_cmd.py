@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from insilico_trials.adapters import interrupts
+from insilico_trials.adapters.prefect_dask import embedded_services
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import atomic_write_text, staged_directory
 from insilico_trials.run.design import design_trial
@@ -230,75 +231,83 @@ def execute_design(
     )
     t = time.perf_counter()
     require_prefect_api()
-    tracker = reach_tracker()
-    started = dt.datetime.now(dt.UTC)
-    run_name = f"design-{started:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
-    final = reports / protocol.trial_id / run_name
-    tracker.start(
-        protocol.trial_id,
-        run_name=run_name,
-        tags={
-            "insilico.trial_id": protocol.trial_id,
-            "insilico.protocol_sha256": protocol.sha256(),
-            "insilico.kind": "design",
-        },
-    )
-    timings["tracking (MLflow)"] = time.perf_counter() - t
-    status = "FAILED"
-    try:
-        t = time.perf_counter()
-        from insilico_trials.adapters.prefect_dask import PrefectDask, quiet_prefect
-
-        quiet_prefect()
-        timings["import prefect"] = time.perf_counter() - t
-        t = time.perf_counter()
-        outcome = design_trial(
-            plan,
-            replicates=replicates,
-            batch_size=spec.batch_size,
-            executor=PrefectDask(workers=workers, dask_address=dask_address),
-            progress=_say,
+    with embedded_services(
+        cluster=True, workers=workers, dask_address=dask_address,
+        warm=("insilico_trials.infer.design",),
+    ):  # fmt: skip
+        tracker = reach_tracker()
+        started = dt.datetime.now(dt.UTC)
+        run_name = f"design-{started:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
+        final = reports / protocol.trial_id / run_name
+        tracker.start(
+            protocol.trial_id,
+            run_name=run_name,
+            tags={
+                "insilico.trial_id": protocol.trial_id,
+                "insilico.protocol_sha256": protocol.sha256(),
+                "insilico.kind": "design",
+            },
         )
-        add_flow_timings(timings, time.perf_counter() - t, outcome.timings)
-        t = time.perf_counter()
-        oc = design.operating_characteristics(plan, outcome.results)
-        cal = None
-        if spec.calibration is not None and any(plan.is_null(s) for s in plan.scenarios):
-            c = spec.calibration
-            cal = design.calibrate(
-                plan, outcome.results, target=c.target, scenario=c.scenario, bootstrap=c.bootstrap
-            )
-        timings["summarise and calibrate"] = time.perf_counter() - t
-        t = time.perf_counter()
-        table = oc_markdown(oc, cal, len(plan.looks))
+        timings["tracking (MLflow)"] = time.perf_counter() - t
+        status = "FAILED"
         try:
-            _write_design(
-                final, protocol, plan, oc, cal, table, outcome, tracker, started,
-                replicates=replicates, workers=workers, dask_address=dask_address,
-                virtual=virtual,
-            )  # fmt: skip
-        except OSError as exc:
-            raise RunFailure(
-                f"cannot write the design folder {final}: {exc.strerror or exc}"
-                + (f" ({exc.filename})" if exc.filename else "")
-                + "; nothing was written and earlier results are untouched",
-                where=str(final),
-            ) from None
-        timings["write report"] = time.perf_counter() - t
-        t = time.perf_counter()
-        tracker.log_params(flatten({"design": spec.model_dump(mode="json")}))
-        tracker.log_metrics(_metrics(oc, cal))
-        tracker.log_artifacts(final, artifact_path="design")
-        timings["tracking (MLflow)"] += time.perf_counter() - t
-        status = "FINISHED"
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
-            status = "KILLED"
-        raise
-    finally:
-        tracker.end(status=status)
-    _say(table)
-    _say(_timing_table(timings, time.perf_counter() - t_all))
-    _say(f"report: {final}")
-    _say(f"mlflow run: {tracker.run_id} ({tracker.uri})")
-    return final
+            t = time.perf_counter()
+            from insilico_trials.adapters.prefect_dask import PrefectDask, quiet_prefect
+
+            quiet_prefect()
+            timings["import prefect"] = time.perf_counter() - t
+            t = time.perf_counter()
+            outcome = design_trial(
+                plan,
+                replicates=replicates,
+                batch_size=spec.batch_size,
+                executor=PrefectDask(workers=workers, dask_address=dask_address),
+                progress=_say,
+            )
+            add_flow_timings(timings, time.perf_counter() - t, outcome.timings)
+            t = time.perf_counter()
+            oc = design.operating_characteristics(plan, outcome.results)
+            cal = None
+            if spec.calibration is not None and any(plan.is_null(s) for s in plan.scenarios):
+                c = spec.calibration
+                cal = design.calibrate(
+                    plan,
+                    outcome.results,
+                    target=c.target,
+                    scenario=c.scenario,
+                    bootstrap=c.bootstrap,
+                )
+            timings["summarise and calibrate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            table = oc_markdown(oc, cal, len(plan.looks))
+            try:
+                _write_design(
+                    final, protocol, plan, oc, cal, table, outcome, tracker, started,
+                    replicates=replicates, workers=workers, dask_address=dask_address,
+                    virtual=virtual,
+                )  # fmt: skip
+            except OSError as exc:
+                raise RunFailure(
+                    f"cannot write the design folder {final}: {exc.strerror or exc}"
+                    + (f" ({exc.filename})" if exc.filename else "")
+                    + "; nothing was written and earlier results are untouched",
+                    where=str(final),
+                ) from None
+            timings["write report"] = time.perf_counter() - t
+            t = time.perf_counter()
+            tracker.log_params(flatten({"design": spec.model_dump(mode="json")}))
+            tracker.log_metrics(_metrics(oc, cal))
+            tracker.log_artifacts(final, artifact_path="design")
+            timings["tracking (MLflow)"] += time.perf_counter() - t
+            status = "FINISHED"
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
+                status = "KILLED"
+            raise
+        finally:
+            tracker.end(status=status)
+        _say(table)
+        _say(_timing_table(timings, time.perf_counter() - t_all))
+        _say(f"report: {final}")
+        _say(f"mlflow run: {tracker.run_id} ({tracker.uri})")
+        return final

@@ -51,16 +51,19 @@ diagnostics, and its decision reads ``"not reported (convergence failed)"``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import arviz as az
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from insilico_trials.errors import InputError
 from insilico_trials.infer.conjugate import (
@@ -407,7 +410,9 @@ class OutcomeFit:
 
 
 def _summary(idata, var_names: list[str]) -> pd.DataFrame:
-    s = az.summary(
+    from arviz_stats import summary  # what arviz.summary is, without arviz's plotting
+
+    s = summary(
         idata, var_names=var_names, ci_prob=0.95, ci_kind="eti", round_to="none", kind="all"
     )
     s = pd.DataFrame(s).rename(columns={"eti95_lb": "eti_2.5%", "eti95_ub": "eti_97.5%"})
@@ -529,6 +534,8 @@ def fit_outcome(
     -------
     OutcomeFit
     """
+    import xarray as xr
+
     if model not in MODELS:
         raise OutcomeDataError(f"model: must be one of {MODELS}, got {model!r}")
     if model == "tte_exponential":  # the piecewise-exponential model with one piece

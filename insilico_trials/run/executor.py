@@ -26,6 +26,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+# What the simulation tasks import: a cluster's workers may load it before the first task.
+WARM = (
+    "insilico_trials.sim.trial", "insilico_trials.sim.cohort", "insilico_trials.sim.pk",
+    "insilico_trials.sim.tumour", "insilico_trials.sim.endpoints", "insilico_trials.io.spool",
+)  # fmt: skip
+# What a model fit imports (about 6 s of CPU per process on the 2-core machine): a cluster
+# loads it on one worker only, and runs the ``model=True`` calls there.
+MODEL_WARM = ("pymc", "nutpie", "insilico_trials.infer.outcomes")
+
 __all__ = ["Done", "Executor", "Future", "Serial", "Session"]
 
 T = TypeVar("T")
@@ -49,10 +58,18 @@ class Session(Protocol):
         ...
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, key: str, label: str, retries: int = 0
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        key: str,
+        label: str,
+        retries: int = 0,
+        model: bool = False,
     ) -> Future:
         """Call ``fn(*args)``; ``key`` names what it computes (the cache key), ``label`` the
-        kind of work (a task name), ``retries`` how often a lost call may be repeated."""
+        kind of work (a task name), ``retries`` how often a lost call may be repeated;
+        ``model``: the call fits a PyMC model (a cluster runs it where PyMC is loaded)."""
         ...
 
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
@@ -83,7 +100,14 @@ class _SerialSession:
     run_id = ""
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, key: str, label: str, retries: int = 0
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        key: str,
+        label: str,
+        retries: int = 0,
+        model: bool = False,
     ) -> Done:
         return Done(fn(*args))
 

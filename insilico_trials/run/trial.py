@@ -34,7 +34,7 @@ import pandas as pd
 
 from insilico_trials.infer import analysis, sensitivity
 from insilico_trials.infer.synthetic import VirtualArms, VirtualPrior
-from insilico_trials.run.executor import Executor, Serial, Session
+from insilico_trials.run.executor import WARM, Executor, Serial, Session
 from insilico_trials.run.sinks import ChunkDigest, ChunkSink, ChunkTables, MemorySink
 from insilico_trials.run.virtual import (
     baseline_frame,
@@ -48,13 +48,6 @@ from insilico_trials.spec.protocol import TrialProtocol
 __all__ = ["WARM", "RunResult", "run_trial"]
 
 Progress = Callable[[str], None]
-
-# What the simulation tasks import: a cluster's workers may load it before the first task.
-WARM = (
-    "insilico_trials.sim.trial", "insilico_trials.sim.cohort", "insilico_trials.sim.pk",
-    "insilico_trials.sim.tumour", "insilico_trials.sim.endpoints", "insilico_trials.io.spool",
-    "insilico_trials.infer.outcomes", "pymc", "nutpie",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -217,7 +210,7 @@ def _stages(
     )
     prior = vprior.prior if vprior is not None else None
     fit_future = session.submit(
-        fitter, protocol, tables.summary, prior, key="fit", label="fit-outcome"
+        fitter, protocol, tables.summary, prior, key="fit", label="fit-outcome", model=True
     )
     # The sensitivity evaluations run while the fit samples.
     sens_futures, plan = [], None

@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from scipy.special import expit, logit, ndtr, ndtri
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from insilico_trials.errors import RunFailure
 from insilico_trials.sim.rng import patient_normals, stream
@@ -509,6 +511,8 @@ def _table(
     arm: str,
     replicate: int,
 ) -> pd.DataFrame:
+    import pandas as pd
+
     n = len(cand.index)
     cols: dict[str, Any] = {
         "patient": np.arange(n, dtype=np.int64),
@@ -764,6 +768,7 @@ def calibrate(
 def _fit_table(
     table: pd.DataFrame, pop: Population, target: Any, weights: np.ndarray
 ) -> pd.DataFrame:
+    import pandas as pd
     from scipy.special import ndtr as _ndtr
 
     ones = np.ones(len(table))
@@ -1081,6 +1086,8 @@ def baseline_table(
         ``target`` when given, and ``under_represented`` (bool). Rows: ``N``; per continuous
         covariate ``mean (SD)`` and ``median [IQR]``; per category and subgroup ``n (%)``.
     """
+    import pandas as pd
+
     cohorts = list(cohorts)
     if not cohorts:
         raise ValueError("baseline_table needs at least one cohort")
@@ -1165,6 +1172,8 @@ def baseline_table(
 
 
 def _levels(arms: Mapping[str, pd.DataFrame], name: str) -> list[Any]:
+    import pandas as pd
+
     t = next(iter(arms.values()))
     col = t[name]
     if isinstance(col.dtype, pd.CategoricalDtype):
