@@ -55,6 +55,8 @@ class MlflowTracker:
     """MLflow run lifecycle for one trial run (and nested runs for data-cut updates)."""
 
     def __init__(self, workdir: Path, *, parent_run_id: str | None = None) -> None:
+        # MLflow prints "View run ... at: URL" for a server; the CLI prints its own lines.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.workdir = workdir
         self.uri, self.artifact_root = default_tracking_uri(workdir)
         self.parent_run_id = parent_run_id
@@ -62,6 +64,7 @@ class MlflowTracker:
         self._client: Any = None
         self._starting: Any = None
         self._error: BaseException | None = None
+        self._ended = False
 
     def start_in_background(
         self, experiment: str, *, run_name: str, tags: Mapping[str, str]
@@ -213,8 +216,12 @@ class MlflowTracker:
         self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
 
     def end(self, *, status: str = "FINISHED") -> None:
+        """End the run with ``status``; a second call does nothing."""
         if self._starting is not None:
             self._starting.join()  # a start that failed has nothing to end
             self._starting = None
+        if self._ended:
+            return
+        self._ended = True
         if self.run_id:
             self._client.set_terminated(self.run_id, status=status)

@@ -80,6 +80,33 @@ def shared_prefect_api() -> Iterator[str]:
             server.stop()
 
 
+def _configured_api_url() -> str:
+    """``PREFECT_API_URL`` from the environment, from Prefect's settings when Prefect is
+    already loaded (a test harness, a library caller), else from the active Prefect profile;
+    empty when none is configured.
+
+    Prefect itself is not imported here: its settings would then be read before the embedded
+    server's URL is exported, and a flow thread would not see that URL."""
+    url = os.environ.get("PREFECT_API_URL", "")
+    if url:
+        return url
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return get_current_settings().api.url or ""
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or ""
+    profile = data.get("profiles", {}).get(active, {})
+    return str(profile.get("PREFECT_API_URL", "") or "")
+
+
 def _default_prefect_home() -> Path:
     return Path.cwd() / ".insilico" / "prefect"
 
@@ -238,7 +265,7 @@ def embedded_services(
         return
     quiet_prefect()  # before the server and the workers are spawned: they inherit it
     api = None
-    if not os.environ.get("PREFECT_API_URL"):
+    if not _configured_api_url():
         api = EmbeddedApi(_default_prefect_home())
         api.start()
         os.environ["PREFECT_API_URL"] = api.api_url
@@ -571,7 +598,12 @@ def _interruptible[T](fn: Callable[[], T]) -> T:
         except BaseException as exc:  # handed to the caller below
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name="insilico-flow", daemon=True)
+    import contextvars
+
+    # The flow thread runs in this thread's context: Prefect's settings context (the API URL
+    # set by shared_prefect_api) is a context variable, which a new thread does not inherit.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), name="insilico-flow", daemon=True)
     thread.start()
     from insilico_trials.adapters import interrupts
 

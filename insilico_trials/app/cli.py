@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
             help="attach to an existing Dask scheduler, e.g. tcp://host:8786 (env INSILICO_DASK_ADDRESS)",
         )
 
+    sv = sub.add_parser(
+        "services",
+        help="warm mode: start, stop or show the local Prefect, Dask and MLflow services "
+        "that later commands from this folder use",
+    )
+    sv.add_argument("action", choices=("start", "stop", "status"))
+    sv.add_argument(
+        "--workers", type=_workers, default=None, help="Dask worker processes (default: CPUs)"
+    )
+
     r = sub.add_parser("run", help="run a whole in-silico trial and archive it")
     r.add_argument("protocol", type=Path)
     services(r)
@@ -190,6 +200,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if issues else EXIT_OK
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    from insilico_trials.adapters import services
+
+    folder = Path.cwd()
+    if args.action == "start":
+        services.start_services(folder, workers=args.workers)
+    elif args.action == "stop":
+        services.stop_services(folder)
+    else:
+        print(services.services_status(folder))
+    return EXIT_OK
+
+
+def use_warm_services(args: argparse.Namespace) -> None:
+    """A command that runs flows uses the warm services started from this folder
+    (``insilico-trials services start``) for each service not configured otherwise."""
+    from insilico_trials.adapters.services import STATE_FILE, discover
+
+    state = discover()
+    if state is None:
+        return
+    used = []
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = state["prefect_api_url"]
+        used.append("Prefect")
+    if hasattr(args, "dask_address") and not args.dask_address:
+        args.dask_address = state["dask_address"]
+        used.append("Dask")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = state["mlflow_tracking_uri"]
+        used.append("MLflow")
+    if used:
+        print(f"services: warm {', '.join(used)} from {STATE_FILE}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_run
 
@@ -298,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         "update": cmd_update,
         "keygen": cmd_keygen,
         "pk": cmd_pk,
+        "services": cmd_services,
     }[args.command]
+    if args.command in ("run", "rerun", "update", "design"):
+        use_warm_services(args)
     from insilico_trials.adapters import interrupts
     from insilico_trials.errors import InsilicoError
 

@@ -260,7 +260,14 @@ def add_flow_timings(
 
 
 def _timing_table(timings: dict[str, float], total: float) -> str:
-    width = max(len(k) for k in timings) if timings else 5
+    """The summary; ``total`` counts from the start of the process (imports included), the
+    time before the command's first stage is shown as "start (imports, checks)"."""
+    from insilico_trials.app import STARTED
+
+    before = max(0.0, time.perf_counter() - STARTED - total)
+    timings = {"start (imports, checks)": before, **timings}
+    total += before
+    width = max(len(k) for k in timings)
     lines = ["timing summary:"]
     lines += [f"  {k:<{width}}  {v:7.1f} s" for k, v in timings.items()]
     lines.append(f"  {'total':<{width}}  {total:7.1f} s")
@@ -798,9 +805,29 @@ def execute_update(
                 f"update {number:03d}: {len(real)} real control patients after this cut "
                 f"(cut {new_cut.content_hash[:12]}), {worth}; method {args['method']}"
             )
-        # The cut is valid: the embedded Prefect API starts now, the refit's flow waits for it.
-        require_prefect_api()
-        services.enter_context(embedded_services())
+        # The cut is valid. An MCMC refit runs as a Prefect flow: the embedded API starts now
+        # and the flow waits for it. A closed-form refit is arithmetic on a few counts: it runs
+        # in this process, without a flow (its record's prefect_flow_run_id is empty).
+        from insilico_trials.adapters.mlflow_tracker import MlflowTracker
+        from insilico_trials.infer.borrowing import resolve_engine
+
+        mcmc_refit = control_refit and (
+            resolve_engine("auto", args["method"], args["endpoint"], None) == "mcmc"
+        )
+        if mcmc_refit:
+            require_prefect_api()
+            services.enter_context(embedded_services())
+        t = time.perf_counter()
+        tracker = MlflowTracker(Path.cwd(), parent_run_id=manifest.get("mlflow_run_id") or None)
+        tracker.start_in_background(  # beside the refit; the update's record waits for its id
+            protocol.trial_id,
+            run_name=f"{manifest['run_id']}-update-{number:03d}",
+            tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
+        )
+        # An update that fails or is interrupted from here on ends its tracking run so
+        # (the successful one has ended it already: a second end does nothing).
+        services.callback(lambda: tracker.end(status="KILLED" if interrupts.seen() else "FAILED"))
+        timings["tracking (MLflow)"] = time.perf_counter() - t
         twin_data = None
         if twins:
             from insilico_trials.app.twins_cmd import twin_inputs
@@ -812,9 +839,6 @@ def execute_update(
                 + ("" if control_refit else "; no endpoint data: synthetic control not refitted")
             )
         t = time.perf_counter()
-        tracker = reach_tracker(parent_run_id=manifest.get("mlflow_run_id") or None)
-        timings["tracking (MLflow)"] = time.perf_counter() - t
-        t = time.perf_counter()
         from insilico_trials.adapters.prefect_dask import PrefectDask
 
         result, flow_run_id = None, ""
@@ -822,10 +846,13 @@ def execute_update(
         if control_refit:
             # engine auto: the exact conjugate posterior wherever one exists, else MCMC
             result, flow_run_id = refit_control(
-                virtual, real, protocol, executor=PrefectDask(in_process=True)
+                virtual,
+                real,
+                protocol,
+                executor=PrefectDask(in_process=True) if mcmc_refit else None,
             )
-            engine_label = "closed form" if result.engine == "closed_form" else "MCMC"
-            timings[f"refit (Prefect flow, {engine_label})"] = time.perf_counter() - t
+            label = "Prefect flow, MCMC" if mcmc_refit else "closed form, in process"
+            timings[f"refit ({label})"] = time.perf_counter() - t
             extra["control_arm"] = arm_name  # a replay (rerun) reads the same arm
             t = time.perf_counter()
             effects = hybrid_decisions(
@@ -856,11 +883,7 @@ def execute_update(
             extra_files = twin_files(upd, twin_data)
             timings["twins (fit, forecast, counterfactual arms)"] = time.perf_counter() - t
         t = time.perf_counter()
-        tracker.start(
-            protocol.trial_id,
-            run_name=f"{manifest['run_id']}-update-{number:03d}",
-            tags={"insilico.trial_id": protocol.trial_id, "insilico.update": str(number)},
-        )
+        tracker.wait()
         meta = {
             "run_id": manifest["run_id"],
             "trial_id": protocol.trial_id,

@@ -1,0 +1,92 @@
+"""Warm mode: ``services start`` starts the local Prefect server, Dask cluster and MLflow server
+in the background; a later ``run`` from the same folder finds them without flags and gives the
+embedded default's numbers, bit for bit; ``services stop`` leaves no process behind.
+
+All commands run as subprocesses of a fresh folder (a copy of the session's reference
+protocol), as a user runs them; the embedded reference is the session's reference run
+(tests/conftest.py, LocalCluster and SQLite store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from insilico_trials.adapters.services import STATE_FILE, group_members
+from tests.conftest import clean_env
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "insilico_trials.app.cli"]
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600):
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
+    work = tmp_path / "work"
+    work.mkdir()
+    protocol = work / "protocol.yaml"
+    protocol.write_bytes(reference_runs["protocol"].read_bytes())
+    env = clean_env(tmp_path / "home")
+    started = False
+    try:
+        out = _cli(["services", "start", "--workers", "2"], work, env)
+        started = True
+        assert out.returncode == 0, out.stdout + out.stderr
+        state = json.loads((work / STATE_FILE).read_text())
+        for url in (state["prefect_api_url"], state["mlflow_tracking_uri"]):
+            assert url.startswith("http://127.0.0.1:")  # loopback only
+        assert state["dask_address"].startswith("tcp://127.0.0.1:")
+        status = _cli(["services", "status"], work, env)
+        assert "running since" in status.stdout and state["dask_address"] in status.stdout
+
+        run = _cli(["run", str(protocol), "--reports", str(work / "reports")], work, env)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "services: warm Prefect, Dask, MLflow" in run.stdout
+        assert "Traceback" not in run.stderr
+        (archive,) = [p.parent for p in (work / "reports").rglob("manifest.json")]
+        warm = json.loads((archive / "manifest.json").read_text())
+        embedded = json.loads((reference_runs["one"] / "manifest.json").read_text())
+        assert warm["outputs"] == embedded["outputs"]  # every numeric output, by SHA-256
+        assert warm["execution"]["dask_address"] == state["dask_address"]
+        assert warm["mlflow_tracking_uri"] == state["mlflow_tracking_uri"]
+        # tracked in the folder's one store, which the embedded mode reads too
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{work / '.insilico' / 'mlflow.db'}")
+        assert client.get_run(warm["mlflow_run_id"]).info.status == "FINISHED"
+
+        stop = _cli(["services", "stop"], work, env)
+        started = False
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "stopped" in stop.stdout and "killed" not in stop.stdout
+        assert not (work / STATE_FILE).exists()
+        pids = [state["pid"], *state["children"]]
+        assert (
+            len(pids) == 1 + 2 + 2
+        )  # supervisor, 2 servers, 2 workers (nannies in the supervisor)
+        assert not [p for p in pids if _alive(p)]
+        assert not [p for g in state["groups"] for p in group_members(g)]
+        gone = _cli(["services", "status"], work, env)
+        assert "not running" in gone.stdout
+    finally:
+        if started:
+            _cli(["services", "stop"], work, env)
