@@ -229,7 +229,11 @@ def test_update_appends_cuts_and_rejects_bad_data(runs, tmp_path, capsys, monkey
     assert all(0.0 < r["posterior_mean"] < 1.0 for r in records)
     # robust beta mixture: exact, no MCMC; each record states its engine
     assert all(r["engine"] == "closed_form" and r["converged"] for r in records)
-    assert "exact (closed form)" in out and "refit (Prefect flow, closed form)" in out
+    assert "exact (closed form)" in out and "refit (closed form, in process)" in out
+    # arithmetic on a few counts: no flow to orchestrate, and the updates' manifests say so
+    for k in (1, 2, 3):
+        meta = json.loads((archive / "updates" / f"{k:03d}" / "manifest.json").read_text())
+        assert meta["prefect_flow_run_id"] == "" and meta["mlflow_run_id"]
     assert verify_archive(archive) == []
     # Chained manifests: update 2 records the hash of update 1's manifest.
     from insilico_trials.io.archive import sha256_file

@@ -265,14 +265,19 @@ def embedded_services(
         return
     quiet_prefect()  # before the server and the workers are spawned: they inherit it
     api = None
-    if not _configured_api_url():
+    url = _configured_api_url()
+    if not url:
         api = EmbeddedApi(_default_prefect_home())
         api.start()
-        os.environ["PREFECT_API_URL"] = api.api_url
+        url = api.api_url
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url  # for the workers spawned below, before their imports
     local = None
     try:
         if cluster and not dask_address:
-            local = _LocalCluster(workers, warm)
+            # The workers are spawned with the API URL in their environment, so they may load
+            # Prefect's task engine now, while the API starts, instead of at their first task.
+            local = _LocalCluster(workers, (*warm, "prefect", "prefect.task_engine"))
         _EMBEDDED = _Embedded(api, local)
         yield
     finally:
@@ -281,8 +286,11 @@ def embedded_services(
             if local is not None:
                 local.close()
         finally:
-            if api is not None:
+            if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+            if api is not None:
                 api.stop()
 
 

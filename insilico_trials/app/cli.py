@@ -332,7 +332,16 @@ def cmd_pk(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_CALLED = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _CALLED
+    if _CALLED:  # a later call in the same process (a test, a script): count from here
+        import insilico_trials.app as app
+
+        app.STARTED = time.perf_counter()
+    _CALLED = True
     args = _parser().parse_args(argv)
     handler = {
         "validate": cmd_validate,
