@@ -67,18 +67,27 @@ class MlflowTracker:
         self._ended = False
 
     def start_in_background(
-        self, experiment: str, *, run_name: str, tags: Mapping[str, str]
+        self,
+        experiment: str,
+        *,
+        run_name: str,
+        tags: Mapping[str, str],
+        after: Any = None,
     ) -> None:
         """:meth:`check` and :meth:`start` in a thread, while the command does its work
-        (importing MLflow and opening its store cost about 6 s of CPU on the 2-core machine).
-        A server that does not answer is found here, at once, before any work; any other
-        failure is raised by :meth:`wait` (every other method waits first)."""
+        (importing MLflow and opening its store cost about 6 s of CPU on the 2-core machine),
+        once ``after`` (a ``threading.Event``, if given) is set. A server that does not answer
+        is found here, at once, before any work; any other failure is raised by :meth:`wait`
+        (every other method waits first, and sets ``after``)."""
         import threading
 
         self.reach_server()
+        self._after = after
 
         def target() -> None:
             try:
+                if after is not None:
+                    after.wait()
                 self.check()
                 self.start(experiment, run_name=run_name, tags=tags)
             except BaseException as exc:  # re-raised in the waiting thread
@@ -89,6 +98,8 @@ class MlflowTracker:
 
     def wait(self) -> None:
         """Wait for a background start; raise what it raised."""
+        if getattr(self, "_after", None) is not None:
+            self._after.set()
         if self._starting is not None:
             self._starting.join()
             self._starting = None
@@ -217,6 +228,8 @@ class MlflowTracker:
 
     def end(self, *, status: str = "FINISHED") -> None:
         """End the run with ``status``; a second call does nothing."""
+        if getattr(self, "_after", None) is not None:
+            self._after.set()
         if self._starting is not None:
             self._starting.join()  # a start that failed has nothing to end
             self._starting = None

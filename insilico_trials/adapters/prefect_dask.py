@@ -33,6 +33,7 @@ __all__ = [
     "quiet_prefect",
     "reach_dask_scheduler",
     "reach_prefect_api",
+    "services_starting",
     "shared_prefect_api",
 ]
 
@@ -240,6 +241,11 @@ class _Embedded:
 _EMBEDDED: _Embedded | None = None
 
 
+def services_starting() -> bool:
+    """Whether an embedded Prefect API is starting for this command (its flows will wait)."""
+    return _EMBEDDED is not None and _EMBEDDED.api is not None
+
+
 @contextlib.contextmanager
 def embedded_services(
     *,
@@ -275,9 +281,7 @@ def embedded_services(
     local = None
     try:
         if cluster and not dask_address:
-            # The workers are spawned with the API URL in their environment, so they may load
-            # Prefect's task engine now, while the API starts, instead of at their first task.
-            local = _LocalCluster(workers, (*warm, "prefect", "prefect.task_engine"))
+            local = _LocalCluster(workers, warm)
         _EMBEDDED = _Embedded(api, local)
         yield
     finally:

@@ -296,7 +296,9 @@ def serve(folder: Path, workers: int) -> int:
         )  # fmt: skip
         client = Client(cluster)
         client.run(signal.signal, signal.SIGINT, signal.SIG_IGN)
-        client.run(_import_modules, WARM + MODEL_WARM)  # once, for every later command
+        # once, for every later command: the simulation modules, the model libraries and
+        # Prefect's task engine (the API URL is in the environment they were spawned with)
+        client.run(_import_modules, (*WARM, *MODEL_WARM, "prefect", "prefect.task_engine"))
         api.wait_ready()
         _wait_http(
             f"http://127.0.0.1:{mlflow_port}/health", procs["MLflow server"], "MLflow server",

@@ -15,13 +15,14 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from insilico_trials.adapters import interrupts
-from insilico_trials.adapters.prefect_dask import embedded_services
+from insilico_trials.adapters.prefect_dask import embedded_services, services_starting
 from insilico_trials.errors import InputError, RunFailure
 from insilico_trials.io.archive import (
     MANIFEST,
@@ -57,7 +58,15 @@ __all__ = [
 ]
 
 
+# Set by the next line a command prints (armed by execute_run just before its flow starts).
+_ON_NEXT_LINE: list[threading.Event] = []
+
+
 def _say(msg: str) -> None:
+    """Print a progress line. (A module function, not a closure: the flow's context, which
+    Prefect sends with each task, pickles it by reference.)"""
+    while _ON_NEXT_LINE:
+        _ON_NEXT_LINE.pop().set()
     print(msg, flush=True)
 
 
@@ -236,6 +245,20 @@ def require_prefect_api() -> None:
         raise ServiceUnreachable(problem)
 
 
+def preload_after(event: threading.Event, *modules: str) -> None:
+    """Import ``modules`` in a daemon thread once ``event`` is set (a failure is left to the
+    import that needs them)."""
+    import importlib
+
+    def target() -> None:
+        event.wait()
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    threading.Thread(target=target, name="insilico-preload", daemon=True).start()
+
+
 def reach_tracker(*, parent_run_id: str | None = None) -> Any:
     """An MLflow tracker whose store answered (raises ``TrackingError`` otherwise).
 
@@ -286,26 +309,30 @@ def run_to_archive(
     timings: dict[str, float],
     resume: bool = False,
     sign_key: Path | None = None,
+    flow_started: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run the flow and write the complete archive at ``final`` (atomically). Returns the manifest.
+
+    ``flow_started`` is set when the flow reports its first stage (the next line printed).
 
     Raises
     ------
     ArchiveWriteError
         When the archive cannot be written (disk full, permission denied).
     """
+    t = time.perf_counter()
+    from insilico_trials.adapters.prefect_dask import PrefectDask, RunCache, quiet_prefect
     from insilico_trials.io.archive import sha256_bytes
     from insilico_trials.io.outputs import code_sha256
     from insilico_trials.io.spool import ParquetSpool
     from insilico_trials.run.trial import run_trial
     from insilico_trials.sim import trial
 
-    t = time.perf_counter()
-    from insilico_trials.adapters.prefect_dask import PrefectDask, RunCache, quiet_prefect
-
     quiet_prefect()
-    timings["import prefect"] = time.perf_counter() - t
+    timings["driver imports (while the services start)"] = time.perf_counter() - t
     started = dt.datetime.now(dt.UTC)
+    if flow_started is not None:
+        _ON_NEXT_LINE.append(flow_started)
     t = time.perf_counter()
     cache = RunCache(
         root=str((Path.cwd() / ".insilico" / "cache").resolve()),
@@ -479,14 +506,16 @@ def execute_run(
     # The embedded API and the LocalCluster start now, beside the tracking store and the
     # driver's imports; the flow waits for them.
     with embedded_services(cluster=True, workers=workers, dask_address=dask_address, warm=WARM):
-        t = time.perf_counter()
-        from insilico_trials.adapters.mlflow_tracker import MlflowTracker
-        from insilico_trials.io.outputs import new_run_id
+        from insilico_trials.io.archive import new_run_id
 
         tracker = MlflowTracker(Path.cwd())
         run_id = new_run_id(protocol)
         final = reports / protocol.trial_id / run_id
-        # The tracking run starts beside the flow; the archive waits for its id.
+        # What the driver needs only after the flow (the MLflow run, the archive writer's
+        # modules) is prepared in threads once the flow has started: before that they would
+        # hold the interpreter lock the flow's start needs. The MLflow run starts at once when
+        # the driver waits for the embedded API anyway.
+        flow_started = threading.Event()
         tracker.start_in_background(
             protocol.trial_id,
             run_name=run_id,
@@ -494,14 +523,15 @@ def execute_run(
                 "insilico.trial_id": protocol.trial_id,
                 "insilico.protocol_sha256": protocol.sha256(),
             },
+            after=None if services_starting() else flow_started,
         )
-        timings["tracking (MLflow)"] = time.perf_counter() - t
+        preload_after(flow_started, "insilico_trials.io.outputs", "insilico_trials.report")
         status = "FAILED"
         try:
             manifest = run_to_archive(
                 protocol, protocol_path, final, workers=workers, dask_address=dask_address,
                 chunk_size=chunk_size, tracker=tracker, timings=timings, resume=resume,
-                sign_key=sign_key,
+                sign_key=sign_key, flow_started=flow_started,
             )  # fmt: skip
             t = time.perf_counter()
             tracker.log_params(flatten(protocol.model_dump(mode="json")))
@@ -511,7 +541,7 @@ def execute_run(
             tracker.log_metrics(_run_metrics(final))
             tracker.log_artifacts(final, artifact_path="archive")
             status = "FINISHED"
-            timings["tracking (MLflow)"] += time.perf_counter() - t
+            timings["tracking (MLflow, after the archive)"] = time.perf_counter() - t
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) or interrupts.seen():
                 status = "KILLED"  # the tracking store says so, not RUNNING forever

@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "check_writable",
     "compare_outputs",
+    "new_run_id",
     "read_manifest",
     "sha256_bytes",
     "sha256_file",
@@ -339,3 +340,11 @@ def compare_outputs(expected: dict[str, str], actual_dir: Path) -> list[tuple[st
             (name, got == digest, "" if got == digest else f"sha256 {got[:12]} != {digest[:12]}")
         )
     return rows
+
+
+def new_run_id(protocol: Any, *, now: Any = None) -> str:
+    """``YYYYmmddTHHMMSSZ-<8 hex of the protocol hash>``: sortable, and names what was run."""
+    import datetime as dt
+
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"

@@ -7,7 +7,6 @@ keys), so the same protocol gives the same SHA-256 on any number of workers or c
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import platform
@@ -33,7 +32,6 @@ __all__ = [
     "KEY_LIBRARIES",
     "code_sha256",
     "environment_provenance",
-    "new_run_id",
     "parquet_bytes",
     "write_json",
     "write_run_outputs",
@@ -43,12 +41,6 @@ KEY_LIBRARIES = (
     "insilico-trials", "numpy", "scipy", "pandas", "pyarrow", "pymc", "pytensor", "nutpie",
     "arviz", "prefect", "prefect-dask", "dask", "distributed", "mlflow", "pydantic",
 )  # fmt: skip
-
-
-def new_run_id(protocol: TrialProtocol, *, now: dt.datetime | None = None) -> str:
-    """``YYYYmmddTHHMMSSZ-<8 hex of the protocol hash>``: sortable, and names what was run."""
-    now = now or dt.datetime.now(dt.UTC)
-    return f"{now:%Y%m%dT%H%M%S}Z-{protocol.sha256()[:8]}"
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
