@@ -4,8 +4,8 @@ nutpie's compiled path bit for bit on the model it serves, the binary model on c
 Each case fits the same data and seed twice in this process: once as the product does and
 once through ``nutpie.compile_pymc_model`` (nutpie's own numba callbacks, the path every
 archive before the change was made with), and compares every posterior array byte for byte.
-The cases: two arms with a robust two-component prior (the main job's model), a
-three-component prior, and a control-only fit.
+The cases: two arms with a robust two-component prior (the main job's model) and a
+control-only fit.
 """
 
 from __future__ import annotations
@@ -79,11 +79,6 @@ CASES = {
         model="binary",
         decision={"quantity": "rate_difference", "delta": 0.1, "threshold": 0.9},
         prior=MixturePrior("beta", (0.8, 0.2), (8.0, 1.0), (30.0, 1.0)),
-    ),
-    "binary_counts_three_components": dict(
-        model="binary",
-        decision={"quantity": "risk_ratio", "delta": 1.2, "threshold": 0.8},
-        prior=MixturePrior("beta", (0.5, 0.3, 0.2), (8.0, 20.0, 1.0), (30.0, 40.0, 1.0)),
     ),
 }
 
