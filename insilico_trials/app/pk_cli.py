@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.pk import get_model
+from insilico_trials.models.pk import resolve_model
 from insilico_trials.sim.pk.events import COVARIATE_TIMINGS, prepare_records, simulate_records
 
 __all__ = ["simulate_csv"]
@@ -23,7 +23,7 @@ __all__ = ["simulate_csv"]
 def simulate_csv(
     data_path: Path, *, model: str, out_path: Path, covariate_timing: str = "nocb"
 ) -> int:
-    """Simulate a NONMEM-style CSV and write ID, TIME, EVID, CP, A1..An per input row.
+    """Simulate a NONMEM-style CSV and write ID, TIME, EVID, outputs, A1..An per input row.
 
     Parameters
     ----------
@@ -31,7 +31,8 @@ def simulate_csv(
         Input CSV: ID, TIME, optional AMT, EVID, CMT, II, ADDL, RATE, SS, the model's parameter
         columns and optional ALAGn, Fn, Rn, Dn (names case-insensitive; C and DV ignored).
     model
-        Model name (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``).
+        Model name (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``) or the path of a model
+        file (``.yaml``, :mod:`insilico_trials.models.modelfile`), whose outputs replace CP.
     out_path
         Output CSV, written atomically (a temporary file in the same folder, then ``os.replace``).
     covariate_timing
@@ -50,7 +51,7 @@ def simulate_csv(
     """
     data_path, out_path = Path(data_path), Path(out_path)
     name = data_path.name
-    get_model(model)
+    spec = resolve_model(model)
     if data_path.is_dir():
         raise PKInputError(f"{data_path}: a folder; give a CSV file of NONMEM-style records")
     if out_path.resolve() == data_path.resolve():
@@ -79,7 +80,7 @@ def simulate_csv(
         if key in seen:  # pandas would rename the second one and drop it silently
             raise PKInputError(f"{name}: duplicate column {column!r} in the header")
         seen.add(key)
-    records = prepare_records(data, model=model, source=name)
+    records = prepare_records(data, model=spec, source=name)
     out = simulate_records(records, covariate_timing=covariate_timing)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from insilico_trials.errors import PKInputError
+from insilico_trials.models.modelfile import UserModel, load_model_file
 from insilico_trials.spec.catalog import PK_PARAMETERS
 
-__all__ = ["MODELS", "PKModel", "get_model"]
+__all__ = ["MODELS", "PKModel", "get_model", "is_model_path", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,15 @@ def get_model(name: str) -> PKModel:
         raise PKInputError(
             f"unknown PK model {name!r}; must be one of {', '.join(MODELS)}"
         ) from None
+
+
+def is_model_path(name: str) -> bool:
+    """True when ``name`` names a model file rather than a built-in model."""
+    return str(name).lower().endswith((".yaml", ".yml")) or "/" in str(name) or "\\" in str(name)
+
+
+def resolve_model(name: str | Path) -> PKModel | UserModel:
+    """A built-in model by name, or a model file by path (``models/pk2cmt.yaml``)."""
+    if isinstance(name, Path) or is_model_path(str(name)):
+        return load_model_file(name)
+    return get_model(str(name))

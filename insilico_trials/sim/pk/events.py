@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.pk import PKModel, get_model
+from insilico_trials.models.modelfile import UserModel
+from insilico_trials.models.pk import PKModel, resolve_model
 from insilico_trials.sim.pk.linear import LinearSystem
+from insilico_trials.sim.pk.modelkernel import kernel_for
 from insilico_trials.sim.pk.ode import ode_advance
 
 __all__ = ["COVARIATE_TIMINGS", "Records", "prepare_records", "simulate_records"]
@@ -59,7 +61,7 @@ class Records:
         duration (h) per compartment (defaults 0, 1, NaN, NaN).
     """
 
-    model: PKModel
+    model: PKModel | UserModel
     id: np.ndarray
     time: np.ndarray
     amt: np.ndarray
@@ -100,7 +102,9 @@ def _numeric(df: pd.DataFrame, col: str, where, *, default: float | None) -> np.
     return vals
 
 
-def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "data") -> Records:
+def prepare_records(
+    data: pd.DataFrame, *, model: str | PKModel | UserModel, source: str = "data"
+) -> Records:
     """Validate NONMEM-style records and return them as arrays.
 
     Parameters
@@ -110,7 +114,7 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
         parameter columns; optional (NONMEM defaults): AMT, EVID, CMT, II, ADDL, RATE, SS, and
         ALAGn, Fn, Rn, Dn for compartment n. C, DV and MDV are ignored, other columns too.
     model
-        Model name or spec.
+        Model name, model file path (``.yaml``) or spec.
     source
         Name used in error messages (e.g. the file name).
 
@@ -119,7 +123,7 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
     PKInputError
         Naming the row (1-based data row), its ID and TIME, the value and what is allowed.
     """
-    spec = get_model(model) if isinstance(model, str) else model
+    spec = resolve_model(model) if isinstance(model, str) else model
     df = data.copy()
     df.columns = [str(c).strip().upper() for c in df.columns]
     dup = df.columns[df.columns.duplicated()].tolist()
@@ -216,8 +220,12 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
         lambda i: f"TIME must not decrease within an ID, got {time[i]} after {time[i - 1]}",
     )
     params = np.column_stack([_numeric(df, p, where, default=None) for p in spec.parameters])
+    user = isinstance(spec, UserModel)
     for j, p in enumerate(spec.parameters):
         v = params[:, j]
+        if user:
+            spec.inputs[j].check(v, lambda i, msg: check(np.arange(n) == i, lambda _: msg))
+            continue
         positive = (p.startswith("V") and p != "VMAX") or p == "KM"
         if positive:
             check(~np.isfinite(v) | (v <= 0), lambda i, v=v, p=p: f"{p} must be > 0, got {v[i]:g}")
@@ -238,6 +246,14 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
         per_cmt("R", np.nan),
         per_cmt("D", np.nan),
     )
+    if user and spec.dosing:
+        # the model file's own dose attributes replace the data set's columns
+        with np.errstate(divide="ignore", invalid="ignore"):
+            own = spec.dose_attributes(
+                spec.individual(dict(zip(spec.parameters, params.T, strict=False)))
+            )
+        for (k, attr), values in own.items():
+            {"ALAG": alag, "F": f, "R": r, "D": d}[attr][:, k] = values
     for name, arr in (("ALAG", alag), ("F", f)):
         for k in range(nc):
             check(
@@ -276,11 +292,33 @@ def prepare_records(data: pd.DataFrame, *, model: str | PKModel, source: str = "
 class _Dynamics:
     """One subject's state propagation with piecewise-constant parameters and inputs."""
 
-    def __init__(self, model: PKModel, *, method: str = "exact") -> None:
+    def __init__(self, model: PKModel | UserModel, *, method: str = "exact") -> None:
         self.model = model
         # "ode" forces the ODE solver (steady state by Newton on the period map) to cross-check
         self.exact = model.linear and method == "exact"
         self._cache: dict[tuple, LinearSystem] = {}
+        self.user = isinstance(model, UserModel)
+        self.kernel = kernel_for(model) if self.user else None
+        self._individual: dict[tuple, np.ndarray] = {}
+        self.ss_tol = max(1e-9, 10 * model.rtol) if self.user else 1e-9
+        self.ss_atol = 10 * model.atol if self.user else 0.0
+
+    def individual(self, p: np.ndarray) -> np.ndarray:
+        """A model file's individual vector (inputs, then derived) for one record's inputs."""
+        key = tuple(p.tolist())
+        ind = self._individual.get(key)
+        if ind is None:
+            model = self.model
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ind = model.individual({k: p[j : j + 1] for j, k in enumerate(model.parameters)})[0]
+            self._individual[key] = ind
+        return ind
+
+    def initial(self, p: np.ndarray) -> np.ndarray:
+        """Amounts at the start and after a reset."""
+        if not self.user:
+            return np.zeros(self.model.n_cmt)
+        return self.model.initial_amounts(self.individual(p)[None, :])[0]
 
     def _system(self, p: np.ndarray) -> LinearSystem:
         key = tuple(p.tolist())
@@ -297,10 +335,14 @@ class _Dynamics:
             return x
         if self.exact:
             return self._system(p).advance(x[None, :], np.array([[dt]]), rate[None, :])[0, 0]
+        if self.user:
+            return self.kernel.advance(self.individual(p), x, dt, rate)
         pars = dict(zip(self.model.parameters, p.tolist(), strict=True))
         return ode_advance(self.model, pars, x, np.array([dt]), rate)[0]
 
     def steady_infusion(self, p: np.ndarray, rate: np.ndarray) -> np.ndarray:
+        if self.user:
+            return _user_steady_infusion(self, p, rate)
         if self.model.linear:
             return self._system(p).steady_state_infusion(rate[None, :])[0]
         return _nonlinear_steady_infusion(self.model, p, rate)
@@ -325,6 +367,37 @@ def _nonlinear_steady_infusion(model: PKModel, p: np.ndarray, rate: np.ndarray) 
     depot = rate[0] / ka if rate[0] > 0 else 0.0
     c = total * km / (vmax - total)  # VMAX C / (KM + C) = input
     return np.array([depot, c * v])
+
+
+def _user_steady_infusion(dyn: _Dynamics, p: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Amounts where a model file's right-hand side plus the constant input is zero.
+
+    Newton's method on a forward-difference Jacobian, from the amounts the model reaches after
+    integrating a long time (a root of the right-hand side near the trajectory's end).
+    """
+    ind = dyn.individual(p)
+    kernel = dyn.kernel
+    n = dyn.model.n_cmt
+    x = kernel.advance(ind, dyn.initial(p), 1e3, rate)
+    for _ in range(60):
+        f = kernel.rhs(ind, x, rate)
+        scale = max(float(np.max(np.abs(x))), 1e-12)
+        if np.max(np.abs(f)) <= 1e-13 * scale or np.all(f == 0):
+            return x
+        jac = np.empty((n, n))
+        for k in range(n):
+            h = 1e-7 * max(abs(x[k]), scale * 1e-3)
+            e = x.copy()
+            e[k] += h
+            jac[:, k] = (kernel.rhs(ind, e, rate) - f) / h
+        try:
+            x = x - np.linalg.solve(jac, f)
+        except np.linalg.LinAlgError:
+            break
+    raise PKInputError(
+        f"no steady state found for model {dyn.model.name} under a constant input of "
+        f"{rate.tolist()} mg/h"
+    )
 
 
 @dataclass
@@ -440,7 +513,7 @@ def _steady_state(
         phi = dyn.transition(p, ii)
         trough = np.linalg.solve(np.eye(n_cmt) - phi, c0)
     else:
-        trough = _periodic_fixed_point(run, ii, n_cmt)
+        trough = _periodic_fixed_point(run, ii, n_cmt, dyn.ss_tol, dyn.ss_atol)
     state = trough if phase >= ii else run(trough, phase)
     tails = []
     if dose.rate > 0:
@@ -451,21 +524,24 @@ def _steady_state(
     return state, tails
 
 
-def _periodic_fixed_point(run, ii: float, n_cmt: int) -> np.ndarray:
+def _periodic_fixed_point(
+    run, ii: float, n_cmt: int, tol: float = 1e-9, atol: float = 0.0
+) -> np.ndarray:
     """Pre-dose amounts x with run(x, ii) == x, by Newton steps on a finite-difference Jacobian.
 
-    The ODE solutions carry ~1e-10 relative error, so convergence is declared at 1e-9 relative.
+    The built-in ODE solutions carry ~1e-10 relative error, so convergence is declared at 1e-9
+    relative; a model file's at ten times its rtol (when that is larger) or ten times its atol.
     """
     x = np.zeros(n_cmt)
     for _ in range(60):
         y = run(x, ii)
         resid = y - x
         scale = max(float(np.max(np.abs(y))), 1e-300)
-        if np.max(np.abs(resid)) <= 1e-9 * scale:
+        if np.max(np.abs(resid)) <= tol * scale + atol:
             return y
         jac = np.empty((n_cmt, n_cmt))
         for k in range(n_cmt):
-            h = 1e-6 * max(abs(x[k]), scale * 1e-3, 1e-12)
+            h = max(1e-6, tol) * max(abs(x[k]), scale * 1e-3, 1e-12)
             e = x.copy()
             e[k] += h
             jac[:, k] = (run(e, ii) - y) / h
@@ -527,6 +603,7 @@ def simulate_records(
     nocb = covariate_timing == "nocb"
     for a, b in zip(starts, ends, strict=True):
         subj = _Subject(dyn, nc)
+        subj.x = dyn.initial(rec.params[a])
         for i in range(a, b):
             t = float(rec.time[i])
             p_interval = rec.params[i] if nocb or i == a else rec.params[i - 1]
@@ -534,13 +611,17 @@ def simulate_records(
             ev = rec.evid[i]
             if ev in (3, 4):
                 subj.reset()
+                subj.x = dyn.initial(rec.params[i])
             if ev in (1, 4):
                 _dose_record(subj, dyn, rec, i, t)
             amounts[i] = subj.x
-    volume = rec.params[:, spec.parameters.index(spec.volume)]
-    out = pd.DataFrame(
-        {"ID": rec.id, "TIME": rec.time, "EVID": rec.evid, "CP": amounts[:, spec.central] / volume}
-    )
+    out = pd.DataFrame({"ID": rec.id, "TIME": rec.time, "EVID": rec.evid})
+    if dyn.user:
+        individual = np.stack([dyn.individual(p) for p in rec.params])
+        for name, values in spec.evaluate_outputs(amounts, individual).items():
+            out[name] = values
+    else:
+        out["CP"] = amounts[:, spec.central] / rec.params[:, spec.parameters.index(spec.volume)]
     for k in range(nc):
         out[f"A{k + 1}"] = amounts[:, k]
     # integer IDs print as integers

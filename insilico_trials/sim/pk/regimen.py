@@ -13,8 +13,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.pk import PKModel, get_model
+from insilico_trials.models.modelfile import UserModel
+from insilico_trials.models.pk import PKModel, resolve_model
 from insilico_trials.sim.pk.linear import LinearSystem
+from insilico_trials.sim.pk.modelkernel import kernel_for
 from insilico_trials.sim.pk.ode import ODE_ATOL, ODE_RTOL, integrate_segments
 
 __all__ = ["ROUTES", "simulate_regimen"]
@@ -23,7 +25,7 @@ ROUTES = ("oral", "iv_bolus", "iv_infusion")
 
 
 def _check_params(
-    model: PKModel, params: Mapping[str, object]
+    model: PKModel | UserModel, params: Mapping[str, object]
 ) -> tuple[dict[str, np.ndarray], int]:
     missing = [p for p in model.parameters if p not in params]
     if missing:
@@ -40,6 +42,14 @@ def _check_params(
     if len(shape) != 1:
         raise PKInputError(f"parameter arrays must be 1-D (n,), got shape {shape}")
     arrays = {k: np.broadcast_to(a, shape) for k, a in arrays.items()}
+    if isinstance(model, UserModel):
+        for spec in model.inputs:
+
+            def where(i: int, message: str) -> None:
+                raise PKInputError(f"patient {i}: {message}")
+
+            spec.check(arrays[spec.name], where)
+        return arrays, shape[0]
     for k, a in arrays.items():
         bad = np.flatnonzero(~np.isfinite(a) | (a < 0))
         if bad.size:
@@ -53,7 +63,7 @@ def _check_params(
 
 
 def simulate_regimen(
-    model: str,
+    model: str | PKModel | UserModel,
     params: Mapping[str, np.ndarray],
     *,
     dose_mg: float | np.ndarray,
@@ -70,8 +80,9 @@ def simulate_regimen(
     Parameters
     ----------
     model
-        Model name, one of :data:`insilico_trials.models.pk.MODELS` (``pk1cmt``, ``pk2cmt``, ``pk3cmt``,
-        ``pk1cmt_mm``).
+        Model name, one of :data:`insilico_trials.models.pk.MODELS` (``pk1cmt``, ``pk2cmt``,
+        ``pk3cmt``, ``pk1cmt_mm``), a model file path or spec. A model file's first output is
+        the concentration; its ``routes`` say where oral and iv doses go, and its F scales them.
     params
         Per-patient parameter arrays of shape (n,) keyed by ``MODELS[model].parameters``
         (CL, Q* in L/h; V* in L; KA in 1/h; VMAX in mg/h; KM in mg/L).
@@ -101,7 +112,7 @@ def simulate_regimen(
     numpy.ndarray
         Shape (n, m): central concentration (mg/L).
     """
-    spec = get_model(model)
+    spec = resolve_model(model) if isinstance(model, str) else model
     arrays, n = _check_params(spec, params)
     if route not in ROUTES:
         raise PKInputError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
@@ -131,6 +142,8 @@ def simulate_regimen(
         start_h=float(start_h),
         infusion_h=infusion_h if route == "iv_infusion" else None,
     )
+    if isinstance(spec, UserModel):
+        return _user_regimen(spec, arrays, dose, route, timeline, times)
     cmt = 0 if route == "oral" else spec.central
     volume = arrays[spec.volume]
     if spec.linear and method == "exact":
@@ -305,4 +318,47 @@ def _central_ode(spec, arrays, dose, cmt, tl: _Timeline, times) -> np.ndarray:
             spec, pars, tl.points, boluses, rates, sorted_times, rtol=ODE_RTOL, atol=ODE_ATOL
         )
         out[p, order] = amounts[:, spec.central]
+    return out
+
+
+def _user_regimen(
+    spec: UserModel, arrays, dose: np.ndarray, route: str, tl: _Timeline, times: np.ndarray
+) -> np.ndarray:
+    """A model file's first output under the shared timeline, all patients in one kernel call."""
+    key = "oral" if route == "oral" else "iv"
+    if key not in spec.routes:
+        raise PKInputError(
+            f"model {spec.name} ({spec.source}) has no {key} route; add routes: {{{key}: STATE}}"
+        )
+    cmt = spec.routes[key]
+    attrs = spec.dosing.get(cmt, {})
+    for attr in ("ALAG", "R", "D"):
+        if attr in attrs:
+            raise PKInputError(
+                f"model {spec.name}: {attr} on the dosed compartment {spec.compartments[cmt]} is "
+                "not supported for a regular regimen; simulate event records (pk simulate)"
+            )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        individual = spec.individual(arrays)
+    n = dose.shape[0]
+    amount = dose.copy()
+    if "F" in attrs:
+        amount = amount * spec.dose_attributes(individual)[(cmt, "F")]
+    nc, npts = spec.n_cmt, tl.points.size
+    bolus = np.zeros((n, max(npts, 1), nc))
+    rates = np.zeros((n, max(npts, 1), nc))
+    points = tl.points if npts else np.array([0.0])
+    if npts:
+        bolus[:, :, cmt] = tl.bolus[None, :] * amount[:, None]
+        if tl.infusion_h is not None:
+            rates[:, :, cmt] = tl.infusing[None, :] * (amount / tl.infusion_h)[:, None]
+    order = np.argsort(times, kind="stable")
+    states = kernel_for(spec).population(
+        individual, points, bolus, rates, times[order], spec.initial_amounts(individual)
+    )
+    first = spec.outputs[0][0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conc = spec.evaluate_outputs(states, individual[:, None, :])[first]
+    out = np.empty((n, times.size))
+    out[:, order] = conc
     return out
