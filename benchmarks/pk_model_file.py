@@ -38,16 +38,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pk_population import N_BASELINE, REGIMEN, TIMES, N, draw_params, run_solve_ivp_loop
 
-from insilico_trials.models.modelfile import library_path
 from insilico_trials.models.pk import resolve_model
 from insilico_trials.sim.pk import simulate_regimen
+from insilico_trials.spec.modelfile import library_path
 
 REPEATS = 5
 COMPILE = """
 import time, numpy as np
 t0 = time.perf_counter()
 from insilico_trials.models.pk import resolve_model
-from insilico_trials.models.modelfile import library_path
+from insilico_trials.spec.modelfile import library_path
 from insilico_trials.sim.pk.modelkernel import kernel_for
 t1 = time.perf_counter()
 kernel = kernel_for(resolve_model(str(library_path("pk2cmt"))))

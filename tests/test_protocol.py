@@ -59,7 +59,7 @@ def test_examples_exist_and_validate(capsys):
             "model: pk9cmt",
             "model: pk9cmt",
             "pk.model",
-            "Input should be",
+            "unknown PK model 'pk9cmt'",
             "'pk9cmt'",
         ),
     ],

@@ -32,7 +32,7 @@ def simulate_csv(
         columns and optional ALAGn, Fn, Rn, Dn (names case-insensitive; C and DV ignored).
     model
         Model name (``pk1cmt``, ``pk2cmt``, ``pk3cmt``, ``pk1cmt_mm``) or the path of a model
-        file (``.yaml``, :mod:`insilico_trials.models.modelfile`), whose outputs replace CP.
+        file (``.yaml``, :mod:`insilico_trials.spec.modelfile`), whose outputs replace CP.
     out_path
         Output CSV, written atomically (a temporary file in the same folder, then ``os.replace``).
     covariate_timing

@@ -92,6 +92,15 @@ def write_run_outputs(
     """
     protocol = result.protocol
     shutil.copyfile(protocol_source, stage / "protocol.yaml")
+    inputs = ["protocol.yaml"]
+    if protocol.pk is not None and protocol.pk.is_file:
+        # the model file as it was read and run (its SHA-256 is in the protocol's hash), at
+        # the path the protocol names, so that the archived protocol loads it again
+        model = protocol.pk_model()
+        target = stage / protocol.pk.model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, model.text.encode("utf-8"))  # type: ignore[union-attr]
+        inputs.append(protocol.pk.model)
     tables = result.tables
     spool.write_parts((result.cohorts[arm.name] for arm in protocol.arms), stage / "cohort.parquet")
     spool.write_parts(tables.parts("endpoints"), stage / "endpoints.parquet")
@@ -125,7 +134,7 @@ def write_run_outputs(
         write_json(stage / "procova.json", result.procova)
         extra.append("procova.json")
     return {
-        "inputs": ["protocol.yaml"],
+        "inputs": inputs,
         "outputs": [
             "cohort.parquet", "endpoints.parquet", "exposure.parquet", "profiles.parquet",
             "summary.json", "synthetic_control.json", "posterior.parquet", "posterior.nc",

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.modelfile import UserModel, load_model_file
 from insilico_trials.spec.catalog import PK_PARAMETERS
+from insilico_trials.spec.modelfile import UserModel, is_model_path, load_model_file
 
 __all__ = ["MODELS", "PKModel", "get_model", "is_model_path", "resolve_model"]
 
@@ -158,11 +158,6 @@ def get_model(name: str) -> PKModel:
         raise PKInputError(
             f"unknown PK model {name!r}; must be one of {', '.join(MODELS)}"
         ) from None
-
-
-def is_model_path(name: str) -> bool:
-    """True when ``name`` names a model file rather than a built-in model."""
-    return str(name).lower().endswith((".yaml", ".yml")) or "/" in str(name) or "\\" in str(name)
 
 
 def resolve_model(name: str | Path) -> PKModel | UserModel:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.spec.catalog import ENDPOINTS, OUTCOME_FAMILIES
 from insilico_trials.spec.protocol import Arm, TrialProtocol
 from insilico_trials.units import DAYS_PER_YEAR, MONTHS_PER_YEAR
@@ -139,7 +140,7 @@ def simulate_chunk(
         conc = np.zeros((n, times_h.size))
     else:
         conc = simulate_regimen(
-            protocol.pk.model,
+            protocol.pk_model(),
             pk_params,
             dose_mg=dose_amounts_mg(arm, cohort),
             interval_h=reg.interval_h,
@@ -148,6 +149,8 @@ def simulate_chunk(
             infusion_h=reg.infusion_h,
             times_h=times_h,
         )
+        if protocol.pk.is_file:
+            conc = _model_file_concentration(protocol, conc, times_h)
     disease = protocol.disease
     tumour_names = _tumour_parameter_names(protocol)
     tumour_params = {p: cohort[p].to_numpy(dtype=float) for p in tumour_names}
@@ -281,11 +284,42 @@ def _simulate_zhang_chunk(
     )
 
 
+def _model_file_concentration(
+    protocol: TrialProtocol, conc: np.ndarray, times_h: np.ndarray
+) -> np.ndarray:
+    """A model file's first output as the concentration that drives exposure.
+
+    An integrated solution may dip below zero by solver noise (within the model's atol) where
+    the true amount decays to zero; that noise is set to 0. A negative value beyond it, or a
+    value that is not finite, is the model's error and is named.
+    """
+    model = protocol.pk_model()
+    name = model.outputs[0][0]  # type: ignore[union-attr]
+    bad = ~np.isfinite(conc)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise PKInputError(
+            f"pk.model {protocol.pk.model}: output {name} is {conc[i, j]} for a patient at "
+            f"{times_h[j]:g} h; a concentration must be finite"
+        )
+    scale = float(np.max(np.abs(conc))) if conc.size else 0.0
+    floor = -max(1e-6 * scale, 1e-9)
+    if np.any(conc < floor):
+        i, j = np.argwhere(conc < floor)[0]
+        raise PKInputError(
+            f"pk.model {protocol.pk.model}: output {name} is {conc[i, j]:.3g} for a patient at "
+            f"{times_h[j]:g} h; a concentration must be >= 0"
+        )
+    return np.maximum(conc, 0.0)
+
+
 def _pk_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
     from insilico_trials.sim.pk import MODELS
 
     if protocol.pk is None:
         return ()
+    if protocol.pk.is_file:
+        return protocol.pk_model().parameters  # type: ignore[union-attr]
     return tuple(MODELS[protocol.pk.model].parameters)
 
 

@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from insilico_trials.errors import InputError
 from insilico_trials.spec.catalog import (
@@ -54,6 +62,13 @@ from insilico_trials.spec.catalog import (
     TWIN_MODEL_NAMES,
 )
 from insilico_trials.spec.design import DesignSpec, design_problems
+from insilico_trials.spec.modelfile import (
+    ModelFileError,
+    UserModel,
+    is_model_path,
+    load_model_file,
+    protocol_model_path_problem,
+)
 from insilico_trials.spec.population import Population
 from insilico_trials.spec.yamlmap import YamlLoadError, load_yaml_with_lines
 
@@ -148,10 +163,34 @@ class Arm(_Spec):
 
 
 class PKSection(_Spec):
-    model: Literal["pk1cmt", "pk2cmt", "pk3cmt", "pk1cmt_mm"]
+    model: str = Field(
+        description="a built-in model (pk1cmt, pk2cmt, pk3cmt, pk1cmt_mm) or a model file's "
+        "path relative to the protocol's folder (insilico_trials.spec.modelfile)",
+        max_length=200,
+    )
     output_interval_h: PositiveFloat = Field(default=1.0, description="concentration grid, hours")
     proportional_error: float = Field(default=0.0, ge=0, le=2)
     additive_error_mg_l: float = Field(default=0.0, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in PK_PARAMETERS:
+            return v
+        if not is_model_path(v):
+            raise ValueError(
+                f"unknown PK model {v!r}; use one of {', '.join(PK_PARAMETERS)} or the path of "
+                "a model file (.yaml)"
+            )
+        problem = protocol_model_path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @property
+    def is_file(self) -> bool:
+        """True when the model is a model file rather than a built-in."""
+        return self.model not in PK_PARAMETERS
 
 
 class Disease(_Spec):
@@ -435,6 +474,54 @@ class TrialProtocol(_Spec):
     real_data: RealData = RealData()
     design: DesignSpec | None = None
     twins: Twins | None = None
+    # The model file pk.model names, read by load_protocol from the protocol's folder.
+    _pk_file: UserModel | None = PrivateAttr(default=None)
+
+    def pk_model(self) -> str | UserModel:
+        """The PK model to simulate: a built-in name, or the loaded model file."""
+        if self.pk is None:
+            raise ValueError("the protocol has no pk section")
+        if not self.pk.is_file:
+            return self.pk.model
+        if self._pk_file is None:
+            raise InputError(
+                f"pk.model {self.pk.model}: the model file was not read; load the protocol with "
+                "load_protocol(path) so that paths resolve against its folder"
+            )
+        return self._pk_file
+
+    def attach_model_file(self, folder: Path) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        """Read the model file pk.model names (relative to ``folder``) and check it against the
+        population; return the problems as ``(field path, value, message)``."""
+        if self.pk is None or not self.pk.is_file:
+            return []
+        path = folder / self.pk.model
+        try:
+            model = load_model_file(path)
+        except ModelFileError as exc:
+            return [(("pk", "model"), self.pk.model, f"model file refused: {exc}")]
+        self.__pydantic_private__["_pk_file"] = model
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        pop = self.population
+        derived = {d if isinstance(d, str) else d.name for d in (pop.derived or [])}
+        for spec in model.inputs:
+            declared = pop.parameters.get(spec.name) or pop.covariates.get(spec.name)
+            if declared is None and spec.name not in derived:
+                problems.append(
+                    (("pk", "model"), self.pk.model,
+                     f"model {model.name} reads {spec.name} ({spec.unit}); declare it in "
+                     "population.parameters or population.covariates")
+                )  # fmt: skip
+                continue
+            unit = getattr(declared, "unit", None)
+            if unit is not None and unit.replace(" ", "") != spec.unit.replace(" ", ""):
+                where = "parameters" if spec.name in pop.parameters else "covariates"
+                problems.append(
+                    (("population", where, spec.name, "unit"), unit,
+                     f"model {model.name} takes {spec.name} in {spec.unit}; convert the values "
+                     f"to {spec.unit}, or declare that unit")
+                )  # fmt: skip
+        return problems
 
     @field_validator("arms")
     @classmethod
@@ -470,7 +557,7 @@ class TrialProtocol(_Spec):
                     "needs a pk section (or exposure: none)",
                 )
             )
-        for name in PK_PARAMETERS[self.pk.model] if self.pk else ():
+        for name in PK_PARAMETERS[self.pk.model] if self.pk and not self.pk.is_file else ():
             unit = self.population.parameters[name].unit if name in declared else None
             if unit is not None and unit.replace(" ", "") != PK_UNITS[name]:
                 errors.append(
@@ -672,6 +759,9 @@ class TrialProtocol(_Spec):
         analysis they define is not the one older archives ran.
         """
         data = self.model_dump(mode="json")
+        if self.pk is not None and self.pk.is_file:
+            # the model file's content is part of what was run, not only its path
+            data["pk"]["model_sha256"] = self.pk_model().digest  # type: ignore[union-attr]
         for name in _LATER_SECTIONS:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name)
@@ -795,9 +885,18 @@ def load_protocol(path: str | Path) -> TrialProtocol:
             [ProtocolIssue(file, 1, "", "a protocol must be a YAML mapping of sections", data)]
         )
     try:
-        return TrialProtocol.model_validate(data)
+        protocol = TrialProtocol.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(_issues_from_validation(file, exc, lines)) from None
+    problems = protocol.attach_model_file(Path(path).parent)
+    if problems:
+        raise ProtocolError(
+            [
+                ProtocolIssue(file, lines.line_of(loc), ".".join(map(str, loc)), message, value)
+                for loc, value, message in problems
+            ]
+        )
+    return protocol
 
 
 def issues_at(

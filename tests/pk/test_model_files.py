@@ -22,10 +22,10 @@ import pytest
 from scipy.linalg import expm
 
 from insilico_trials.app.cli import main
-from insilico_trials.models.modelfile import ModelFileError, library_path, parse_model_text
 from insilico_trials.models.pk import resolve_model
 from insilico_trials.sim.pk import simulate_records, simulate_regimen
 from insilico_trials.sim.pk.pd import friberg, indirect_response
+from insilico_trials.spec.modelfile import ModelFileError, library_path, parse_model_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_nonmem_parity import (

@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.modelfile import UserModel
 from insilico_trials.models.pk import PKModel, resolve_model
 from insilico_trials.sim.pk.linear import LinearSystem
 from insilico_trials.sim.pk.modelkernel import kernel_for
 from insilico_trials.sim.pk.ode import ode_advance
+from insilico_trials.spec.modelfile import UserModel
 
 __all__ = ["COVARIATE_TIMINGS", "Records", "prepare_records", "simulate_records"]
 

@@ -1,6 +1,6 @@
 """Compile a model file to machine code once, and solve whole populations with it.
 
-The validated expressions of a :class:`~insilico_trials.models.modelfile.UserModel` are
+The validated expressions of a :class:`~insilico_trials.spec.modelfile.UserModel` are
 translated (from their syntax tree, never by evaluating text) into a numba function
 ``rhs(x, p, rate, dx)``; a fixed solver template is appended and the module is written to a
 cache folder named by the SHA-256 of the generated source, so a model is compiled once per
@@ -35,7 +35,7 @@ from types import ModuleType
 
 import numpy as np
 
-from insilico_trials.models.modelfile import UserModel
+from insilico_trials.spec.modelfile import UserModel
 
 __all__ = ["ModelKernel", "cache_folder", "kernel_for"]
 
@@ -169,7 +169,23 @@ def generate_source(model: UserModel) -> str:
             lines.append(f"    v_{hname} = q[K + {i}]")
     for i, body in enumerate(bodies):
         lines.append(f"    dx[{i}] = {_emit(body)} + rate[{i}]")
-    return "\n".join(lines) + "\n" + _TEMPLATE
+    return "\n".join(lines) + "\n" + _select(_TEMPLATE, model.solver)
+
+
+def _select(template: str, solver: str) -> str:
+    """The template with only the chosen solver's blocks (numba compiles what is referenced)."""
+    out, skip = [], False
+    for line in template.splitlines():
+        tag = line.strip()
+        if tag in ("# <nonstiff>", "# <stiff>"):
+            skip = tag != f"# <{solver}>"
+            continue
+        if tag in ("# </nonstiff>", "# </stiff>"):
+            skip = False
+            continue
+        if not skip:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def cache_folder() -> Path:
@@ -345,6 +361,7 @@ def _initial_step(x, p, rate, f0, y1, f1, t_end, order, rtol, atol):
     return min(100.0 * h0, h1, t_end)
 
 
+# <nonstiff>
 @njit(cache=True, error_model='numpy', nogil=True)
 def _dopri(x, p, rate, t_end, h, rtol, atol, times, t0, q0, q1, out, j, w):
     # Integrates x over [0, t_end] in place; outputs q0..q1-1 (at times[q] - t0, in
@@ -462,6 +479,8 @@ def _dopri(x, p, rate, t_end, h, rtol, atol, times, t0, q0, q1, out, j, w):
     return h, 1
 
 
+# </nonstiff>
+# <stiff>
 @njit(cache=True, error_model='numpy', nogil=True)
 def _solve(a, b):
     # Gaussian elimination with partial pivoting; a is overwritten, b becomes the solution
@@ -573,6 +592,7 @@ def _rosenbrock(x, p, rate, t_end, h, rtol, atol):
     return h, 1
 
 
+# </stiff>
 @njit(cache=True, error_model='numpy', nogil=True)
 def _finite(x):
     for i in range(N):
@@ -591,21 +611,23 @@ def _segment(x, p, rate, t_end, h, rtol, atol, times, t0, q0, q1, out, j, w, met
         q += 1
     if t_end <= 0.0:
         return h, 0
-    if method == 0:
-        h, status = _dopri(x, p, rate, t_end, h, rtol, atol, times, t0, q, q1, out, j, w)
-    else:
-        tcur = 0.0
-        status = 0
-        while q < q1 and status == 0:
-            dt = times[q] - t0 - tcur
-            if dt > 0.0:
-                h, status = _rosenbrock(x, p, rate, dt, h, rtol, atol)
-            tcur = times[q] - t0
-            for i in range(N):
-                out[j, q, i] = x[i]
-            q += 1
-        if status == 0 and t_end > tcur:
-            h, status = _rosenbrock(x, p, rate, t_end - tcur, h, rtol, atol)
+    # <nonstiff>
+    h, status = _dopri(x, p, rate, t_end, h, rtol, atol, times, t0, q, q1, out, j, w)
+    # </nonstiff>
+    # <stiff>
+    tcur = 0.0
+    status = 0
+    while q < q1 and status == 0:
+        dt = times[q] - t0 - tcur
+        if dt > 0.0:
+            h, status = _rosenbrock(x, p, rate, dt, h, rtol, atol)
+        tcur = times[q] - t0
+        for i in range(N):
+            out[j, q, i] = x[i]
+        q += 1
+    if status == 0 and t_end > tcur:
+        h, status = _rosenbrock(x, p, rate, t_end - tcur, h, rtol, atol)
+    # </stiff>
     if status == 0 and not _finite(x):
         return h, 2
     return h, status

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from insilico_trials.errors import PKInputError
-from insilico_trials.models.modelfile import UserModel
 from insilico_trials.models.pk import PKModel, resolve_model
 from insilico_trials.sim.pk.linear import LinearSystem
 from insilico_trials.sim.pk.modelkernel import kernel_for
 from insilico_trials.sim.pk.ode import ODE_ATOL, ODE_RTOL, integrate_segments
+from insilico_trials.spec.modelfile import UserModel
 
 __all__ = ["ROUTES", "simulate_regimen"]
 

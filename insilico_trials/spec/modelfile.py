@@ -74,6 +74,7 @@ __all__ = [
     "ModelFileError",
     "ParameterSpec",
     "UserModel",
+    "is_model_path",
     "library_path",
     "load_model_file",
     "parse_model_text",
@@ -104,7 +105,7 @@ _TOP = (
     "rtol",
     "atol",
 )
-LIBRARY = Path(__file__).resolve().parent / "library"
+LIBRARY = Path(__file__).resolve().parents[1] / "models" / "library"
 
 
 class ModelFileError(InputError):
@@ -180,6 +181,16 @@ class UserModel:
     atol: float = 1e-12
     _compiled: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # compiled kernels and expressions stay in their process (Dask pickles protocols)
+        state = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "_compiled"}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "_compiled", {})
+
     @property
     def parameters(self) -> tuple[str, ...]:
         """Names of the input columns (parameters and covariates)."""
@@ -252,6 +263,36 @@ class UserModel:
                 value = self._expr(f"dose:{k}:{attr}", text, self.individual_names)(env)
                 out[(k, attr)] = np.broadcast_to(np.asarray(value, dtype=float), (len(individual),))
         return out
+
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*\.ya?ml$")
+
+
+def is_model_path(name: str) -> bool:
+    """True when ``name`` names a model file (``.yaml``/``.yml`` or a path), not a built-in."""
+    text = str(name)
+    return text.lower().endswith((".yaml", ".yml")) or "/" in text or "\\" in text
+
+
+def protocol_model_path_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a protocol's model file path, or None.
+
+    A protocol names its model file relative to its own folder, inside it, so that the run
+    archive can carry the file at the same place (no absolute paths, no ``..``).
+    """
+    reserved = name == "protocol.yaml" or name.startswith("updates/")
+    if (
+        reserved
+        or not _SAFE_PATH.match(name)
+        or any(part in ("", ".", "..") for part in name.split("/"))
+    ):
+        return (
+            "a model file is named by a path relative to the protocol's folder, inside it "
+            "(letters, digits, _ . - and /; ending .yaml; no '..' or absolute paths; not "
+            "protocol.yaml or updates/, which the run archive uses), "
+            "or a built-in model: pk1cmt, pk2cmt, pk3cmt, pk1cmt_mm"
+        )
+    return None
 
 
 def library_path(name: str) -> Path | None:
