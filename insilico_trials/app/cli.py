@@ -184,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--model", required=True)
     sim.add_argument("-o", "--output", type=Path, required=True)
     sim.add_argument("--covariate-timing", choices=["nocb", "locf"], default="nocb")
+    imp = pks.add_parser("import", help="translate a NONMEM control stream into a model file")
+    imp.add_argument("control", type=Path, help="control stream (.mod, .ctl)")
+    imp.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    imp.add_argument("--ext", type=Path, help="NONMEM .ext file: final THETA estimates")
+    imp.add_argument("--etas", choices=["inputs", "zero"], default="inputs")
     return p
 
 
@@ -315,6 +320,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_pk(args: argparse.Namespace) -> int:
     from insilico_trials.app.pk_cli import simulate_csv
     from insilico_trials.errors import InputError
+
+    if args.pk_command == "import":
+        from insilico_trials.io.archive import atomic_write_text
+        from insilico_trials.spec.nonmem import import_control_stream
+
+        if args.output.resolve() == args.control.resolve():
+            raise InputError(f"-o {args.output}: would overwrite the control stream")
+        text = import_control_stream(args.control, ext=args.ext, etas=args.etas)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output, text)
+        print(f"{args.output}: model file from {args.control}")
+        return EXIT_OK
 
     t0 = time.perf_counter()
     try:

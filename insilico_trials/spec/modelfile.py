@@ -227,6 +227,8 @@ class UserModel:
                 shape,
             )
             names.append(name)
+        if not names:
+            return np.zeros((*shape, 0))
         return np.stack([np.broadcast_to(env[k], shape) for k in names], axis=-1)
 
     def evaluate_outputs(
@@ -390,7 +392,7 @@ class _Parser:
         taken: dict[str, str] = {}
         inputs = []
         for section in ("parameters", "covariates"):
-            block = self.mapping(data.get(section), (section,), required=section == "parameters")
+            block = self.mapping(data.get(section), (section,), required=False)
             for key, spec in block.items():
                 inputs.append(self.parameter(section, key, spec, taken))
         names = tuple(p.name for p in inputs)

@@ -219,7 +219,9 @@ def prepare_records(
         backwards,
         lambda i: f"TIME must not decrease within an ID, got {time[i]} after {time[i - 1]}",
     )
-    params = np.column_stack([_numeric(df, p, where, default=None) for p in spec.parameters])
+    params = np.column_stack(
+        [np.zeros(n)] + [_numeric(df, p, where, default=None) for p in spec.parameters]
+    )[:, 1:]
     user = isinstance(spec, UserModel)
     for j, p in enumerate(spec.parameters):
         v = params[:, j]
