@@ -7,7 +7,7 @@ cache folder named by the SHA-256 of the generated source, so a model is compile
 machine (numba's own on-disk cache) and reloaded in a fraction of a second afterwards.
 
 Solvers, both written here in numba so that one compiled loop covers all patients of a chunk
-(``prange`` over patients) without a Python call per step:
+(threads over blocks of patients, the GIL released) without a Python call per step:
 
 - ``nonstiff``: Dormand-Prince 5(4) (Hairer, Norsett and Wanner, *Solving ODEs I*, II.5) with
   the standard step-size controller and Hairer's initial step.
@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -127,7 +128,7 @@ def generate_source(model: UserModel) -> str:
         f"# generated from model {model.name!r} ({model.source}, sha256 {model.digest[:16]})",
         "import math",
         "import numpy as np",
-        "from numba import njit, prange",
+        "from numba import njit",
         "",
         f"N = {model.n_cmt}",
         f"K = {k}",
@@ -279,7 +280,7 @@ class ModelKernel:
             initial = np.zeros((n, self.model.n_cmt))
         out = np.zeros((n, times.size, self.model.n_cmt))
         status = np.zeros(n, dtype=np.int64)
-        self._mod.population(
+        args = (
             np.ascontiguousarray(individual, dtype=float),
             np.ascontiguousarray(points, dtype=float),
             np.ascontiguousarray(bolus, dtype=float),
@@ -292,11 +293,27 @@ class ModelKernel:
             self.method,
             status,
         )
+        threads = min(_threads(), max(1, n // 16))
+        if threads == 1:
+            self._mod.population(*args, 0, n)
+        else:
+            # one compiled loop per thread over interleaved blocks of patients (the kernel
+            # releases the GIL); each patient's result does not depend on the split
+            edges = np.linspace(0, n, 8 * threads + 1).astype(int)
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda k: self._mod.population(*args, edges[k], edges[k + 1]),
+                              range(edges.size - 1)))  # fmt: skip
         bad = np.flatnonzero(status)
         if bad.size:
             j = int(bad[0])
             raise RuntimeError(f"patient {j}: {_failure(self.model, int(status[j]))}")
         return out
+
+
+def _threads() -> int:
+    """Threads for a population: ``$INSILICO_MODEL_THREADS`` or the CPU count."""
+    env = os.environ.get("INSILICO_MODEL_THREADS", "")
+    return max(1, int(env)) if env.isdigit() else (os.cpu_count() or 1)
 
 
 def _failure(model: UserModel, status: int) -> str:
@@ -681,8 +698,9 @@ def _one(j, P, points, bolus, rates, times, init, out, rtol, atol, method):
     return 0
 
 
-@njit(cache=True, error_model='numpy', parallel=True)
-def population(P, points, bolus, rates, times, init, out, rtol, atol, method, status):
-    for j in prange(P.shape[0]):
+@njit(cache=True, error_model='numpy', nogil=True)
+def population(P, points, bolus, rates, times, init, out, rtol, atol, method, status, lo, hi):
+    # patients lo..hi-1; releases the GIL, so threads share a population
+    for j in range(lo, hi):
         status[j] = _one(j, P, points, bolus, rates, times, init, out, rtol, atol, method)
 """
