@@ -39,9 +39,14 @@ def _uncertain_parameters(protocol: Any) -> list[str]:
     """Drug, disease and clearance parameters whose typical values drive the decision."""
     from insilico_trials.sim.trial import _pk_parameter_names, _tumour_parameter_names
 
-    names = [p for p in _tumour_parameter_names(protocol) if p != "SLD0"]
     pk = _pk_parameter_names(protocol)
-    if "CL" in pk and any(a.regimen is not None for a in protocol.arms):
+    pop = protocol.population.parameters
+    if protocol.disease.is_file:
+        # a PK-PD model file: its disease parameters are those with a stated uncertainty
+        names = [p for p in pk if p != "SLD0" and p in pop and pop[p].uncertainty_rse > 0]
+    else:
+        names = [p for p in _tumour_parameter_names(protocol) if p != "SLD0"]
+    if "CL" in pk and "CL" not in names and any(a.regimen is not None for a in protocol.arms):
         names.append("CL")
     return [n for n in names if n in protocol.population.parameters]
 

@@ -125,8 +125,6 @@ def simulate_chunk(
     randomness, so any split of the arm gives the same per-patient results).
     """
     from insilico_trials.sim.endpoints import FollowUp, RecistRules, derive_endpoints
-    from insilico_trials.sim.pk import simulate_regimen
-    from insilico_trials.sim.tumour import simulate_tumour
 
     arm = next(a for a in protocol.arms if a.name == arm_name)
     if protocol.disease.model == "zhang2017":
@@ -135,38 +133,10 @@ def simulate_chunk(
     n = len(cohort)
     patient = cohort["patient"].to_numpy(dtype=np.int64)
     pk_params = {p: cohort[p].to_numpy(dtype=float) for p in _pk_parameter_names(protocol)}
-    reg = arm.regimen
-    if reg is None or protocol.pk is None:
-        conc = np.zeros((n, times_h.size))
+    if protocol.disease.is_file:
+        conc, sld = _model_file_pkpd(protocol, arm, cohort, pk_params, times_h, visits)
     else:
-        conc = simulate_regimen(
-            protocol.pk_model(),
-            pk_params,
-            dose_mg=dose_amounts_mg(arm, cohort),
-            interval_h=reg.interval_h,
-            n_doses=reg.n_doses,
-            route=reg.route,
-            infusion_h=reg.infusion_h,
-            times_h=times_h,
-        )
-        if protocol.pk.is_file:
-            conc = _model_file_concentration(protocol, conc, times_h)
-    disease = protocol.disease
-    tumour_names = _tumour_parameter_names(protocol)
-    tumour_params = {p: cohort[p].to_numpy(dtype=float) for p in tumour_names}
-    if disease.exposure == "none" or reg is None:
-        expo_t, expo = None, None
-    elif disease.exposure == "daily_auc":
-        expo_t, expo = _daily_auc(times_h, conc)
-    else:
-        expo_t, expo = times_h / 24.0, conc
-    sld = simulate_tumour(
-        disease.model,
-        tumour_params,
-        exposure_times_days=expo_t,
-        exposure=expo,
-        times_days=visits,
-    )
+        conc, sld = _pk_then_tumour(protocol, arm, cohort, pk_params, times_h, visits)
     ep = protocol.endpoints
     endpoints = derive_endpoints(
         sld,
@@ -284,6 +254,94 @@ def _simulate_zhang_chunk(
     )
 
 
+def _pk_then_tumour(
+    protocol: TrialProtocol,
+    arm: Arm,
+    cohort: pd.DataFrame,
+    pk_params: dict[str, np.ndarray],
+    times_h: np.ndarray,
+    visits: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The PK model's concentration, then a built-in tumour model driven by its exposure."""
+    from insilico_trials.sim.pk import simulate_regimen
+    from insilico_trials.sim.tumour import simulate_tumour
+
+    n = len(cohort)
+    reg = arm.regimen
+    if reg is None or protocol.pk is None:
+        conc = np.zeros((n, times_h.size))
+    else:
+        conc = simulate_regimen(
+            protocol.pk_model(),
+            pk_params,
+            dose_mg=dose_amounts_mg(arm, cohort),
+            interval_h=reg.interval_h,
+            n_doses=reg.n_doses,
+            route=reg.route,
+            infusion_h=reg.infusion_h,
+            times_h=times_h,
+        )
+        if protocol.pk.is_file:
+            conc = _model_file_concentration(protocol, conc, times_h)
+    disease = protocol.disease
+    tumour_names = _tumour_parameter_names(protocol)
+    tumour_params = {p: cohort[p].to_numpy(dtype=float) for p in tumour_names}
+    if disease.exposure == "none" or reg is None:
+        expo_t, expo = None, None
+    elif disease.exposure == "daily_auc":
+        expo_t, expo = _daily_auc(times_h, conc)
+    else:
+        expo_t, expo = times_h / 24.0, conc
+    sld = simulate_tumour(
+        disease.model,
+        tumour_params,
+        exposure_times_days=expo_t,
+        exposure=expo,
+        times_days=visits,
+    )
+    return conc, sld
+
+
+def _model_file_pkpd(
+    protocol: TrialProtocol,
+    arm: Arm,
+    cohort: pd.DataFrame,
+    pk_params: dict[str, np.ndarray],
+    times_h: np.ndarray,
+    visits: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A PK-PD model file's concentration (first output) and tumour size (output SLD, mm).
+
+    One solve per patient over the PK grid and the visits together; an untreated arm is the
+    model without doses (its tumour grows from its initial amounts).
+    """
+    from insilico_trials.sim.pk.regimen import simulate_regimen_outputs
+
+    model = protocol.pk_model()
+    reg = arm.regimen
+    visit_h = visits * 24.0
+    grid = np.union1d(times_h, visit_h)
+    dosing = (
+        {"dose_mg": dose_amounts_mg(arm, cohort), "interval_h": reg.interval_h,
+         "n_doses": reg.n_doses, "route": reg.route, "infusion_h": reg.infusion_h}
+        if reg is not None
+        else {"dose_mg": 0.0, "interval_h": 24.0, "n_doses": 0}
+    )  # fmt: skip
+    out = simulate_regimen_outputs(model, pk_params, times_h=grid, **dosing)  # type: ignore[arg-type]
+    first = model.outputs[0][0]  # type: ignore[union-attr]
+    conc = _model_file_concentration(protocol, out[first][:, np.searchsorted(grid, times_h)],
+                                     times_h)  # fmt: skip
+    sld = out["SLD"][:, np.searchsorted(grid, visit_h)]
+    bad = ~np.isfinite(sld) | (sld < -1e-6 * max(float(np.nanmax(np.abs(sld), initial=0)), 1e-9))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise PKInputError(
+            f"disease.model {protocol.disease.model}: output SLD is {sld[i, j]:.3g} mm for a "
+            f"patient at day {visits[j]:g}; a tumour size must be finite and >= 0"
+        )
+    return conc, np.maximum(sld, 0.0)
+
+
 def _model_file_concentration(
     protocol: TrialProtocol, conc: np.ndarray, times_h: np.ndarray
 ) -> np.ndarray:
@@ -326,6 +384,8 @@ def _pk_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
 def _tumour_parameter_names(protocol: TrialProtocol) -> tuple[str, ...]:
     from insilico_trials.sim.tumour import TUMOUR_MODELS
 
+    if protocol.disease.is_file:
+        return ()  # the model file's inputs are the PK parameters
     model = TUMOUR_MODELS[protocol.disease.model]
     declared = protocol.population.parameters
     return tuple(model.required) + tuple(p for p in model.optional if p in declared)

@@ -66,6 +66,7 @@ from insilico_trials.spec.modelfile import (
     ModelFileError,
     UserModel,
     is_model_path,
+    library_path,
     load_model_file,
     protocol_model_path_problem,
 )
@@ -164,8 +165,9 @@ class Arm(_Spec):
 
 class PKSection(_Spec):
     model: str = Field(
-        description="a built-in model (pk1cmt, pk2cmt, pk3cmt, pk1cmt_mm) or a model file's "
-        "path relative to the protocol's folder (insilico_trials.spec.modelfile)",
+        description="a built-in model (pk1cmt, pk2cmt, pk3cmt, pk1cmt_mm), a model file's "
+        "path relative to the protocol's folder (insilico_trials.spec.modelfile), or "
+        "library/NAME.yaml for a shipped model file",
         max_length=200,
     )
     output_interval_h: PositiveFloat = Field(default=1.0, description="concentration grid, hours")
@@ -194,9 +196,18 @@ class PKSection(_Spec):
 
 
 class Disease(_Spec):
-    """Tumour or marker model; ``zhang2017`` is the prostate-cancer evolutionary model (PSA)."""
+    """Tumour or marker model; ``zhang2017`` is the prostate-cancer evolutionary model (PSA).
 
-    model: Literal["exponential", "logistic", "gompertz", "claret", "stein", "zhang2017"]
+    ``model`` may also be a model file (the same file as ``pk.model``): its ODEs hold the drug's
+    PK and the tumour together (the PK-PD link is inside the file) and its output ``SLD`` is the
+    tumour size in mm at the visits; ``exposure`` is then not used.
+    """
+
+    model: str = Field(
+        description="exponential, logistic, gompertz, claret, stein, zhang2017, or the path of "
+        "the model file pk.model names",
+        max_length=200,
+    )
     exposure: Literal["concentration", "daily_auc", "none"] = Field(
         default="daily_auc", description="what drives the drug effect"
     )
@@ -204,6 +215,26 @@ class Disease(_Spec):
     progression: Literal["nadir", "baseline"] = Field(
         default="nadir", description="zhang2017 PSA progression rule (see tumour.simulate_zhang)"
     )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in TUMOUR_MODELS:
+            return v
+        if not is_model_path(v):
+            raise ValueError(
+                f"unknown disease model {v!r}; use one of {', '.join(TUMOUR_MODELS)} "
+                "or the path of a model file (.yaml) with an SLD output"
+            )
+        problem = protocol_model_path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @property
+    def is_file(self) -> bool:
+        """True when the disease model is a model file."""
+        return self.model not in TUMOUR_MODELS
 
 
 class SurvivalLink(_Spec):
@@ -496,12 +527,23 @@ class TrialProtocol(_Spec):
         if self.pk is None or not self.pk.is_file:
             return []
         path = folder / self.pk.model
+        shipped = library_path(self.pk.model.removeprefix("library/")[: -len(".yaml")])
+        if not path.exists() and self.pk.model.startswith("library/") and shipped is not None:
+            path = shipped  # a shipped model file; the archive keeps it beside the protocol
         try:
             model = load_model_file(path)
         except ModelFileError as exc:
             return [(("pk", "model"), self.pk.model, f"model file refused: {exc}")]
         self.__pydantic_private__["_pk_file"] = model
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.disease.is_file and self.disease.model == self.pk.model:
+            names = [name for name, _ in model.outputs]
+            if "SLD" not in names:
+                problems.append(
+                    (("disease", "model"), self.disease.model,
+                     f"model {model.name} has no output SLD (the tumour size in mm at the "
+                     f"visits); its outputs: {', '.join(names)}")
+                )  # fmt: skip
         pop = self.population
         derived = {d if isinstance(d, str) else d.name for d in (pop.derived or [])}
         for spec in model.inputs:
@@ -588,8 +630,18 @@ class TrialProtocol(_Spec):
                         f"model {self.pk.model} needs parameter {name} in population.parameters",
                     )
                 )
+        if self.disease.is_file and (self.pk is None or self.pk.model != self.disease.model):
+            errors.append(
+                (
+                    ("disease", "model"),
+                    self.disease.model,
+                    "a disease model file holds the drug's PK too (the PK-PD link is inside "
+                    "the file): name the same file in pk.model",
+                )
+            )
         # zhang2017 draws each patient's competition matrix itself (simulate_zhang_trial).
-        for name in () if zhang else TUMOUR_MODELS[self.disease.model].required:
+        skip = zhang or self.disease.is_file
+        for name in () if skip else TUMOUR_MODELS[self.disease.model].required:
             if name not in declared:
                 errors.append(
                     (

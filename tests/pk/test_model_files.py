@@ -36,7 +36,15 @@ from test_nonmem_parity import (
     _time_varying,
 )
 
-LIBRARY = ("pk1cmt", "pk2cmt", "pk3cmt", "pk1cmt_mm", "pk1cmt_idr1", "pk1cmt_friberg")
+LIBRARY = (
+    "pk1cmt",
+    "pk2cmt",
+    "pk3cmt",
+    "pk1cmt_mm",
+    "pk1cmt_idr1",
+    "pk1cmt_friberg",
+    "pk1cmt_claret",
+)
 
 
 @pytest.mark.parametrize("name", LIBRARY)

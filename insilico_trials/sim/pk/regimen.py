@@ -19,7 +19,7 @@ from insilico_trials.sim.pk.modelkernel import kernel_for
 from insilico_trials.sim.pk.ode import ODE_ATOL, ODE_RTOL, integrate_segments
 from insilico_trials.spec.modelfile import UserModel
 
-__all__ = ["ROUTES", "simulate_regimen"]
+__all__ = ["ROUTES", "simulate_regimen", "simulate_regimen_outputs"]
 
 ROUTES = ("oral", "iv_bolus", "iv_infusion")
 
@@ -112,6 +112,22 @@ def simulate_regimen(
     numpy.ndarray
         Shape (n, m): central concentration (mg/L).
     """
+    spec, arrays, _, dose, timeline, times = _prepare(
+        model, params, dose_mg, interval_h, n_doses, route, infusion_h, times_h, start_h, method
+    )
+    if isinstance(spec, UserModel):
+        outputs = _user_regimen(spec, arrays, dose, route, timeline, times)
+        return outputs[spec.outputs[0][0]]
+    cmt = 0 if route == "oral" else spec.central
+    volume = arrays[spec.volume]
+    if spec.linear and method == "exact":
+        return _central_linear(spec, arrays, dose, cmt, timeline, times, volume)
+    return _central_ode(spec, arrays, dose, cmt, timeline, times) / volume[:, None]
+
+
+def _prepare(model, params, dose_mg, interval_h, n_doses, route, infusion_h, times_h, start_h,
+             method):  # fmt: skip
+    """Checked inputs of a regular regimen: (spec, arrays, n, dose, timeline, times)."""
     spec = resolve_model(model) if isinstance(model, str) else model
     arrays, n = _check_params(spec, params)
     if route not in ROUTES:
@@ -142,13 +158,31 @@ def simulate_regimen(
         start_h=float(start_h),
         infusion_h=infusion_h if route == "iv_infusion" else None,
     )
-    if isinstance(spec, UserModel):
-        return _user_regimen(spec, arrays, dose, route, timeline, times)
-    cmt = 0 if route == "oral" else spec.central
-    volume = arrays[spec.volume]
-    if spec.linear and method == "exact":
-        return _central_linear(spec, arrays, dose, cmt, timeline, times, volume)
-    return _central_ode(spec, arrays, dose, cmt, timeline, times) / volume[:, None]
+    return spec, arrays, n, dose, timeline, times
+
+
+def simulate_regimen_outputs(
+    model: str | UserModel,
+    params: Mapping[str, np.ndarray],
+    *,
+    dose_mg: float | np.ndarray,
+    interval_h: float,
+    n_doses: int,
+    route: str = "oral",
+    infusion_h: float | None = None,
+    times_h: np.ndarray,
+    start_h: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Every output of a model file under a regular regimen: ``{name: (n, m)}``.
+
+    The arguments are those of :func:`simulate_regimen`, which returns the first output only.
+    """
+    spec, arrays, _, dose, timeline, times = _prepare(
+        model, params, dose_mg, interval_h, n_doses, route, infusion_h, times_h, start_h, "exact"
+    )
+    if not isinstance(spec, UserModel):
+        raise PKInputError(f"model {spec.name} is built in; its one output is simulate_regimen's")
+    return _user_regimen(spec, arrays, dose, route, timeline, times)
 
 
 class _Timeline:
@@ -323,8 +357,8 @@ def _central_ode(spec, arrays, dose, cmt, tl: _Timeline, times) -> np.ndarray:
 
 def _user_regimen(
     spec: UserModel, arrays, dose: np.ndarray, route: str, tl: _Timeline, times: np.ndarray
-) -> np.ndarray:
-    """A model file's first output under the shared timeline, all patients in one kernel call."""
+) -> dict[str, np.ndarray]:
+    """A model file's outputs under the shared timeline, all patients in one kernel call."""
     key = "oral" if route == "oral" else "iv"
     if key not in spec.routes:
         raise PKInputError(
@@ -356,9 +390,11 @@ def _user_regimen(
     states = kernel_for(spec).population(
         individual, points, bolus, rates, times[order], spec.initial_amounts(individual)
     )
-    first = spec.outputs[0][0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        conc = spec.evaluate_outputs(states, individual[:, None, :])[first]
-    out = np.empty((n, times.size))
-    out[:, order] = conc
-    return out
+        values = spec.evaluate_outputs(states, individual[:, None, :])
+    result = {}
+    for name, value in values.items():
+        out = np.empty((n, times.size))
+        out[:, order] = value
+        result[name] = out
+    return result
