@@ -39,6 +39,17 @@ __all__ = [
 ]
 
 
+def _revalidated(protocol: TrialProtocol, data: dict[str, Any]) -> TrialProtocol:
+    """``data`` validated as a protocol; a model file read for ``protocol`` stays attached
+    while the new protocol names the same file (the folder it came from is not known here)."""
+    new = TrialProtocol.model_validate(data)
+    old = protocol.__pydantic_private__.get("_pk_file") if protocol.__pydantic_private__ else None
+    if old is not None and new.pk is not None and protocol.pk is not None:
+        if new.pk.model == protocol.pk.model:
+            new.__pydantic_private__["_pk_file"] = old
+    return new
+
+
 def with_changes(protocol: TrialProtocol, **sections: Any) -> TrialProtocol:
     """``protocol`` with whole sections or fields replaced, validated again.
 
@@ -46,7 +57,7 @@ def with_changes(protocol: TrialProtocol, **sections: Any) -> TrialProtocol:
     """
     data = protocol.model_dump(mode="json")
     data.update(sections)
-    return TrialProtocol.model_validate(data)
+    return _revalidated(protocol, data)
 
 
 def _path(dotted: str) -> list[str | int]:
@@ -73,7 +84,7 @@ def with_fields(protocol: TrialProtocol, changes: dict[str, Any]) -> TrialProtoc
         for key in parents:
             node = node[key]
         node[leaf] = value
-    return TrialProtocol.model_validate(data)
+    return _revalidated(protocol, data)
 
 
 def _with(protocol: TrialProtocol, path: tuple[str | int, ...], value: Any) -> TrialProtocol:
@@ -85,7 +96,7 @@ def with_arm_sizes(protocol: TrialProtocol, n: int | dict[str, int]) -> TrialPro
     data = protocol.model_dump(mode="json")
     for arm in data["arms"]:
         arm["n"] = n if isinstance(n, int) else n.get(arm["name"], arm["n"])
-    return TrialProtocol.model_validate(data)
+    return _revalidated(protocol, data)
 
 
 def with_mcmc(
@@ -100,7 +111,7 @@ def with_typical_values(protocol: TrialProtocol, values: dict[str, float]) -> Tr
     data = protocol.model_dump(mode="json")
     for name, value in values.items():
         data["population"]["parameters"][name]["typical"] = value
-    return TrialProtocol.model_validate(data)
+    return _revalidated(protocol, data)
 
 
 def write_protocol(protocol: TrialProtocol, path: str | Path) -> Path:

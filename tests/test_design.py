@@ -342,10 +342,10 @@ def test_design_bad_input_writes_nothing_and_validate_agrees(tmp_path, capsys):
 def test_flow_identical_for_any_worker_count(prefect_api, plan):
     from insilico_trials.adapters.prefect_dask import PrefectDask
 
-    one = design_trial(plan, replicates=200, batch_size=200, executor=PrefectDask(workers=1))
-    two = design_trial(plan, replicates=200, batch_size=45, executor=PrefectDask(workers=2))
+    one = design_trial(plan, replicates=400, batch_size=400, executor=PrefectDask(workers=1))
+    two = design_trial(plan, replicates=400, batch_size=90, executor=PrefectDask(workers=2))
     assert one.run_id and two.run_id != one.run_id  # recorded as Prefect flow runs
-    serial = simulate_design(plan, replicates=200)
+    serial = simulate_design(plan, replicates=400)
     for s in plan.scenarios:
         for m in plan.methods:
             for k in ("success", "n", "estimate", "prob"):

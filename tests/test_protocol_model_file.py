@@ -32,6 +32,16 @@ def _with_model_file(tmp_path: Path, *, n: int = 6) -> tuple[Path, Path]:
     return builtin, path
 
 
+def _no_sobol(path: Path) -> Path:
+    """The protocol without its Sobol stage (these tests are about the PK and tumour)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["sensitivity"] = {"sobol": False}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def test_protocol_loads_its_model_file_and_hashes_its_content(tmp_path: Path) -> None:
     _, path = _with_model_file(tmp_path)
     protocol = load_protocol(path)
@@ -91,9 +101,9 @@ def test_run_with_a_model_file_matches_the_built_in_model_and_archives_the_file(
     tmp_path: Path,
 ) -> None:
     builtin_path, path = _with_model_file(tmp_path)
-    protocol = load_protocol(path)
+    protocol = load_protocol(_no_sobol(path))
     ours = run_trial(protocol, fit=mock_fit)
-    ref = run_trial(load_protocol(builtin_path), fit=mock_fit)
+    ref = run_trial(load_protocol(_no_sobol(builtin_path)), fit=mock_fit)
     # the ODE solution (rtol 1e-8) against the exact one, through exposure to the tumour model
     for column in ("auc_first_mg_h_l", "cmax_first_mg_l", "auc_last_mg_h_l", "ctrough_last_mg_l"):
         a = np.concatenate([p[column].to_numpy() for p in ours.tables.parts("exposure")])
@@ -131,6 +141,7 @@ def _pkpd_protocol(tmp_path: Path, *, interval_h: float = 2.0, file: bool = True
     kd["typical"] = kd["typical"] * 24.0
     kd["unit"] = "1/week per mg/L"
     data["pk"]["output_interval_h"] = interval_h
+    data["sensitivity"] = {"sobol": False}
     if file:
         data["pk"]["model"] = data["disease"]["model"] = "models/pk1cmt_claret.yaml"
     else:
@@ -183,3 +194,24 @@ def test_pkpd_model_file_drives_the_tumour_like_the_built_in_pipeline(tmp_path: 
     growth = ours.pivot_table(index=["arm", "patient"], columns="visit_day", values="sld_mm")
     ratio = (growth.iloc[:, -1] / growth.iloc[:, 0]).groupby(level="arm").mean()
     assert ratio["tki200"] < ratio["control"] - 0.1, ratio
+
+
+def test_routes_and_transforms(tmp_path: Path) -> None:
+    from insilico_trials.testing import with_arm_sizes
+
+    _, path = _with_model_file(tmp_path)
+    protocol = load_protocol(path)
+    # test transforms keep the file read for the protocol
+    assert with_arm_sizes(protocol, 3).pk_model() is protocol.pk_model()
+    # an iv arm needs an iv route in the file
+    path.write_text(path.read_text().replace("route: oral", "route: iv_bolus"))
+    with pytest.raises(ProtocolError, match=r"arms\[1\]\.regimen\.route.*no iv route"):
+        load_protocol(path)
+
+
+def test_sobol_stage_varies_the_files_uncertain_parameters(tmp_path: Path) -> None:
+    from insilico_trials.infer.sensitivity import _uncertain_parameters
+
+    protocol = load_protocol(_pkpd_protocol(tmp_path))
+    # the file's inputs with a stated uncertainty_rse, then clearance
+    assert _uncertain_parameters(protocol) == ["KL", "KD", "LAMBDA", "CL"]

@@ -67,7 +67,7 @@ import numpy as np
 
 from insilico_trials.errors import InputError
 from insilico_trials.spec.population import Expression, ExpressionError
-from insilico_trials.spec.yamlmap import LineMap, load_yaml_with_lines
+from insilico_trials.spec.yamlmap import LineMap, YamlLoadError, load_yaml_with_lines
 
 __all__ = [
     "DOSE_ATTRIBUTES",
@@ -212,6 +212,7 @@ class UserModel:
 
     def _expr(self, key: str, text: str, names: tuple[str, ...]) -> Expression:
         cache = self._compiled
+        key = f"{key}\n{text}\n{','.join(names)}"  # a replaced field never reads a stale entry
         if key not in cache:
             cache[key] = Expression(text, dict.fromkeys(names))
         return cache[key]
@@ -282,7 +283,7 @@ def protocol_model_path_problem(name: str) -> str | None:
     A protocol names its model file relative to its own folder, inside it, so that the run
     archive can carry the file at the same place (no absolute paths, no ``..``).
     """
-    reserved = name == "protocol.yaml" or name.startswith("updates/")
+    reserved = name == "protocol.yaml" or name.startswith(("updates/", "design/", "verification/"))
     if (
         reserved
         or not _SAFE_PATH.match(name)
@@ -291,7 +292,7 @@ def protocol_model_path_problem(name: str) -> str | None:
         return (
             "a model file is named by a path relative to the protocol's folder, inside it "
             "(letters, digits, _ . - and /; ending .yaml; no '..' or absolute paths; not "
-            "protocol.yaml or updates/, which the run archive uses), "
+            "protocol.yaml, updates/, design/ or verification/, which the run archive uses), "
             "or a built-in model: pk1cmt, pk2cmt, pk3cmt, pk1cmt_mm"
         )
     return None
@@ -320,12 +321,19 @@ def load_model_file(path: str | Path) -> UserModel:
         raise ModelFileError(f"{path}: a folder, not a model file", where=str(path)) from None
     except UnicodeDecodeError:
         raise ModelFileError(f"{path}: not UTF-8 text", where=str(path)) from None
+    except OSError as exc:
+        raise ModelFileError(
+            f"{path}: cannot read the model file ({exc.strerror or exc})", where=str(path)
+        ) from None
     return parse_model_text(text, source=str(path))
 
 
 def parse_model_text(text: str, *, source: str = "model.yaml") -> UserModel:
     """Validate the text of a model file (see the module docstring for the format)."""
-    data, lines = load_yaml_with_lines(source, text)
+    try:
+        data, lines = load_yaml_with_lines(source, text)
+    except YamlLoadError as exc:
+        raise ModelFileError(str(exc), where=f"{exc.file}:{exc.line}") from None
     return _Parser(source, lines).parse(data, text)
 
 
@@ -431,6 +439,11 @@ class _Parser:
         out_taken = dict(taken)
         for key, expr in self.mapping(data["outputs"], ("outputs",)).items():
             self.name(key, ("outputs", key), out_taken, "output")
+            if re.fullmatch(r"A\d+", str(key)):
+                raise self.fail(
+                    ("outputs", key),
+                    f"{key!r} is reserved for the compartment amounts (A1..An) in results",
+                )
             outputs.append((key, self.expression(expr, ("outputs", key), all_names)))
         dosing: dict[int, dict[str, str]] = {}
         for key, attrs in self.mapping(data.get("dosing"), ("dosing",), required=False).items():
@@ -502,6 +515,12 @@ class _Parser:
     def parameter(self, section: str, key: Any, spec: Any, taken: dict) -> ParameterSpec:
         path = (section, key)
         self.name(key, path, taken, section[:-1])
+        if key != key.upper():
+            raise self.fail(
+                path,
+                f"{key!r}: a {section[:-1]} is a data-set column, and columns are matched in "
+                f"upper case; write {key.upper()}",
+            )
         if isinstance(spec, str):
             spec = {"unit": spec}
         spec = self.mapping(spec, path)

@@ -99,16 +99,27 @@ def read_ext_estimates(path: str | Path) -> dict[int, float]:
     path = Path(path)
     names: list[str] = []
     final: dict[int, float] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise NonmemImportError(
+            f"{path}: cannot read the .ext file ({exc.strerror or exc})", where=str(path)
+        ) from None
+    for number, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if parts[:1] == ["ITERATION"]:
             names = parts
         elif parts[:1] == ["-1000000000"] and names:
-            final = {
-                int(n[5:]): float(v)
-                for n, v in zip(names, parts, strict=False)
-                if n.startswith("THETA")
-            }
+            try:
+                final = {
+                    int(n[5:]): float(v)
+                    for n, v in zip(names, parts, strict=False)
+                    if n.startswith("THETA")
+                }
+            except ValueError:
+                raise NonmemImportError(
+                    f"{path}:{number}: the final-estimate row is not numbers: {line.strip()!r}"
+                ) from None
     if not final:
         raise NonmemImportError(f"{path}: no final estimates (ITERATION -1000000000) found")
     return final
@@ -149,14 +160,22 @@ def _has(stream: _Stream, *prefixes: str) -> int | None:
 
 def _thetas(stream: _Stream) -> dict[int, float]:
     text = " ".join(t for _, t in _record(stream, "$THE"))
-    text = re.sub(r"\bFIX(ED)?\b", " ", text.upper())
+    text = re.sub(r"\b(FIX(ED)?|UNINT)\b", " ", text.upper())
     items = re.findall(r"\([^)]*\)|[^\s(),]+", text)
     out = {}
     for i, item in enumerate(items, 1):
         values = [v for v in re.split(r"[,\s]+", item.strip("()")) if v]
         if not values:
             continue
-        numbers = [float(v.replace("D", "E")) if v not in ("INF", "-INF") else None for v in values]
+        try:
+            numbers = [
+                float(v.replace("D", "E")) if v not in ("INF", "-INF") else None for v in values
+            ]
+        except ValueError:
+            raise NonmemImportError(
+                f"{stream.source}: $THETA {i}: {item!r} is not (low, init, high), (low, init), "
+                "init or init FIX"
+            ) from None
         init = numbers[1] if len(numbers) >= 2 else numbers[0]
         if init is None:
             raise NonmemImportError(f"{stream.source}: $THETA {i}: no initial estimate in {item}")
@@ -174,6 +193,7 @@ def _fortran(text: str) -> str:
     s = re.sub(r"\bEPS\((\d+)\)", r"EPS\1", s)
     s = re.sub(r"\bERR\((\d+)\)", r"EPS\1", s)
     s = re.sub(r"\bDADT\((\d+)\)", r"DADT\1", s)
+    s = re.sub(r"\bA_0\((\d+)\)", r"A_0__\1", s)
     s = re.sub(r"\bA\((\d+)\)", r"A__\1", s)
     for name, fn in _FUNCS.items():
         s = re.sub(rf"\b{name}\s*\(", f"{fn}(", s)
@@ -189,12 +209,19 @@ def _parse(stream: _Stream, line: int, text: str) -> ast.expr:
 
 def _statements(stream: _Stream, lines: list[tuple[int, str]]) -> list[_Statement]:
     out: list[_Statement] = []
-    guards: list[tuple[ast.expr, bool]] = []  # (condition, in ELSE branch)
+    # one entry per open IF block: the conditions of its branches so far, and whether the
+    # current branch is the ELSE (taken when none of them holds)
+    blocks: list[tuple[list[ast.expr], bool]] = []
+
+    def branch(conds: list[ast.expr], is_else: bool) -> ast.expr:
+        earlier = conds if is_else else conds[:-1]
+        parts: list[ast.expr] = [ast.UnaryOp(ast.Not(), c) for c in earlier]
+        if not is_else:
+            parts.append(conds[-1])
+        return parts[0] if len(parts) == 1 else ast.BoolOp(ast.And(), parts)
 
     def guard() -> ast.expr | None:
-        conds = []
-        for cond, negated in guards:
-            conds.append(ast.UnaryOp(ast.Not(), cond) if negated else cond)
+        conds = [branch(c, e) for c, e in blocks]
         if not conds:
             return None
         return conds[0] if len(conds) == 1 else ast.BoolOp(ast.And(), conds)
@@ -203,26 +230,23 @@ def _statements(stream: _Stream, lines: list[tuple[int, str]]) -> list[_Statemen
         upper = text.upper().strip()
         m = re.match(r"^IF\s*\((.*)\)\s*THEN$", upper)
         if m:
-            guards.append((_parse(stream, number, m.group(1)), False))
+            blocks.append(([_parse(stream, number, m.group(1))], False))
             continue
         m = re.match(r"^ELSE\s*IF\s*\((.*)\)\s*THEN$", upper)
         if m:
-            if not guards:
-                raise stream.fail(number, "ELSE IF without IF")
-            prev, _ = guards.pop()
-            cond = _parse(stream, number, m.group(1))
-            guards.append((ast.BoolOp(ast.And(), [ast.UnaryOp(ast.Not(), prev), cond]), False))
+            if not blocks or blocks[-1][1]:
+                raise stream.fail(number, "ELSE IF without IF (or after ELSE)")
+            blocks[-1][0].append(_parse(stream, number, m.group(1)))
             continue
         if upper == "ELSE":
-            if not guards:
-                raise stream.fail(number, "ELSE without IF")
-            cond, _ = guards.pop()
-            guards.append((cond, True))
+            if not blocks or blocks[-1][1]:
+                raise stream.fail(number, "ELSE without IF (or a second ELSE)")
+            blocks[-1] = (blocks[-1][0], True)
             continue
         if upper in ("ENDIF", "END IF"):
-            if not guards:
+            if not blocks:
                 raise stream.fail(number, "ENDIF without IF")
-            guards.pop()
+            blocks.pop()
             continue
         cond = None
         m = re.match(r"^IF\s*\((.*?)\)\s*([A-Z_][A-Z0-9_]*(\(\d+\))?\s*=[^=].*)$", upper)
@@ -238,7 +262,7 @@ def _statements(stream: _Stream, lines: list[tuple[int, str]]) -> list[_Statemen
         if cond is not None:
             g = cond if g is None else ast.BoolOp(ast.And(), [g, cond])
         out.append(_Statement(target, expr, number, g))
-    if guards:
+    if blocks:
         raise stream.fail(lines[-1][0] if lines else 1, "IF ... THEN without ENDIF")
     return out
 
@@ -263,6 +287,14 @@ def _substitute(node: ast.expr, table: dict[str, ast.expr]) -> ast.expr:
     import copy
 
     return _Sub(table).visit(copy.deepcopy(node))
+
+
+def _number(value: float) -> ast.expr:
+    """A constant that keeps its sign as a power's base: -2 is ``(-2.0)``, not ``-2.0``."""
+    value = float(value)
+    if value < 0 or (value == 0 and str(value).startswith("-")):
+        return ast.UnaryOp(ast.USub(), ast.Constant(-value))
+    return ast.Constant(value)
 
 
 def _guarded(stmt: _Statement, previous: ast.expr) -> ast.expr:
@@ -309,6 +341,10 @@ def import_control_stream(
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise NonmemImportError(f"{path}: file not found", where=str(path)) from None
+    except OSError as exc:
+        raise NonmemImportError(
+            f"{path}: cannot read the control stream ({exc.strerror or exc})", where=str(path)
+        ) from None
     if etas not in ("inputs", "zero"):
         raise NonmemImportError(f"etas must be 'inputs' or 'zero', got {etas!r}")
     stream = _split_records(text, str(path))
@@ -320,6 +356,7 @@ def import_control_stream(
     if not m:
         raise stream.fail(_has(stream, "$SUB") or 1, "no $SUBROUTINE ADVANn")
     advan = int(m.group(1))
+    defdose = 1
     tm = re.search(r"TRANS(\d+)", sub)
     trans = int(tm.group(1)) if tm else 1
     thetas = {
@@ -343,6 +380,8 @@ def import_control_stream(
                 cmts.append(words[0])
                 if "DEFOBSERVATION" in words or "DEFOBS" in words:
                     defobs = len(cmts)
+                if "DEFDOSE" in words:
+                    defdose = len(cmts)
         if not cmts:
             raise stream.fail(_has(stream, "$MOD") or 1, "ADVAN6/13 needs $MODEL COMP=(...)")
         obs = defobs or 1
@@ -370,7 +409,7 @@ def import_control_stream(
     current: dict[str, str] = {}
     counts: dict[str, int] = {}
     tainted: dict[str, int] = {}  # names that read data items, with the line
-    theta_table = {f"THETA{k}": ast.Constant(float(v)) for k, v in thetas.items()}
+    theta_table = {f"THETA{k}": _number(v) for k, v in thetas.items()}
     eta_table = {}
     if etas == "zero":
         eta_table = {
@@ -433,6 +472,16 @@ def import_control_stream(
             dosing.setdefault(cmts[int(m.group(2)) - 1], {})[m.group(1)] = ast.Name(
                 name_, ast.Load()
             )
+    initial: dict[str, ast.expr] = {}
+    for var, name_ in current.items():
+        m = re.fullmatch(r"A_0__(\d+)", var)
+        if m:
+            k = int(m.group(1))
+            if not 1 <= k <= len(cmts):
+                raise NonmemImportError(
+                    f"{path}: A_0({k}) but the model has {len(cmts)} compartments"
+                )
+            initial[cmts[k - 1]] = ast.Name(name_, ast.Load())
     obs_name = cmts[obs - 1]
     scale = current.get(f"S{obs}")
     f_expr: ast.expr = ast.Name(obs_name, ast.Load())
@@ -462,6 +511,7 @@ def import_control_stream(
     needed: set[str] = set()
     roots: list[ast.expr] = [*odes_src.values(), *(e for _, e in outputs)]
     roots += [e for attrs in dosing.values() for e in attrs.values()]
+    roots += list(initial.values())
     for e in roots:
         needed |= _names(e)
     by_name = {n: (e, line) for n, e, line in derived}
@@ -506,6 +556,8 @@ def import_control_stream(
         odes_src,
         outputs,
         dosing,
+        initial,
+        cmts[defdose - 1],
     )
 
 
@@ -527,18 +579,24 @@ def _write(
     odes: dict[str, ast.expr],
     outputs: list[tuple[str, ast.expr]],
     dosing: dict[str, dict[str, ast.expr]],
+    initial: dict[str, ast.expr],
+    oral: str,
 ) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:32]
     if not re.match(r"^[A-Za-z]", name):
-        name = f"m_{name}"
+        name = f"m_{name}"[:32]
+    # file names go into comments and a quoted string only, reduced to safe characters
+    src = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.name)
+    ext_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(ext).name) if ext else ""
     lines = [
-        f"# Imported from the NONMEM control stream {path.name} (ADVAN{advan}"
+        f"# Imported from the NONMEM control stream {src} (ADVAN{advan}"
         + (f" TRANS{trans}" if advan not in (6, 13) else "")
         + ") by insilico-trials pk import.",
         "# THETAs are constants ("
-        + (f"final estimates of {Path(ext).name}" if ext else "$THETA initial estimates")
+        + (f"final estimates of {ext_name}" if ext else "$THETA initial estimates")
         + "); ETAs are parameters; units are NONMEM's (none declared): check them.",
         f"model: {name}",
-        f"description: imported from {path.name}",
+        f"description: 'imported from {src}'",
     ]
     params = list(etas)
     if params:
@@ -559,6 +617,11 @@ def _write(
     lines += [f"  {c}: {_yaml_str(odes[c])}" for c in cmts]
     lines.append("outputs:")
     lines += [f"  {n}: {_yaml_str(e)}" for n, e in outputs]
+    if initial:
+        lines.append("initial:")
+        lines += [f"  {c}: {_yaml_str(e)}" for c, e in initial.items()]
+    if oral != cmts[0]:
+        lines.append(f"routes: {{oral: {oral}}}")
     if dosing:
         lines.append("dosing:")
         for c, attrs in dosing.items():

@@ -296,6 +296,12 @@ class Expression:
 
     def _literal(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Constant) and not isinstance(node.value, bool | bytes | None):
+            if isinstance(node.value, int | float):
+                try:
+                    if not math.isfinite(float(node.value)):
+                        raise self._fail(node, "numbers must be finite")
+                except OverflowError:
+                    raise self._fail(node, "number too large") from None
             return node.value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             v = self._literal(node.operand)

@@ -536,6 +536,27 @@ class TrialProtocol(_Spec):
             return [(("pk", "model"), self.pk.model, f"model file refused: {exc}")]
         self.__pydantic_private__["_pk_file"] = model
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        for i, arm in enumerate(self.arms):
+            reg = arm.regimen
+            if reg is None:
+                continue
+            route = "oral" if reg.route == "oral" else "iv"
+            if route not in model.routes:
+                problems.append(
+                    (("arms", i, "regimen", "route"), reg.route,
+                     f"model {model.name} has no {route} route; add routes: {{{route}: "
+                     "COMPARTMENT}} to the model file")
+                )  # fmt: skip
+                continue
+            dosed = model.routes[route]
+            lagged = sorted(set(model.dosing.get(dosed, {})) & {"ALAG", "R", "D"})
+            if lagged:
+                problems.append(
+                    (("pk", "model"), self.pk.model,
+                     f"model {model.name} sets {', '.join(lagged)} on the dosed compartment "
+                     f"{model.compartments[dosed]}; a protocol's regular regimen takes F only "
+                     "(event records with pk simulate take all four)")
+                )  # fmt: skip
         if self.disease.is_file and self.disease.model == self.pk.model:
             names = [name for name, _ in model.outputs]
             if "SLD" not in names:
@@ -944,7 +965,15 @@ def load_protocol(path: str | Path) -> TrialProtocol:
     if problems:
         raise ProtocolError(
             [
-                ProtocolIssue(file, lines.line_of(loc), ".".join(map(str, loc)), message, value)
+                ProtocolIssue(
+                    file,
+                    lines.line_of(loc),
+                    ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(
+                        ".[", "["
+                    ),
+                    message,
+                    value,
+                )
                 for loc, value, message in problems
             ]
         )

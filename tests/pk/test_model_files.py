@@ -22,9 +22,10 @@ import pytest
 from scipy.linalg import expm
 
 from insilico_trials.app.cli import main
+from insilico_trials.errors import PKInputError
 from insilico_trials.models.pk import resolve_model
 from insilico_trials.sim.pk import simulate_records, simulate_regimen
-from insilico_trials.sim.pk.pd import friberg, indirect_response
+from insilico_trials.sim.pk.pd import effect_compartment, emax, friberg, indirect_response
 from insilico_trials.spec.modelfile import ModelFileError, library_path, parse_model_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -276,6 +277,29 @@ def test_indirect_response_and_friberg_files_match_the_built_in_pd_models() -> N
     assert np.max(np.abs(ours - ref) / np.abs(ref)) < 1e-4
 
 
+@pytest.mark.slow
+def test_effect_compartment_emax_file_matches_the_built_in_pd_functions() -> None:
+    # effect_compartment is exact for the concentration linear between grid points; its own
+    # error (of the interpolation) is estimated by halving the grid, as above.
+    times = np.arange(0.0, 72.0 + 1e-9, 0.1)
+    conc = simulate_regimen("pk1cmt", _PK, **_REGIMEN, times_h=times)
+    pd_params = {"KE0": np.array([0.3, 1.5]), "E0": np.array([10.0, 5.0]),
+                 "EMAX": np.array([-8.0, 20.0]), "EC50": np.array([1.0, 3.0]),
+                 "HILL": np.array([1.0, 2.5])}  # fmt: skip
+    model = resolve_model(str(library_path("pk1cmt_effect_emax")))
+    ours = simulate_regimen(model, {**_PK, **pd_params}, **_REGIMEN, times_h=times)  # CP
+    np.testing.assert_allclose(ours, conc, rtol=1e-6, atol=1e-9 * conc.max())
+    ce = dataclasses.replace(model, outputs=(("CEFF", "CE"),), _compiled={})
+    ce_ours = simulate_regimen(ce, {**_PK, **pd_params}, **_REGIMEN, times_h=times)
+    ref, ref_err = _pd_reference(effect_compartment, times, conc, ke0=pd_params["KE0"])
+    assert np.all(np.abs(ce_ours - ref) <= 2 * ref_err + 1e-7 * np.abs(ref).max())
+    effect = dataclasses.replace(model, outputs=(("E", model.outputs[2][1]),), _compiled={})
+    e_ours = simulate_regimen(effect, {**_PK, **pd_params}, **_REGIMEN, times_h=times)
+    e_ref = emax(ce_ours, e0=pd_params["E0"][:, None], emax=pd_params["EMAX"][:, None],
+                 ec50=pd_params["EC50"][:, None], hill=pd_params["HILL"][:, None])  # fmt: skip
+    np.testing.assert_allclose(e_ours, e_ref, rtol=1e-12)
+
+
 GOOD = """model: m
 parameters:
   CL: {unit: L/h}
@@ -328,3 +352,45 @@ def test_bad_model_file_through_the_cli_exits_2_and_writes_nothing(tmp_path: Pat
     assert f"{bad}:7" in err and "unknown name 'VC'" in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_generated_module_holds_no_path_text() -> None:
+    # The path is not code: a newline in it must not reach the module that is imported, and
+    # the same model in another folder is the same module.
+    from insilico_trials.sim.pk.modelkernel import generate_source
+
+    a = generate_source(parse_model_text(GOOD, source="/tmp/a\nimport os\n#b.yaml"))
+    b = generate_source(parse_model_text(GOOD, source="elsewhere/m.yaml"))
+    assert a == b
+    assert "import os" not in a
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("CENT: -CL / V * CENT", "CENT: -CL / V * CENT * (CL in (1e999,))", "finite"),
+        (
+            "CENT: -CL / V * CENT",
+            "CENT: -CL / V * CENT * (CL in (" + "9" * 400 + ",))",
+            "too large",
+        ),
+        ("  CL: {unit: L/h}", "  Cl: {unit: L/h}", "write CL"),
+        ("CP: CENT / V", "A1: CENT / V", "reserved for the compartment amounts"),
+        ("model: m", "model: m\nmodel: n", "duplicate key"),
+    ],
+)
+def test_more_bad_model_files(old, new, words) -> None:
+    text = GOOD.replace(old, new)
+    assert text != GOOD
+    with pytest.raises(ModelFileError, match=words):
+        parse_model_text(text, source="bad.yaml")
+
+
+def test_ss2_refused_for_a_file_with_a_baseline() -> None:
+    model = resolve_model(str(library_path("pk1cmt_idr1")))
+    row = {"CL": 2.0, "V": 30.0, "KA": 1.0, "KIN": 10.0, "KOUT": 0.2, "IMAX": 0.5, "IC50": 1.0,
+           "HILL": 1.0}  # fmt: skip
+    data = pd.DataFrame([{"ID": 1, "TIME": 0.0, "AMT": 100.0, "EVID": 1, "SS": 2, "II": 24.0,
+                          **row}])  # fmt: skip
+    with pytest.raises(PKInputError, match="SS=2"):
+        simulate_records(data, model=model)

@@ -139,3 +139,63 @@ def test_pk_import_command_writes_a_model_file(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "$PRED models" in err and "Traceback" not in err
     assert not (tmp_path / "bad.yaml").exists()
+
+
+CHAIN = """$PROBLEM chain
+$INPUT ID TIME AMT RACE DV
+$SUBROUTINE ADVAN13 TOL=6
+$MODEL COMP=(GUT) COMP=(CENT DEFDOSE) COMP=(RESP)
+$PK
+IF (RACE.EQ.1) THEN
+  CL = THETA(1)
+ELSE IF (RACE.EQ.2) THEN
+  CL = 2*THETA(1)
+ELSE
+  CL = 3*THETA(1)
+ENDIF
+P = THETA(2)**2
+V = 10
+KIN = 5
+KOUT = 0.5
+A_0(3) = KIN/KOUT
+$DES
+DADT(1) = 0
+DADT(2) = -CL/V*A(2)
+DADT(3) = KIN - KOUT*A(3)*(1 + P*A(2)/V)
+$ERROR
+IPRED = A(2)/V
+$THETA 1.5 UNINT
+$THETA -2
+"""
+
+
+def test_import_if_chains_negative_thetas_initial_amounts_and_defdose(tmp_path: Path) -> None:
+    src = tmp_path / "chain.ctl"
+    src.write_text(CHAIN)
+    text = import_control_stream(src)
+    model = parse_model_text(text, source="chain.yaml")
+    ind = model.individual({"RACE": np.array([1.0, 2.0, 3.0])})
+    names = model.individual_names
+    cl = [n for n in names if n.startswith("CL")][-1]
+    np.testing.assert_allclose(ind[:, names.index(cl)], [1.5, 3.0, 4.5])  # one branch each
+    p = [n for n in names if n.startswith("P")][-1]
+    np.testing.assert_allclose(ind[:, names.index(p)], 4.0)  # (-2) ** 2, not -(2 ** 2)
+    np.testing.assert_allclose(model.initial_amounts(ind)[:, 2], 10.0)  # A_0(3) = KIN/KOUT
+    assert model.routes["oral"] == 1  # DEFDOSE on CENT
+
+
+def test_import_input_errors_are_clear(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m.yaml"
+    for args, words in (
+        (["--ext", str(tmp_path / "missing.ext")], "cannot read the .ext file"),
+        ([], "cannot read the control stream"),
+    ):
+        control = tmp_path if not args else REF / "pheno_real.mod"
+        code = main(["pk", "import", str(control), "-o", str(out), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, err
+    bad = tmp_path / "bad.mod"
+    bad.write_text((REF / "pheno_real.mod").read_text().replace("(0,0.00469307)", "(0,abc)"))
+    with pytest.raises(NonmemImportError, match=r"\$THETA 1"):
+        import_control_stream(bad)
+    assert not out.exists()

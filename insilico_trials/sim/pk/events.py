@@ -383,9 +383,9 @@ def _user_steady_infusion(dyn: _Dynamics, p: np.ndarray, rate: np.ndarray) -> np
     x = kernel.advance(ind, dyn.initial(p), 1e3, rate)
     for _ in range(60):
         f = kernel.rhs(ind, x, rate)
-        scale = max(float(np.max(np.abs(x))), 1e-12)
-        if np.max(np.abs(f)) <= 1e-13 * scale or np.all(f == 0):
+        if np.all(f == 0):
             return x
+        scale = max(float(np.max(np.abs(x))), 1e-12)
         jac = np.empty((n, n))
         for k in range(n):
             h = 1e-7 * max(abs(x[k]), scale * 1e-3)
@@ -393,9 +393,14 @@ def _user_steady_infusion(dyn: _Dynamics, p: np.ndarray, rate: np.ndarray) -> np
             e[k] += h
             jac[:, k] = (kernel.rhs(ind, e, rate) - f) / h
         try:
-            x = x - np.linalg.solve(jac, f)
+            step = np.linalg.solve(jac, f)
         except np.linalg.LinAlgError:
             break
+        x = x - step
+        # converged when the Newton step is below the model's own tolerances (the residual,
+        # in amount per hour, has no fixed scale when rate constants are large)
+        if np.max(np.abs(step)) <= dyn.ss_tol * scale + dyn.ss_atol:
+            return x
     raise PKInputError(
         f"no steady state found for model {dyn.model.name} under a constant input of "
         f"{rate.tolist()} mg/h"
@@ -549,7 +554,10 @@ def _periodic_fixed_point(
             jac[:, k] = (run(e, ii) - y) / h
         step = np.linalg.solve(jac - np.eye(n_cmt), resid)
         x = np.maximum(x - step, 0.0)  # amounts cannot be negative
-    raise RuntimeError("steady state did not converge in 60 Newton steps")
+    raise PKInputError(
+        f"the steady state of doses every {ii:g} h did not converge in 60 Newton steps (the "
+        "trough amounts may be too small for the solver's tolerance, or no steady state exists)"
+    )
 
 
 def simulate_records(
@@ -651,6 +659,14 @@ def _dose_record(subj: _Subject, dyn: _Dynamics, rec: Records, i: int, t: float)
         dose = _Dose(c, amount, amount / dur, dur)
     ss, ii = int(rec.ss[i]), float(rec.ii[i])
     if ss:
+        if ss == 2 and dyn.user and dyn.model.initial:
+            # SS=2 adds the steady state to the current amounts (superposition); a model file
+            # with initial amounts (a baseline response) would count its baseline twice
+            raise PKInputError(
+                f"record {i + 1} (ID {rec.id[i]:g}, TIME {t:g}): SS=2 adds a steady state to the "
+                f"current amounts, which model {dyn.model.name} cannot do: it has initial "
+                "amounts (a baseline), counted twice by the sum; use SS=1"
+            )
         if ss == 1:
             subj.reset()
         if rec.amt[i] == 0:  # constant-rate infusion at steady state

@@ -36,6 +36,7 @@ from types import ModuleType
 
 import numpy as np
 
+from insilico_trials.errors import PKInputError
 from insilico_trials.spec.modelfile import UserModel
 
 __all__ = ["ModelKernel", "cache_folder", "kernel_for"]
@@ -45,6 +46,7 @@ _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
+_PRIVATE: Path | None = None
 
 
 def _emit(node: ast.AST) -> str:
@@ -125,7 +127,9 @@ def generate_source(model: UserModel) -> str:
     ]
     k = len(model.individual_names)
     lines = [
-        f"# generated from model {model.name!r} ({model.source}, sha256 {model.digest[:16]})",
+        # the name is a validated identifier; the file's path stays out (it is not code, and
+        # the same model in another folder, an archive, must find the same compiled module)
+        f"# generated from model file {model.name} (sha256 {model.digest[:16]})",
         "import math",
         "import numpy as np",
         "from numba import njit",
@@ -206,10 +210,16 @@ def _load(source: str) -> ModuleType:
             return mod
         folder = cache_folder()
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(folder)
         except OSError:
-            folder = Path(tempfile.gettempdir()) / "insilico-trials-models"
-            folder.mkdir(parents=True, exist_ok=True)
+            # a private folder of this process (compiled again next time), never a shared one
+            # that another user could fill with modules to import
+            global _PRIVATE
+            if _PRIVATE is None:
+                _PRIVATE = Path(tempfile.mkdtemp(prefix="insilico-trials-models-"))
+            folder = _PRIVATE
         path = folder / f"model_{digest}.py"
         if not path.is_file() or path.read_text(encoding="utf-8") != source:
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -242,8 +252,31 @@ class ModelKernel:
         self._mod.rhs(np.asarray(x, float), q, np.asarray(rate, float), dx)
         return dx
 
+    def _check_finite(self, individual: np.ndarray, amounts: np.ndarray, who: str) -> None:
+        """Name the first individual parameter or amount that is not a finite number."""
+        bad = ~np.isfinite(np.atleast_2d(individual))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            name = self.model.individual_names[col]
+            value = np.atleast_2d(individual)[row, col]
+            raise PKInputError(
+                f"model {self.model.name}: {name} is {value} for {who}"
+                + (f" {row}" if who == "patient" else "")
+                + "; check the expression that computes it and its inputs"
+            )
+        bad = ~np.isfinite(np.atleast_2d(amounts))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise PKInputError(
+                f"model {self.model.name}: the amount in {self.model.compartments[col]} is "
+                f"{np.atleast_2d(amounts)[row, col]} for {who}"
+                + (f" {row}" if who == "patient" else "")
+                + " (an initial amount or a dose that is not finite)"
+            )
+
     def advance(self, p: np.ndarray, x: np.ndarray, dt: float, rate: np.ndarray) -> np.ndarray:
         """Amounts after ``dt`` h from ``x`` under constant input ``rate`` (one individual)."""
+        self._check_finite(p, x, "a record")
         y = np.array(x, dtype=float)
         status = self._mod.advance(
             y,
@@ -255,7 +288,9 @@ class ModelKernel:
             self.method,
         )
         if status != 0:
-            raise RuntimeError(_failure(self.model, status))
+            raise PKInputError(
+                f"{_failure(self.model, status)} (from amounts {x.tolist()} over {dt:g} h)"
+            )
         return y
 
     def population(
@@ -278,6 +313,7 @@ class ModelKernel:
         n = individual.shape[0]
         if initial is None:
             initial = np.zeros((n, self.model.n_cmt))
+        self._check_finite(individual, initial, "patient")
         out = np.zeros((n, times.size, self.model.n_cmt))
         status = np.zeros(n, dtype=np.int64)
         args = (
@@ -306,7 +342,7 @@ class ModelKernel:
         bad = np.flatnonzero(status)
         if bad.size:
             j = int(bad[0])
-            raise RuntimeError(f"patient {j}: {_failure(self.model, int(status[j]))}")
+            raise PKInputError(f"patient {j}: {_failure(self.model, int(status[j]))}")
         return out
 
 
@@ -332,7 +368,9 @@ def kernel_for(model: UserModel) -> ModelKernel:
     """The model's compiled kernel, built on first use and kept on the model."""
     cache = model._compiled
     kernel = cache.get("kernel")
-    if kernel is None:
+    if kernel is None or kernel.model is not model:
+        # (a dataclasses.replace copy shares the cache dict: never reuse another model's kernel,
+        # whose ODEs or tolerances may differ; the compiled module itself is cached by source)
         kernel = cache["kernel"] = ModelKernel(model)
     return kernel
 

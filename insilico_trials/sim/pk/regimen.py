@@ -379,13 +379,18 @@ def _user_regimen(
     if "F" in attrs:
         amount = amount * spec.dose_attributes(individual)[(cmt, "F")]
     nc, npts = spec.n_cmt, tl.points.size
-    bolus = np.zeros((n, max(npts, 1), nc))
-    rates = np.zeros((n, max(npts, 1), nc))
-    points = tl.points if npts else np.array([0.0])
+    # the model runs from time 0 (or the first output, if earlier): initial amounts that are
+    # not an equilibrium (a growing tumour) evolve before the first dose too
+    t0 = min(0.0, float(times.min())) if times.size else 0.0
+    lead = 1 if npts == 0 or tl.points[0] > t0 else 0
+    k = npts + lead
+    bolus = np.zeros((n, k, nc))
+    rates = np.zeros((n, k, nc))
+    points = np.concatenate([[t0]] * lead + [tl.points])
     if npts:
-        bolus[:, :, cmt] = tl.bolus[None, :] * amount[:, None]
+        bolus[:, lead:, cmt] = tl.bolus[None, :] * amount[:, None]
         if tl.infusion_h is not None:
-            rates[:, :, cmt] = tl.infusing[None, :] * (amount / tl.infusion_h)[:, None]
+            rates[:, lead:, cmt] = tl.infusing[None, :] * (amount / tl.infusion_h)[:, None]
     order = np.argsort(times, kind="stable")
     states = kernel_for(spec).population(
         individual, points, bolus, rates, times[order], spec.initial_amounts(individual)
