@@ -247,22 +247,31 @@ _REGIMEN = {"dose_mg": 200.0, "interval_h": 24.0, "n_doses": 3}
 
 
 @pytest.mark.slow
-def test_indirect_response_and_friberg_files_match_the_built_in_pd_models() -> None:
+@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+def test_indirect_response_files_match_the_built_in_pd_model(kind: int) -> None:
     times = np.arange(0.0, 72.0 + 1e-9, 0.1)
     conc = simulate_regimen("pk1cmt", _PK, **_REGIMEN, times_h=times)
+    drug = "IMAX" if kind in (1, 2) else "EMAX"
+    c50 = "IC50" if kind in (1, 2) else "EC50"
     idr = {"KIN": np.array([10.0, 5.0]), "KOUT": np.array([0.2, 0.1]),
-           "IMAX": np.array([0.9, 0.7]), "IC50": np.array([1.0, 2.0]), "HILL": np.array([1.0, 2.0])}  # fmt: skip
+           drug: np.array([0.9, 0.7]), c50: np.array([1.0, 2.0]), "HILL": np.array([1.0, 2.0])}  # fmt: skip
     model = dataclasses.replace(
-        resolve_model(str(library_path("pk1cmt_idr1"))), outputs=(("R", "RESP"),)
+        resolve_model(str(library_path(f"pk1cmt_idr{kind}"))), outputs=(("R", "RESP"),)
     )
     ours = simulate_regimen(model, {**_PK, **idr}, **_REGIMEN, times_h=times)
     ref, ref_err = _pd_reference(
-        indirect_response, times, conc, kind=1, kin=idr["KIN"], kout=idr["KOUT"],
-        emax=idr["IMAX"], ec50=idr["IC50"], hill=idr["HILL"],
+        indirect_response, times, conc, kind=kind, kin=idr["KIN"], kout=idr["KOUT"],
+        emax=idr[drug], ec50=idr[c50], hill=idr["HILL"],
     )  # fmt: skip
     # within the reference's own error (x2, the halved grid still carries a quarter of it)
     assert np.all(np.abs(ours - ref) <= 2 * ref_err + 1e-7 * np.abs(ref))
     assert np.max(np.abs(ours - ref) / np.abs(ref)) < 1e-4
+
+
+@pytest.mark.slow
+def test_friberg_file_matches_the_built_in_pd_model() -> None:
+    times = np.arange(0.0, 72.0 + 1e-9, 0.1)
+    conc = simulate_regimen("pk1cmt", _PK, **_REGIMEN, times_h=times)
     fr = {"CIRC0": np.array([5.0, 4.0]), "MTT": np.array([100.0, 120.0]),
           "GAMMA": np.array([0.16, 0.2]), "SLOPE": np.array([0.5, 0.3])}  # fmt: skip
     model = dataclasses.replace(
