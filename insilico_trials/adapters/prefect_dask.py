@@ -375,15 +375,22 @@ class _LocalCluster:
         )
         client = Client(cluster)
         try:
+            # LocalCluster returns once its workers have registered, but a worker can be lost
+            # right after (its nanny starts a new one): wait for one rather than assume it.
+            client.wait_for_workers(1, timeout=120)
             client.run(_ignore_sigint)
             if self.warm:
                 client.run(_import_modules, self.warm)
             # One worker loads the model libraries meanwhile, as a task of its own (its other
-            # work goes to the rest of the cluster until it is done); fits run there.
-            self.model_worker = sorted(client.scheduler_info()["workers"])[0]
-            self._model_warm = client.submit(
-                _import_modules, MODEL_WARM, workers=[self.model_worker], pure=False
-            )
+            # work goes to the rest of the cluster until it is done); fits run there. Only a
+            # preference: with no worker to name (all lost at this instant) fits go anywhere.
+            live = sorted(client.scheduler_info()["workers"])
+            if live:
+                self.model_worker = live[0]
+                self._model_warm = client.submit(
+                    _import_modules, MODEL_WARM, workers=live[:1], allow_other_workers=True,
+                    pure=False,
+                )  # fmt: skip
         except BaseException:
             client.close()
             cluster.close()
