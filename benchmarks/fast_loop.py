@@ -3,8 +3,12 @@ baseline commit measured in the same run, and whether the numbers are the same.
 
     uv run python benchmarks/fast_loop.py [--baseline REV] [--keep]
 
-Both commits are checked out with ``git worktree`` into a temporary folder and set up with
-``uv sync --frozen`` (not timed); every command then runs there as a user runs it
+Both commits are checked out with ``git worktree`` into a temporary folder and set up as their
+README says (not timed): the baseline with ``uv sync --frozen``, this commit with
+``uv sync --frozen --compile-bytecode`` (on a machine that sets ``PYTHONDONTWRITEBYTECODE``,
+as this one does, that is the difference between compiling the libraries from source in every
+process and not). To separate that from the code's changes, the baseline is measured a second
+time set up with bytecode ("baseline+pyc"; ``--no-decompose`` skips it). Every command then runs there as a user runs it
 (``uv run insilico-trials ...``, embedded defaults, one command at a time: the machine has 2
 cores). Measured, in this order, for each commit:
 
@@ -179,17 +183,27 @@ def main() -> None:
         "--baseline", default=BASELINE, help=f"commit to compare with (default {BASELINE})"
     )
     ap.add_argument("--keep", action="store_true", help="keep the checkouts (printed)")
+    ap.add_argument(
+        "--no-decompose", action="store_true", help="skip the baseline set up with bytecode"
+    )
     args = ap.parse_args()
     head = sh(["git", "rev-parse", "--short", "HEAD"], ROOT)[1].strip()
     base = sh(["git", "rev-parse", "--short", args.baseline], ROOT)[1].strip()
     tmp = Path(tempfile.mkdtemp(prefix="insilico-bench-"))
     checkouts = {"baseline": tmp / f"baseline-{base}", "current": tmp / f"current-{head}"}
+    revs = {"baseline": base, "current": head}
+    bytecode = {"baseline": False, "current": True}
+    if not args.no_decompose:
+        checkouts["baseline+pyc"] = tmp / f"baseline-pyc-{base}"
+        revs["baseline+pyc"], bytecode["baseline+pyc"] = base, True
     t0 = time.perf_counter()
     try:
-        for (name, path), rev in zip(checkouts.items(), (base, head), strict=True):
-            sh(["git", "worktree", "add", "--detach", "-q", str(path), rev], ROOT)
-            t, _ = sh(["uv", "sync", "--frozen", "-q"], path)
-            print(f"{name} {rev}: {path} (uv sync {t:.1f} s, not timed below)", flush=True)
+        for name, path in checkouts.items():
+            sh(["git", "worktree", "add", "--detach", "-q", str(path), revs[name]], ROOT)
+            setup = ["uv", "sync", "--frozen", "-q"] + (["--compile-bytecode"] * bytecode[name])
+            t, _ = sh(setup, path)
+            print(f"{name} {revs[name]}: {path} ({' '.join(setup)}: {t:.1f} s, not timed below)",
+                  flush=True)  # fmt: skip
         cut = write_cut(tmp / "cut")
         results = {}
         for name, path in checkouts.items():
@@ -209,6 +223,12 @@ def main() -> None:
             w = f"{wt:7.2f}" if wt is not None else "      -"
             met = f"{'yes' if ct < goal else 'no'} / {'yes' if wt is not None and wt < goal else '-' if wt is None else 'no'}"
             print(f"  {name:<20} {bt:9.2f} {ct:9.2f} {bt / ct:6.2f} {w} {goal:6.1f}  {met}")
+        if "baseline+pyc" in results:
+            p = results["baseline+pyc"]["times"]
+            print(
+                "  baseline set up with bytecode (what the setup alone gives; ratio = it / current):"
+            )
+            print("    " + "; ".join(f"{k} {p[k]:.2f} ({p[k] / c['times'][k]:.2f})" for k in GOALS))
         print(f"  warm: first run after services start {warm['times']['run (first, warm)']:.1f} s")
         print(f"  services start {warm['times']['services start']:.1f} s, stop "
               f"{warm['times']['services stop']:.1f} s ({warm['stop_line']})")  # fmt: skip

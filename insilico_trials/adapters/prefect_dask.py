@@ -253,6 +253,7 @@ def embedded_services(
     workers: int | None = None,
     dask_address: str | None = None,
     warm: tuple[str, ...] = (),
+    processes: bool = True,
 ) -> Iterator[None]:
     """For a command that will run flows: start what it needs and is not configured, now,
     while the command does its own preparation, and stop it at the end of the block.
@@ -260,7 +261,9 @@ def embedded_services(
     - the embedded Prefect API, when no ``PREFECT_API_URL`` is set (its URL is exported to
       this process and the workers it spawns);
     - with ``cluster``, unless ``dask_address`` names one, a LocalCluster of ``workers``
-      processes importing the ``warm`` modules.
+      importing the ``warm`` modules: worker processes, or with ``processes=False`` worker
+      threads in this process (no second import of the libraries per worker: about 8 s of CPU
+      each on the 2-core machine; the kernels release the interpreter lock).
 
     The flows wait for them only when they start (:func:`shared_prefect_api`,
     :func:`api_and_cluster`). At the end the cluster is closed first, then the API.
@@ -281,7 +284,7 @@ def embedded_services(
     local = None
     try:
         if cluster and not dask_address:
-            local = _LocalCluster(workers, warm)
+            local = _LocalCluster(workers, warm, processes=processes)
         _EMBEDDED = _Embedded(api, local)
         yield
     finally:
@@ -353,11 +356,14 @@ class _LocalCluster:
     """A LocalCluster being started in a thread (its workers import the ``warm`` modules as
     they come up), and closed quietly."""
 
-    def __init__(self, workers: int | None, warm: tuple[str, ...]) -> None:
+    def __init__(
+        self, workers: int | None, warm: tuple[str, ...], *, processes: bool = True
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.n = workers or max(1, os.cpu_count() or 1)
         self.warm = warm
+        self.processes = processes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insilico-cluster")
         self._starting = self._pool.submit(self._start)
         self._started: tuple[Any, Any] | None = None
@@ -370,15 +376,18 @@ class _LocalCluster:
         cluster = LocalCluster(
             n_workers=self.n,
             threads_per_worker=1,
-            processes=True,
+            processes=self.processes,
             dashboard_address=":0",  # a free port: a fixed 8787 clashes between clusters
+            # Threads share this process's memory: a per-worker share of it would pause them.
+            **({} if self.processes else {"memory_limit": 0}),
         )
         client = Client(cluster)
         try:
             # LocalCluster returns once its workers have registered, but a worker can be lost
             # right after (its nanny starts a new one): wait for one rather than assume it.
             client.wait_for_workers(1, timeout=120)
-            client.run(_ignore_sigint)
+            if self.processes:  # threads: the signal reaches only this process's main thread
+                client.run(_ignore_sigint)
             if self.warm:
                 client.run(_import_modules, self.warm)
             # One worker loads the model libraries meanwhile, as a task of its own (its other

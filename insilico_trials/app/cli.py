@@ -47,13 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check protocol files; exit 2 listing every error")
     v.add_argument("protocols", nargs="+", type=Path)
 
-    def services(sp: argparse.ArgumentParser) -> None:
+    def services(sp: argparse.ArgumentParser, *, threads: bool = False) -> None:
         sp.add_argument(
             "--workers",
             type=_workers,
             default=None,
-            help="LocalCluster worker processes (default: CPUs)",
+            help="LocalCluster workers (default: CPUs)",
         )
+        if threads:
+            sp.add_argument(
+                "--worker-processes",
+                action="store_true",
+                help="LocalCluster workers as processes; default: threads in this process "
+                "(no second import of the libraries; same numbers)",
+            )
         sp.add_argument(
             "--dask-address",
             default=os.environ.get("INSILICO_DASK_ADDRESS"),
@@ -72,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a whole in-silico trial and archive it")
     r.add_argument("protocol", type=Path)
-    services(r)
+    services(r, threads=True)
     r.add_argument(
         "--chunk-size",
         type=_workers,
@@ -128,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("rerun", help="re-execute an archived run and compare every numeric output")
     rr.add_argument("archive", type=Path)
-    services(rr)
+    services(rr, threads=True)
     verify(rr)
 
     rp = sub.add_parser(
@@ -247,6 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.protocol,
         reports=args.reports,
         workers=args.workers,
+        processes=args.worker_processes,
         dask_address=args.dask_address,
         chunk_size=args.chunk_size,
         resume=args.resume,
@@ -272,8 +280,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from insilico_trials.app.commands import execute_rerun
 
     execute_rerun(
-        args.archive, workers=args.workers, dask_address=args.dask_address,
-        verify_key=args.verify_key, check_tracking=args.check_tracking,
+        args.archive, workers=args.workers, processes=args.worker_processes,
+        dask_address=args.dask_address, verify_key=args.verify_key, check_tracking=args.check_tracking,
     )  # fmt: skip
     return EXIT_OK
 

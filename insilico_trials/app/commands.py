@@ -473,6 +473,7 @@ def execute_run(
     *,
     reports: Path,
     workers: int | None = None,
+    processes: bool = True,
     dask_address: str | None = None,
     chunk_size: int | None = None,
     resume: bool = False,
@@ -480,7 +481,8 @@ def execute_run(
 ) -> Path:
     """``insilico-trials run``: returns the new archive's folder.
 
-    ``resume`` takes the stages that an interrupted run of the same protocol (and the same
+    ``processes=False`` runs the LocalCluster's workers as threads of this process (the CLI's
+    default; same numbers). ``resume`` takes the stages that an interrupted run of the same protocol (and the same
     code) finished from the task cache instead of computing them again.
 
     Raises
@@ -505,7 +507,9 @@ def execute_run(
     MlflowTracker(Path.cwd()).reach_server()  # a tracking server must answer before any work
     # The embedded API and the LocalCluster start now, beside the tracking store and the
     # driver's imports; the flow waits for them.
-    with embedded_services(cluster=True, workers=workers, dask_address=dask_address, warm=WARM):
+    with embedded_services(
+        cluster=True, workers=workers, dask_address=dask_address, warm=WARM, processes=processes
+    ):
         from insilico_trials.io.archive import new_run_id
 
         tracker = MlflowTracker(Path.cwd())
@@ -585,6 +589,7 @@ def execute_rerun(
     archive: Path,
     *,
     workers: int | None = None,
+    processes: bool = True,
     dask_address: str | None = None,
     verify_key: Path | None = None,
     check_tracking: bool = False,
@@ -613,7 +618,9 @@ def execute_rerun(
         + (", signature valid)" if verify_key else ")")
     )
     require_prefect_api()
-    with embedded_services(cluster=True, workers=workers, dask_address=dask_address, warm=WARM):
+    with embedded_services(
+        cluster=True, workers=workers, dask_address=dask_address, warm=WARM, processes=processes
+    ):
         from insilico_trials.adapters.prefect_dask import PrefectDask
 
         # Chunk tables are spooled where the workers can reach them (beside the task cache),
