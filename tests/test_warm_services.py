@@ -1,6 +1,8 @@
 """Warm mode: ``services start`` starts the local Prefect server, Dask cluster and MLflow server
-in the background; a later ``run`` from the same folder finds them without flags and gives the
-embedded default's numbers, bit for bit; ``services stop`` leaves no process behind.
+in the background, and the warm driver; a later ``run`` from the same folder finds them without
+flags, executes in a child forked by the warm driver (its output, exit code and Ctrl-C passed
+through) and gives the embedded default's numbers, bit for bit; ``services stop`` leaves no
+process behind.
 
 All commands run as subprocesses of a fresh folder (a copy of the session's reference
 protocol), as a user runs them; the embedded reference is the session's reference run
@@ -58,10 +60,13 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
         status = _cli(["services", "status"], work, env)
         assert "running since" in status.stdout and state["dask_address"] in status.stdout
 
+        assert state["driver_socket"] and Path(state["driver_socket"]).exists()
+
         run = _cli(["run", str(protocol), "--reports", str(work / "reports")], work, env)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "services: warm Prefect, Dask, MLflow" in run.stdout
-        assert "Traceback" not in run.stderr
+        assert "forked by the warm driver" in run.stdout
+        assert "timing summary:" in run.stdout and "Traceback" not in run.stderr
         (archive,) = [p.parent for p in (work / "reports").rglob("manifest.json")]
         warm = json.loads((archive / "manifest.json").read_text())
         embedded = json.loads((reference_runs["one"] / "manifest.json").read_text())
@@ -74,14 +79,23 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
         client = MlflowClient(tracking_uri=f"sqlite:///{work / '.insilico' / 'mlflow.db'}")
         assert client.get_run(warm["mlflow_run_id"]).info.status == "FINISHED"
 
+        # bad input through the warm driver: its message on this command's stderr, exit 2
+        bad = _cli(["run", str(work / "missing.yaml")], work, env)
+        assert bad.returncode == 2, bad.stdout + bad.stderr
+        assert "missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
+        # Ctrl-C reaches the forked command: exit 130, nothing written
+        _ctrl_c_during_fit(protocol, work, env)
+
         stop = _cli(["services", "stop"], work, env)
         started = False
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert "stopped" in stop.stdout and "killed" not in stop.stdout
         assert not (work / STATE_FILE).exists()
         pids = [state["pid"], *state["children"]]
-        # the supervisor, the 2 servers and the worker (its nanny lives in the supervisor)
-        assert len(pids) == 1 + 2 + 1
+        # the supervisor, the 2 servers, the warm driver and the worker (its nanny lives in the
+        # supervisor)
+        assert len(pids) == 1 + 2 + 1 + 1
+        assert not Path(state["driver_socket"]).exists()
         assert not [p for p in pids if _alive(p)]
         assert not [p for g in state["groups"] for p in group_members(g)]
         gone = _cli(["services", "status"], work, env)
@@ -89,3 +103,30 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
     finally:
         if started:
             _cli(["services", "stop"], work, env)
+
+
+def _ctrl_c_during_fit(protocol: Path, work: Path, env: dict[str, str]) -> None:
+    """SIGINT to the command (what a terminal's Ctrl-C sends) while the forked child fits."""
+    import signal
+    import time
+
+    reports = work / "interrupted"
+    proc = subprocess.Popen(
+        [*CLI, "run", str(protocol), "--reports", str(reports)], cwd=work, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "] fit:" in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest + err
+    assert "interrupted: run stopped; nothing partial was written" in err
+    assert "Traceback" not in err, err
+    assert not list(reports.rglob("manifest.json"))

@@ -101,7 +101,8 @@ def _describe(state: dict[str, Any]) -> str:
         f"services: running since {state['started_utc']} (supervisor pid {state['pid']})\n"
         f"  Prefect API  {state['prefect_api_url']}\n"
         f"  Dask         {state['dask_address']} ({state['workers']} workers)\n"
-        f"  MLflow       {state['mlflow_tracking_uri']}"
+        f"  MLflow       {state['mlflow_tracking_uri']}\n"
+        f"  warm driver  {state.get('driver_socket') or 'not running (commands run on their own)'}"
     )
 
 
@@ -230,6 +231,33 @@ def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen[bytes
         )  # fmt: skip
 
 
+def _warm_driver(folder: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "insilico_trials.adapters.warm_driver", "serve", str(folder)],
+            cwd=folder, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent(),
+        )  # fmt: skip
+
+
+def _wait_driver(folder: Path, proc: subprocess.Popen[bytes], log: Path) -> str | None:
+    """The warm driver's socket once it listens; None when it did not start (commands then
+    run in their own processes, as without it)."""
+    from insilico_trials.adapters.warm_driver import socket_path
+
+    path = socket_path(folder)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"services: the warm driver exited ({proc.returncode}):\n{_tail(log)}")
+            return None
+        if "warm driver ready" in (log.read_text(errors="replace") if log.exists() else ""):
+            return str(path)
+        time.sleep(0.1)
+    print("services: the warm driver did not start in time; commands run on their own")
+    return None
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
     import urllib.error
     import urllib.request
@@ -280,6 +308,7 @@ def serve(folder: Path, workers: int) -> int:
     mlflow_port = _free_port()
     mlflow_log = home / "mlflow.log"
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    driver: subprocess.Popen[bytes] | None = None
     cluster = client = None
     state_path = folder / STATE_FILE
     try:
@@ -299,13 +328,17 @@ def serve(folder: Path, workers: int) -> int:
         # once, for every later command: the simulation modules, the model libraries and
         # Prefect's task engine (the API URL is in the environment they were spawned with)
         client.run(_import_modules, (*WARM, *MODEL_WARM, "prefect", "prefect.task_engine"))
+        # The warm driver imports the commands' own libraries once (with the API URL in its
+        # environment, as the commands would set it): commands run there, forked.
+        driver = _warm_driver(folder, home / "driver.log")
         api.wait_ready()
         _wait_http(
             f"http://127.0.0.1:{mlflow_port}/health", procs["MLflow server"], "MLflow server",
             mlflow_log,
         )  # fmt: skip
-        children = [p.pid for p in procs.values()]
-        groups = [p.pid for p in procs.values()]  # each server leads its own process group
+        driver_socket = _wait_driver(folder, driver, home / "driver.log")
+        children = [p.pid for p in (*procs.values(), driver)]
+        groups = [p.pid for p in (*procs.values(), driver)]  # each leads its own process group
         children += [int(pid) for pid in client.run(os.getpid).values()]
         state = {
             "pid": os.getpid(),
@@ -317,6 +350,7 @@ def serve(folder: Path, workers: int) -> int:
             "workers": n,
             "children": sorted(set(children)),
             "groups": groups,
+            "driver_socket": driver_socket,
         }
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -339,10 +373,11 @@ def serve(folder: Path, workers: int) -> int:
         with contextlib.suppress(Exception):
             if cluster is not None:
                 cluster.close()
-        for proc in procs.values():  # each server with the processes it started
+        ended = [*procs.values(), *([driver] if driver is not None else [])]
+        for proc in ended:  # each server with the processes it started
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
+        for proc in ended:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -244,7 +244,10 @@ def use_warm_services(args: argparse.Namespace) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = state["mlflow_tracking_uri"]
         used.append("MLflow")
     if used:
-        print(f"services: warm {', '.join(used)} from {STATE_FILE}")
+        forked = " (this command forked by the warm driver)" * bool(
+            os.environ.get("INSILICO_WARM_CHILD")
+        )
+        print(f"services: warm {', '.join(used)} from {STATE_FILE}{forked}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -416,7 +419,12 @@ def entry() -> None:
     """The console script: ``main`` with the process's arguments; the process ends as soon as
     the command has (after Ctrl-C too: work stopped, nothing partial left), without waiting for
     threads of the orchestration libraries."""
-    code = main()
+    import insilico_trials.app as app
+    from insilico_trials.adapters.warm_driver import dispatch
+
+    code = dispatch(sys.argv[1:], app.STARTED)  # in the warm driver, when the services run
+    if code is None:
+        code = main()
     # Everything is written and closed by now (archives atomically, the MLflow run ended, the
     # services this command started stopped): end at once, instead of waiting ~2 s for the
     # orchestration libraries' idle background threads and exit handlers.
