@@ -151,6 +151,10 @@ class EmbeddedApi:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
         env.pop("PREFECT_API_URL", None)
+        if self._migrated().exists() and (self.home / "prefect.db").exists():
+            # This Prefect version has brought this database to its schema before: skip the
+            # migration check (about 0.8 s of the server's start).
+            env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
         # Its messages go to a file (a pipe nobody reads could fill and stall it).
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
@@ -166,6 +170,13 @@ class EmbeddedApi:
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
             )  # fmt: skip
+
+    def _migrated(self) -> Path:
+        """A file that says a server of the installed Prefect version has migrated the
+        database in ``home`` (it migrates on start unless told not to)."""
+        from importlib.metadata import version
+
+        return self.home / f"migrated-by-prefect-{version('prefect')}"
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Wait until ``/health`` answers; a server that exits or does not answer in time is
@@ -188,6 +199,8 @@ class EmbeddedApi:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
+                        with contextlib.suppress(OSError):
+                            self._migrated().touch()
                         return
             except (urllib.error.URLError, OSError):
                 pass
