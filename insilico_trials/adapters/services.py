@@ -42,6 +42,7 @@ __all__ = [
     "STATE_FILE",
     "ServicesError",
     "discover",
+    "driver_socket",
     "group_members",
     "services_status",
     "start_services",
@@ -49,11 +50,18 @@ __all__ = [
 ]
 
 STATE_FILE = Path(".insilico") / "services.json"
+# The warm driver's socket (insilico_trials.app.warm_driver), under the folder
+DRIVER_SOCKET = Path(".insilico") / "services" / "driver.sock"
 START_TIMEOUT_S = 300.0
 
 
 class ServicesError(RunFailure):
     """The warm services could not be started or stopped."""
+
+
+def driver_socket(folder: Path) -> Path:
+    """Where the warm driver of the services started from ``folder`` listens."""
+    return folder / DRIVER_SOCKET
 
 
 def _alive(pid: int) -> bool:
@@ -234,7 +242,7 @@ def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen[bytes
 def _warm_driver(folder: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "insilico_trials.adapters.warm_driver", "serve", str(folder)],
+            [sys.executable, "-m", "insilico_trials.app.warm_driver", "serve", str(folder)],
             cwd=folder, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent(),
         )  # fmt: skip
@@ -243,9 +251,7 @@ def _warm_driver(folder: Path, log: Path) -> subprocess.Popen[bytes]:
 def _wait_driver(folder: Path, proc: subprocess.Popen[bytes], log: Path) -> str | None:
     """The warm driver's socket once it listens; None when it did not start (commands then
     run in their own processes, as without it)."""
-    from insilico_trials.adapters.warm_driver import socket_path
-
-    path = socket_path(folder)
+    path = driver_socket(folder)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -420,7 +420,7 @@ def entry() -> None:
     the command has (after Ctrl-C too: work stopped, nothing partial left), without waiting for
     threads of the orchestration libraries."""
     import insilico_trials.app as app
-    from insilico_trials.adapters.warm_driver import dispatch
+    from insilico_trials.app.warm_driver import dispatch
 
     code = dispatch(sys.argv[1:], app.STARTED)  # in the warm driver, when the services run
     if code is None:

@@ -40,9 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "DRIVER_IMPORTS", "SOCKET_NAME", "dispatch", "serve"]
+__all__ = ["COMMANDS", "DRIVER_IMPORTS", "dispatch", "serve"]
 
-SOCKET_NAME = "driver.sock"
 # Commands the warm driver executes: those that use the warm services.
 COMMANDS = ("run", "rerun", "update", "design")
 # What those commands' drivers import (measured with ``-X importtime`` on a run, a rerun and an
@@ -74,10 +73,6 @@ DRIVER_IMPORTS = (
 )
 _CHILD_FLAG = "INSILICO_WARM_CHILD"
 _HEADER = struct.Struct("!Q")
-
-
-def socket_path(folder: Path) -> Path:
-    return folder / ".insilico" / "services" / SOCKET_NAME
 
 
 # --------------------------------------------------------------------------- the caller's side
@@ -149,7 +144,9 @@ def serve(folder: Path) -> int:
     if others:  # forking a process with threads copies their locks in whatever state they are
         print(f"warm driver: not serving, threads after the imports: {others}", flush=True)
         return 1
-    path = socket_path(folder)
+    from insilico_trials.adapters.services import driver_socket
+
+    path = driver_socket(folder)
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -280,4 +277,4 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> int:
 if __name__ == "__main__":  # started by the services supervisor
     if len(sys.argv) == 3 and sys.argv[1] == "serve":
         raise SystemExit(serve(Path(sys.argv[2])))
-    raise SystemExit("usage: python -m insilico_trials.adapters.warm_driver serve FOLDER")
+    raise SystemExit("usage: python -m insilico_trials.app.warm_driver serve FOLDER")
