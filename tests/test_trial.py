@@ -34,6 +34,48 @@ def test_chunking_does_not_change_any_number(tmp_path):
             assert np.array_equal(one["profiles"][arm], other["profiles"][arm])
 
 
+def test_distinct_rows_map_back_in_order():
+    cols = [np.array([2.0, 1.0, 2.0, 3.0, 1.0]), np.array([5.0, 5.0, 5.0, 5.0, 6.0])]
+    first, back = trial._distinct_rows(cols)
+    assert first.tolist() == [0, 1, 3, 4]  # the first of each distinct row, in row order
+    for c in cols:
+        assert np.array_equal(c[first][back], c)
+    every = np.arange(3)
+    for none in ([np.array([1.0, 2.0, 3.0])], [np.array([1.0, np.nan, 1.0])]):
+        assert all(np.array_equal(x, every) for x in trial._distinct_rows(none))
+
+
+def test_rows_with_the_same_pk_inputs_are_solved_once_with_the_same_bytes(tmp_path, monkeypatch):
+    """The sensitivity stage repeats each patient with rescaled typical values; rows sharing
+    their PK inputs are solved once. Every output equals the row-by-row solution exactly."""
+    from insilico_trials.sim.pk import regimen
+
+    protocol = load_protocol(tiny_protocol(tmp_path, n=6))
+    arm = protocol.treatment_arms[0]
+    cohort = trial.arm_cohort(protocol, arm)
+    big = pd.concat([cohort] * 3, ignore_index=True)  # the same patients three times ...
+    big.loc[6:, "KL"] = big.loc[6:, "KL"].to_numpy() * 1.5  # ... two with another tumour rate
+    big.loc[12:, "CL"] = big.loc[12:, "CL"].to_numpy() * 0.8  # ... one with another clearance
+    solved = []
+    real = regimen.simulate_regimen
+
+    def counting(model, params, **kw):
+        solved.append(len(next(iter(params.values()))))
+        return real(model, params, **kw)
+
+    monkeypatch.setattr(regimen, "simulate_regimen", counting)
+    monkeypatch.setattr("insilico_trials.sim.pk.simulate_regimen", counting)
+    deduped = trial.simulate_chunk(protocol, arm.name, big)
+    assert solved == [12]  # 18 rows, 12 distinct PK inputs
+    monkeypatch.setattr(trial, "_distinct_rows", lambda cols: (np.arange(len(cols[0])),) * 2)
+    each = trial.simulate_chunk(protocol, arm.name, big)
+    assert solved == [12, 18]
+    pd.testing.assert_frame_equal(deduped.endpoints, each.endpoints, check_exact=True)
+    pd.testing.assert_frame_equal(deduped.exposure, each.exposure, check_exact=True)
+    assert deduped.profiles.tobytes() == each.profiles.tobytes()
+    assert deduped.sld.tobytes() == each.sld.tobytes()
+
+
 def test_chunk_bounds_cover_every_patient_once():
     assert trial.chunk_bounds(7, 3) == [(0, 3), (3, 6), (6, 7)]
     assert trial.chunk_bounds(0, 3) == []

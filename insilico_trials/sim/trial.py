@@ -254,6 +254,25 @@ def _simulate_zhang_chunk(
     )
 
 
+def _distinct_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``first`` (the first row of each distinct row of ``columns``, in row order) and ``back``
+    (each row's position in ``first``): ``x[first][back] == x`` row by row."""
+    n = len(columns[0]) if columns else 0
+    everything = np.arange(n)
+    if n < 2:
+        return everything, everything
+    table = np.column_stack([np.asarray(c, dtype=float) for c in columns])
+    if not np.isfinite(table).all():  # NaN never equals itself: leave such chunks alone
+        return everything, everything
+    _, first, back = np.unique(table, axis=0, return_index=True, return_inverse=True)
+    if first.size == n:
+        return everything, everything
+    order = np.argsort(first)  # keep the distinct rows in their original order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return first[order], rank[back.reshape(-1)]
+
+
 def _pk_then_tumour(
     protocol: TrialProtocol,
     arm: Arm,
@@ -271,16 +290,21 @@ def _pk_then_tumour(
     if reg is None or protocol.pk is None:
         conc = np.zeros((n, times_h.size))
     else:
+        dose = dose_amounts_mg(arm, cohort)
+        # Rows with the same PK inputs have the same concentrations (the sensitivity stage's
+        # evaluations share each patient's clearance in most of its rows): each distinct row
+        # is solved once. Every row's arithmetic is its own, so the values are the same bytes.
+        first, back = _distinct_rows([*pk_params.values(), dose])
         conc = simulate_regimen(
             protocol.pk_model(),
-            pk_params,
-            dose_mg=dose_amounts_mg(arm, cohort),
+            {k: v[first] for k, v in pk_params.items()},
+            dose_mg=dose[first],
             interval_h=reg.interval_h,
             n_doses=reg.n_doses,
             route=reg.route,
             infusion_h=reg.infusion_h,
             times_h=times_h,
-        )
+        )[back]
         if protocol.pk.is_file:
             conc = _model_file_concentration(protocol, conc, times_h)
     disease = protocol.disease
