@@ -83,6 +83,19 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
         bad = _cli(["run", str(work / "missing.yaml")], work, env)
         assert bad.returncode == 2, bad.stdout + bad.stderr
         assert "missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
+        # services that imported other code (the program changed since they started) are
+        # not used: the command says so and runs on its own
+        state_path = work / STATE_FILE
+        recorded = state_path.read_text()
+        assert json.loads(recorded)["code_sha256"]
+        state_path.write_text(recorded.replace(state["code_sha256"], "0" * 64))
+        try:
+            stale = _cli(["run", str(work / "missing.yaml")], work, env)
+        finally:
+            state_path.write_text(recorded)
+        assert stale.returncode == 2, stale.stdout + stale.stderr
+        assert "the program changed since the warm services started" in stale.stderr
+        assert "services: warm" not in stale.stdout
         # Ctrl-C reaches the forked command: exit 130, nothing written
         _ctrl_c_during_fit(protocol, work, env)
 

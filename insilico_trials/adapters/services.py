@@ -41,6 +41,7 @@ from insilico_trials.errors import RunFailure
 __all__ = [
     "STATE_FILE",
     "ServicesError",
+    "code_changed",
     "discover",
     "driver_socket",
     "group_members",
@@ -97,11 +98,26 @@ def discover(folder: Path | None = None) -> dict[str, Any] | None:
     return state
 
 
+def code_changed(state: dict[str, Any]) -> bool:
+    """Whether the program changed since the services started (their workers and the warm
+    driver imported the program as it was then)."""
+    from insilico_trials.io.codehash import code_sha256
+
+    return state.get("code_sha256") != code_sha256()
+
+
+STALE = (
+    "services: the program changed since the warm services started; this command runs on the "
+    "embedded defaults (`insilico-trials services stop`, then `start`, to use the new code warm)"
+)
+
+
 def services_status(folder: Path) -> str:
     state = discover(folder)
     if state is None:
         return f"services: not running (no live {STATE_FILE} in {folder})"
-    return _describe(state)
+    return _describe(state) + (f"\n{STALE.replace('this command runs', 'commands run')}"
+                               if code_changed(state) else "")  # fmt: skip
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -291,6 +307,9 @@ def _die_with_parent() -> Any:
 
 def serve(folder: Path, workers: int) -> int:
     """The supervisor: start, record, wait for SIGTERM (or a service's death), stop all."""
+    from insilico_trials.io.codehash import code_sha256
+
+    code = code_sha256()  # the program as the workers and the warm driver will import it
     from insilico_trials.adapters.prefect_dask import (
         EmbeddedApi,
         _free_port,
@@ -357,6 +376,7 @@ def serve(folder: Path, workers: int) -> int:
             "children": sorted(set(children)),
             "groups": groups,
             "driver_socket": driver_socket,
+            "code_sha256": code,
         }
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")

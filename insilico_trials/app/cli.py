@@ -228,10 +228,13 @@ def cmd_services(args: argparse.Namespace) -> int:
 def use_warm_services(args: argparse.Namespace) -> None:
     """A command that runs flows uses the warm services started from this folder
     (``insilico-trials services start``) for each service not configured otherwise."""
-    from insilico_trials.adapters.services import STATE_FILE, discover
+    from insilico_trials.adapters.services import STALE, STATE_FILE, code_changed, discover
 
     state = discover()
     if state is None:
+        return
+    if code_changed(state):
+        print(STALE, file=sys.stderr)
         return
     used = []
     if not os.environ.get("PREFECT_API_URL"):

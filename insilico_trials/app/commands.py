@@ -601,18 +601,15 @@ def execute_rerun(
     RunFailure
         When the archive does not match its manifest, or any numeric output differs.
     """
-    from insilico_trials.io.outputs import write_run_outputs
-    from insilico_trials.io.spool import ParquetSpool
-    from insilico_trials.run.trial import run_trial
-    from insilico_trials.sim import trial
-
     t_all = time.perf_counter()
+    timings: dict[str, float] = {}
     require_workers(workers, dask_address)
     require_dask(dask_address)
     manifest = open_archive(archive)
     protocol = require_verified(archive, manifest, verify_key=verify_key)
     if check_tracking:
         require_tracking_record(archive, manifest)
+    timings["verify the archive"] = time.perf_counter() - t_all
     _say(
         f"archive {archive}: intact ({sum(len(manifest[k]) for k in ('inputs', 'outputs', 'documents'))} files verified"
         + (", signature valid)" if verify_key else ")")
@@ -621,7 +618,14 @@ def execute_rerun(
     with embedded_services(
         cluster=True, workers=workers, dask_address=dask_address, warm=WARM, processes=processes
     ):
+        t = time.perf_counter()
         from insilico_trials.adapters.prefect_dask import PrefectDask
+        from insilico_trials.io.outputs import write_run_outputs
+        from insilico_trials.io.spool import ParquetSpool
+        from insilico_trials.run.trial import run_trial
+        from insilico_trials.sim import trial
+
+        timings["driver imports (while the services start)"] = time.perf_counter() - t
 
         # Chunk tables are spooled where the workers can reach them (beside the task cache),
         # and removed whatever happens.
@@ -629,21 +633,29 @@ def execute_rerun(
         spool_root.mkdir(parents=True, exist_ok=True)
         spool = Path(tempfile.mkdtemp(prefix="rerun-", dir=spool_root)).resolve()
         try:
+            t = time.perf_counter()
             result = run_trial(
                 protocol,
                 executor=PrefectDask(workers=workers, dask_address=dask_address),
                 sink=ParquetSpool(spool, keep=tuple(trial.summary_columns(protocol))),
                 progress=_say,
             )
+            add_flow_timings(timings, time.perf_counter() - t, result.timings)
+            t = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="insilico-rerun-") as tmp:
                 write_run_outputs(Path(tmp), archive / "protocol.yaml", result)
                 rows = compare_outputs(manifest["outputs"], Path(tmp))
+            timings["write and compare the outputs"] = time.perf_counter() - t
+            t = time.perf_counter()
+            n_run = len(rows)
             rows += replay_control_updates(archive, protocol, progress=_say)
             if protocol.twins is not None and existing_twin_updates(archive):
                 from insilico_trials.app.twins_cmd import replay_twin_updates
 
                 _say("rerun: replaying the twin updates from their archived cuts")
                 rows += replay_twin_updates(archive, protocol, progress=_say)
+            if len(rows) > n_run:
+                timings["replay the updates"] = time.perf_counter() - t
         finally:
             shutil.rmtree(spool, ignore_errors=True)
     width = max(len(name) for name, _, _ in rows)
@@ -652,10 +664,8 @@ def execute_rerun(
             f"  {name:<{width}}  {'identical' if same else 'DIFFERENT'}{'  ' + detail if detail else ''}"
         )
     n_diff = sum(not same for _, same, _ in rows)
-    _say(
-        f"rerun: {len(rows) - n_diff}/{len(rows)} numeric outputs identical "
-        f"({time.perf_counter() - t_all:.1f} s)"
-    )
+    _say(f"rerun: {len(rows) - n_diff}/{len(rows)} numeric outputs identical")
+    _say(_timing_table(timings, time.perf_counter() - t_all))
     if n_diff:
         raise RunFailure(
             f"rerun: {n_diff} of {len(rows)} numeric outputs DIFFERENT from the archive",

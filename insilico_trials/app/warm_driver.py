@@ -89,11 +89,11 @@ def dispatch(argv: list[str], started: float) -> int | None:
     if any(os.environ.get(v) for v in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI",
                                        "INSILICO_DASK_ADDRESS")):  # fmt: skip
         return None
-    from insilico_trials.adapters.services import discover
+    from insilico_trials.adapters.services import code_changed, discover
 
     state = discover()
-    if state is None or not state.get("driver_socket"):
-        return None
+    if state is None or not state.get("driver_socket") or code_changed(state):
+        return None  # (a changed program: the command itself says so, and runs embedded)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(state["driver_socket"])

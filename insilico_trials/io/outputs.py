@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from insilico_trials.infer import analysis
 from insilico_trials.io import spool
 from insilico_trials.io.archive import atomic_write_bytes, atomic_write_text, sha256_file
+from insilico_trials.io.codehash import code_sha256
 from insilico_trials.run.trial import RunResult
 from insilico_trials.spec.protocol import TrialProtocol
 
@@ -206,24 +207,6 @@ def posterior_draws(fit: Any) -> pd.DataFrame:
     scalars = [v for v in post.data_vars if post[v].dims == ("chain", "draw")]
     frame = post[scalars].to_dataframe().reset_index()
     return frame[["chain", "draw", *sorted(scalars)]]
-
-
-def code_sha256() -> str:
-    """SHA-256 of the program itself: every source and template file of the package and flows.
-
-    Part of the task-cache key, so a resumed run never reuses a result computed by other code
-    (a git commit would miss uncommitted edits).
-    """
-    import hashlib
-
-    root = Path(__file__).resolve().parents[2]
-    h = hashlib.sha256()
-    for folder in (root / "insilico_trials",):
-        for path in sorted(folder.rglob("*")):
-            if path.suffix in (".py", ".j2") and "__pycache__" not in path.parts:
-                h.update(str(path.relative_to(root)).encode())
-                h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def _git_commit(root: Path) -> str:
