@@ -79,10 +79,19 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
         client = MlflowClient(tracking_uri=f"sqlite:///{work / '.insilico' / 'mlflow.db'}")
         assert client.get_run(warm["mlflow_run_id"]).info.status == "FINISHED"
 
-        # bad input through the warm driver: its message on this command's stderr, exit 2
-        bad = _cli(["run", str(work / "missing.yaml")], work, env)
+        # bad input through the warm driver: its message on this command's stderr, exit 2;
+        # a connection that never sends its request does not hold the driver up
+        import socket
+
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.connect(state["driver_socket"])
+        try:
+            bad = _cli(["run", str(work / "missing.yaml")], work, env, timeout=120)
+        finally:
+            silent.close()
         assert bad.returncode == 2, bad.stdout + bad.stderr
         assert "missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
+        assert "forked by the warm driver" in bad.stdout
         # services that imported other code (the program changed since they started) are
         # not used: the command says so and runs on its own
         state_path = work / STATE_FILE

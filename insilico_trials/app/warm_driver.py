@@ -72,6 +72,8 @@ DRIVER_IMPORTS = (
     "arviz",
 )
 _CHILD_FLAG = "INSILICO_WARM_CHILD"
+ACCEPT_TIMEOUT_S = 60.0  # for the driver to fork the command's child
+_REQUEST_TIMEOUT_S = 5.0  # for a connected caller to send its request
 _HEADER = struct.Struct("!Q")
 
 
@@ -106,12 +108,26 @@ def dispatch(argv: list[str], started: float) -> int | None:
     with sock:
         try:
             socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
-            reader = sock.makefile("r", encoding="utf-8")
-            first = reader.readline()
         except OSError:
             return None  # the server went away before taking the command: run it here
+        reader = sock.makefile("r", encoding="utf-8")
+        sock.settimeout(ACCEPT_TIMEOUT_S)
+        try:
+            first = reader.readline()
+        except TimeoutError:
+            # It has the command and may still run it: running it here too could run it twice.
+            print(
+                f"the warm driver did not take the command within {ACCEPT_TIMEOUT_S:.0f} s; "
+                "`insilico-trials services stop` stops the services (commands then run on "
+                "their own)",
+                file=sys.stderr,
+            )
+            return 1
+        except OSError:
+            first = ""
         if not first.startswith("pid "):
-            return None
+            return None  # refused before it forked: nothing ran
+        sock.settimeout(None)
         child = int(first.split()[1])
 
         def forward(signum: int, frame: Any) -> None:
@@ -178,9 +194,10 @@ def serve(folder: Path) -> int:
                     break
                 raise
             with conn:
-                conn.settimeout(None)
+                conn.settimeout(_REQUEST_TIMEOUT_S)  # a silent caller must not hold the loop
                 try:
                     request, fds = _receive(conn)
+                    conn.settimeout(None)
                 except (OSError, ValueError) as exc:
                     print(f"warm driver: a bad request ({exc})", flush=True)
                     continue
