@@ -103,10 +103,14 @@ def test_warm_services_found_identical_and_stopped(tmp_path, reference_runs):
         finally:
             state_path.write_text(recorded)
         assert stale.returncode == 2, stale.stdout + stale.stderr
-        assert "the program changed since the warm services started" in stale.stderr
+        assert (
+            "the program or its libraries changed since the warm services started" in stale.stderr
+        )
         assert "services: warm" not in stale.stdout
         # Ctrl-C reaches the forked command: exit 130, nothing written
         _ctrl_c_during_fit(protocol, work, env)
+        # a command killed outright takes its forked child with it: nothing written
+        _killed_caller(protocol, work, env)
 
         stop = _cli(["services", "stop"], work, env)
         started = False
@@ -151,4 +155,56 @@ def _ctrl_c_during_fit(protocol: Path, work: Path, env: dict[str, str]) -> None:
     assert proc.returncode == 130, rest + err
     assert "interrupted: run stopped; nothing partial was written" in err
     assert "Traceback" not in err, err
+    assert not list(reports.rglob("manifest.json"))
+
+
+def _forked_children(folder: Path) -> list[int]:
+    """Live children of the folder's warm driver (the commands it forked: a fork keeps its
+    parent's command line)."""
+    matching, parents = set(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])  # state, ppid, ...
+        if b"insilico_trials.app.warm_driver" in cmdline and str(folder).encode() in cmdline:
+            matching.add(pid)
+    drivers = {p for p in matching if parents.get(p) not in matching}
+    return [p for p in matching if parents.get(p) in drivers and _alive(p)]
+
+
+def _killed_caller(protocol: Path, work: Path, env: dict[str, str]) -> None:
+    """SIGKILL to the command (no handler runs) while its forked child simulates."""
+    import signal
+    import time
+
+    reports = work / "killed"
+    proc = subprocess.Popen(
+        [*CLI, "run", str(protocol), "--reports", str(reports)], cwd=work, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "] simulate:" in line:
+                break
+        assert _forked_children(work), "the run was not forked by the warm driver"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    deadline = time.monotonic() + 60
+    while _forked_children(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _forked_children(work)
     assert not list(reports.rglob("manifest.json"))

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -151,9 +151,9 @@ class EmbeddedApi:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
         env.pop("PREFECT_API_URL", None)
-        if self._migrated().exists() and (self.home / "prefect.db").exists():
-            # This Prefect version has brought this database to its schema before: skip the
-            # migration check (about 0.8 s of the server's start).
+        if self._stamp() is not None and self._read_stamp() == self._stamp():
+            # This Prefect version has brought this very database to its schema before: skip
+            # the migration check (about 0.8 s of the server's start).
             env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
         # Its messages go to a file (a pipe nobody reads could fill and stall it).
         with open(self.log, "wb") as log:
@@ -171,12 +171,21 @@ class EmbeddedApi:
                 preexec_fn=_die_with_parent(),
             )  # fmt: skip
 
-    def _migrated(self) -> Path:
-        """A file that says a server of the installed Prefect version has migrated the
-        database in ``home`` (it migrates on start unless told not to)."""
+    def _stamp(self) -> str | None:
+        """The installed Prefect version and the identity of the database file (device,
+        inode: a replaced or restored file is another one); None without a database."""
         from importlib.metadata import version
 
-        return self.home / f"migrated-by-prefect-{version('prefect')}"
+        try:
+            info = (self.home / "prefect.db").stat()
+        except OSError:
+            return None
+        return f"prefect {version('prefect')}; database {info.st_dev}:{info.st_ino}"
+
+    def _read_stamp(self) -> str | None:
+        with contextlib.suppress(OSError):
+            return (self.home / "migrated").read_text(encoding="utf-8")
+        return None
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Wait until ``/health`` answers; a server that exits or does not answer in time is
@@ -199,8 +208,11 @@ class EmbeddedApi:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
-                        with contextlib.suppress(OSError):
-                            self._migrated().touch()
+                        # it has migrated the database on its start (or found it current)
+                        stamp = self._stamp()
+                        if stamp is not None:
+                            with contextlib.suppress(OSError):
+                                (self.home / "migrated").write_text(stamp, encoding="utf-8")
                         return
             except (urllib.error.URLError, OSError):
                 pass
@@ -437,6 +449,13 @@ class _LocalCluster:
                  "distributed.worker.state_machine", "distributed.core")  # fmt: skip
         global _MODEL_WORKER
         _MODEL_WORKER = None
+        from insilico_trials.adapters import interrupts
+
+        if not self.processes and interrupts.seen():
+            # After Ctrl-C: a worker thread cannot be stopped, and closing the cluster would
+            # wait for the task it runs; the command ends its process at once instead.
+            self._pool.shutdown(wait=False)
+            return
         started = self._started
         if started is None:  # not waited for: close it if it started
             with contextlib.suppress(BaseException):  # a failed start closed its part
@@ -581,7 +600,7 @@ class _PrefectSession:
 @dataclass(frozen=True)
 class PrefectDask:
     """The executor of the orchestrated runs: the body is a Prefect flow, each submission a
-    Prefect task on Dask (a LocalCluster of ``workers`` processes, or the scheduler at
+    Prefect task on Dask (a LocalCluster of ``workers`` workers, or the scheduler at
     ``dask_address``), on one shared Prefect API. With ``cache``, stage results are persisted
     under their keys (and reused with ``cache.resume``). ``in_process`` runs the tasks in this
     process on Prefect's default task runner, without Dask (a single small task)."""
@@ -678,16 +697,20 @@ def _silence_prefect() -> None:
     _silence("prefect", "asyncio", *names)
 
 
-def quiet_prefect() -> None:
+def quiet_prefect(env: MutableMapping[str, str] | None = None) -> None:
     """Our own progress lines are the user's view; Prefect's and Dask's INFO logs would drown
-    them. Set before Prefect is imported (the variables reach the worker processes too)."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    them. Set before Prefect is imported (the variables reach the worker processes too).
+    With ``env``, only the variables' defaults are set there (what this process would have)."""
+    target = os.environ if env is None else env
+    target.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    target.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    target.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API takes ~25 s to start on a loaded 2-core machine; Prefect's default
     # wait is 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    target.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    target.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    if env is not None:
+        return
     import logging
 
     logging.getLogger("distributed").setLevel(logging.WARNING)

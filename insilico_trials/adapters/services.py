@@ -99,15 +99,17 @@ def discover(folder: Path | None = None) -> dict[str, Any] | None:
 
 
 def code_changed(state: dict[str, Any]) -> bool:
-    """Whether the program changed since the services started (their workers and the warm
-    driver imported the program as it was then)."""
-    from insilico_trials.io.codehash import code_sha256
+    """Whether the program or its locked libraries changed since the services started (their
+    workers and the warm driver imported them as they were then)."""
+    from insilico_trials.io.codehash import code_sha256, environment_sha256
 
-    return state.get("code_sha256") != code_sha256()
+    return (state.get("code_sha256"), state.get("environment_sha256")) != (
+        code_sha256(), environment_sha256())  # fmt: skip
 
 
 STALE = (
-    "services: the program changed since the warm services started; this command runs on the "
+    "services: the program or its libraries changed since the warm services started; this "
+    "command runs on the "
     "embedded defaults (`insilico-trials services stop`, then `start`, to use the new code warm)"
 )
 
@@ -144,7 +146,7 @@ def start_services(folder: Path, *, workers: int | None, say: Any = print) -> di
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "insilico_trials.adapters.services", "serve", str(folder),
+            [sys.executable, "-P", "-m", "insilico_trials.adapters.services", "serve", str(folder),
              str(workers or 0)],
             cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -258,7 +260,8 @@ def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen[bytes
 def _warm_driver(folder: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "insilico_trials.app.warm_driver", "serve", str(folder)],
+            # -P: the folder is not on the import path (a stray yaml.py there shadows nothing)
+            [sys.executable, "-P", "-m", "insilico_trials.app.warm_driver", "serve", str(folder)],
             cwd=folder, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent(),
         )  # fmt: skip
@@ -307,9 +310,10 @@ def _die_with_parent() -> Any:
 
 def serve(folder: Path, workers: int) -> int:
     """The supervisor: start, record, wait for SIGTERM (or a service's death), stop all."""
-    from insilico_trials.io.codehash import code_sha256
+    from insilico_trials.io.codehash import code_sha256, environment_sha256
 
     code = code_sha256()  # the program as the workers and the warm driver will import it
+    environment = environment_sha256()
     from insilico_trials.adapters.prefect_dask import (
         EmbeddedApi,
         _free_port,
@@ -377,6 +381,7 @@ def serve(folder: Path, workers: int) -> int:
             "groups": groups,
             "driver_socket": driver_socket,
             "code_sha256": code,
+            "environment_sha256": environment,
         }
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")

@@ -20,8 +20,9 @@ command runs in its own process as before. Prefect reads its settings when impor
 has the settings the services were started with (their environment is recorded in
 ``services.json`` only as the addresses).
 
-Forking is safe here because the server has one thread when it forks: it checks that after its
-imports and refuses to serve otherwise (the commands then run in their own processes).
+Forking is safe here because the server runs no Python thread when it forks: it checks that after
+its imports and refuses to serve otherwise (the commands then run in their own processes). Native
+threads of OpenBLAS and of pyarrow's jemalloc do run; both libraries register fork handlers.
 """
 
 from __future__ import annotations
@@ -91,11 +92,21 @@ def dispatch(argv: list[str], started: float) -> int | None:
     if any(os.environ.get(v) for v in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI",
                                        "INSILICO_DASK_ADDRESS")):  # fmt: skip
         return None
-    from insilico_trials.adapters.services import code_changed, discover
+    from insilico_trials.adapters.services import code_changed, discover, driver_socket
 
     state = discover()
     if state is None or not state.get("driver_socket") or code_changed(state):
         return None  # (a changed program: the command itself says so, and runs embedded)
+    # Only this folder's own socket, made by this user, private: the caller hands over its
+    # environment and its terminal.
+    path = driver_socket(Path.cwd())
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if (str(path) != state["driver_socket"] or info.st_uid != os.getuid()
+            or info.st_mode & 0o077 or not _is_socket(info.st_mode)):  # fmt: skip
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(state["driver_socket"])
@@ -105,10 +116,25 @@ def dispatch(argv: list[str], started: float) -> int | None:
     request = json.dumps(
         {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "started": started}
     ).encode()
+    # Ctrl-C, SIGTERM and SIGHUP go to the child; one that comes before its pid is known is
+    # passed on as soon as it is.
+    child = 0
+    pending: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        if not child:
+            pending.append(signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
     with sock:
         try:
             socket.send_fds(sock, [_HEADER.pack(len(request)) + request], [0, 1, 2])
         except OSError:
+            _default_signals()
             return None  # the server went away before taking the command: run it here
         reader = sock.makefile("r", encoding="utf-8")
         sock.settimeout(ACCEPT_TIMEOUT_S)
@@ -126,16 +152,14 @@ def dispatch(argv: list[str], started: float) -> int | None:
         except OSError:
             first = ""
         if not first.startswith("pid "):
-            return None  # refused before it forked: nothing ran
+            _default_signals()
+            if pending:  # interrupted before anything ran
+                return 130
+            return None  # refused before it forked (other settings): nothing ran
         sock.settimeout(None)
         child = int(first.split()[1])
-
-        def forward(signum: int, frame: Any) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGTERM, forward)
+        for signum in pending:
+            forward(signum, None)
         last = reader.readline()
     if last.startswith("exit "):
         return int(last.split()[1])
@@ -147,17 +171,43 @@ def dispatch(argv: list[str], started: float) -> int | None:
     return 1
 
 
+def _is_socket(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(mode)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _settings(env: dict[str, str]) -> dict[str, str]:
+    """What Prefect and Dask read when imported (once, in the warm driver): the caller's must be
+    the driver's for its command to run there. The API URL is the services' own."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith(("PREFECT_", "DASK_")) and k != "PREFECT_API_URL"
+    }
+
+
 # --------------------------------------------------------------------------- the server
 def serve(folder: Path) -> int:
     """Import the driver's libraries, then fork one child per command until SIGTERM."""
     from insilico_trials.adapters.prefect_dask import quiet_prefect
 
     quiet_prefect()  # as the console script does before Prefect is imported
+    settings = _settings(dict(os.environ))
     t0 = time.perf_counter()
     for name in DRIVER_IMPORTS:
         importlib.import_module(name)
+    # Forking a process with threads copies their locks in whatever state they are. No Python
+    # thread may run here. Native threads do (OpenBLAS's workers, jemalloc's background thread
+    # in pyarrow): both libraries register fork handlers for exactly this.
     others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    if others:  # forking a process with threads copies their locks in whatever state they are
+    if others:
         print(f"warm driver: not serving, threads after the imports: {others}", flush=True)
         return 1
     from insilico_trials.adapters.services import driver_socket
@@ -201,6 +251,14 @@ def serve(folder: Path) -> int:
                 except (OSError, ValueError) as exc:
                     print(f"warm driver: a bad request ({exc})", flush=True)
                     continue
+                theirs = dict(request.get("env", {}))
+                quiet_prefect(theirs)  # the defaults the command would set itself
+                if _settings(theirs) != settings:
+                    for fd in fds:
+                        os.close(fd)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"refused: other Prefect or Dask settings\n")
+                    continue
                 pid = os.fork()
                 if pid == 0:  # the child: never returns
                     code = 1
@@ -236,18 +294,24 @@ def _reap(children: set[int]) -> None:
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-    if len(fds) != 3 or len(data) < _HEADER.size:
-        for fd in fds:
+    try:
+        if len(fds) != 3 or len(data) < _HEADER.size:
+            raise ValueError("expected a request with three file descriptors")
+        (size,) = _HEADER.unpack_from(data)
+        body = data[_HEADER.size :]
+        while len(body) < size:
+            more = conn.recv(size - len(body))
+            if not more:
+                break
+            body += more
+        request = json.loads(body.decode())
+        if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
+            raise ValueError("expected a JSON object with argv")
+    except BaseException:
+        for fd in fds:  # nothing keeps the caller's descriptors open
             os.close(fd)
-        raise ValueError("expected a request with three file descriptors")
-    (size,) = _HEADER.unpack_from(data)
-    body = data[_HEADER.size :]
-    while len(body) < size:
-        more = conn.recv(size - len(body))
-        if not more:
-            break
-        body += more
-    return json.loads(body.decode()), fds
+        raise
+    return request, fds
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> int:
@@ -274,9 +338,14 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> int:
     from insilico_trials.app import cli
 
     app.STARTED = float(request.get("started", app.STARTED))  # the caller's start
+    _stop_when_caller_ends(conn)
     code = 1
     try:
         code = cli.main(list(request["argv"]))
+    except SystemExit as exc:  # argparse's usage errors and --help, as the console script
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
     except KeyboardInterrupt:
         code = 130
     except BaseException:  # as the console script would: the traceback, exit 1
@@ -289,6 +358,21 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> int:
         with contextlib.suppress(OSError):
             conn.sendall(f"exit {code}\n".encode())
     return code
+
+
+def _stop_when_caller_ends(conn: socket.socket) -> None:
+    """The caller sends nothing after its request: the end of its connection means it has
+    ended (killed, its terminal closed). The command then stops as after Ctrl-C (nothing
+    partial written), instead of finishing without anybody to report to."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(1):
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="insilico-caller-watch", daemon=True).start()
 
 
 if __name__ == "__main__":  # started by the services supervisor

@@ -295,16 +295,19 @@ def _pk_then_tumour(
         # evaluations share each patient's clearance in most of its rows): each distinct row
         # is solved once. Every row's arithmetic is its own, so the values are the same bytes.
         first, back = _distinct_rows([*pk_params.values(), dose])
+        repeated = first.size < n
         conc = simulate_regimen(
             protocol.pk_model(),
-            {k: v[first] for k, v in pk_params.items()},
-            dose_mg=dose[first],
+            {k: v[first] for k, v in pk_params.items()} if repeated else pk_params,
+            dose_mg=dose[first] if repeated else dose,
             interval_h=reg.interval_h,
             n_doses=reg.n_doses,
             route=reg.route,
             infusion_h=reg.infusion_h,
             times_h=times_h,
-        )[back]
+        )
+        if repeated:
+            conc = conc[back]
         if protocol.pk.is_file:
             conc = _model_file_concentration(protocol, conc, times_h)
     disease = protocol.disease
