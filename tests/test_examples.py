@@ -26,7 +26,7 @@ EXAMPLES = sorted((ROOT / "protocols").glob("*.yaml"))
 def test_every_example_is_tested():
     assert [p.stem for p in EXAMPLES] == [
         "abiraterone_twins", "design_binary_borrowing", "dose_ranging_pkpd", "onc_phase2_orr",
-        "onc_phase2_orr_model_file",
+        "onc_phase2_orr_model_file", "t1d_decision_support",
         "zhang2017_adaptive",
     ]  # fmt: skip
 

@@ -125,6 +125,12 @@ def write_run_outputs(
     if validation:  # published values this run can be compared with (credibility section)
         write_json(stage / "validation.json", validation)
         extra.append("validation.json")
+    if protocol.disease.is_glucose:  # CGM percentiles by time of day, for the report's AGP
+        from insilico_trials.sim.glucose import agp_percentiles
+
+        agp = agp_percentiles(tables.profile_times_h, tables.profiles)
+        atomic_write_bytes(stage / "glucose_agp.parquet", parquet_bytes(agp))
+        extra.append("glucose_agp.parquet")
     if tables.has("tumour_sld"):  # true SLD per visit, for the report's spider plot
         spool.write_parts(tables.parts("tumour_sld"), stage / "tumour_sld.parquet")
         extra.append("tumour_sld.parquet")

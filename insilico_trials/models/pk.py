@@ -163,5 +163,9 @@ def get_model(name: str) -> PKModel:
 def resolve_model(name: str | Path) -> PKModel | UserModel:
     """A built-in model by name, or a model file by path (``models/pk2cmt.yaml``)."""
     if isinstance(name, Path) or is_model_path(str(name)):
-        return load_model_file(name)
+        model = load_model_file(name)
+        problem = model.pk_problem()
+        if problem:
+            raise PKInputError(f"{name}: {problem}")
+        return model
     return get_model(str(name))

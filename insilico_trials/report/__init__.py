@@ -242,7 +242,8 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     def add(section: str, fig: Figure, caption: str) -> None:
         figures.append({"section": section, "src": _png(fig), "caption": caption})
 
-    has_profiles = bool(len(profiles)) and float(profiles["p95"].max()) > 0
+    glucose = protocol.disease.is_glucose
+    has_profiles = not glucose and bool(len(profiles)) and float(profiles["p95"].max()) > 0
     exposure = pd.read_parquet(archive / "exposure.parquet")
     exposure_summary = (
         exposure.drop(columns=["patient"]).groupby("arm", sort=False).mean(numeric_only=True)
@@ -256,6 +257,24 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
             "treated arm (the first 1,000 of a larger arm). Untreated arms have no "
             "concentration and are not drawn.",
         )
+    glucose_tables = None
+    if glucose:
+        from insilico_trials.report import plots_glucose
+
+        agp = pd.read_parquet(archive / "glucose_agp.parquet")
+        for arm in agp["arm"].unique():
+            add(
+                "glucose",
+                plots_glucose.agp_plot(agp, str(arm)),
+                f"Ambulatory glucose profile, arm {arm}: every CGM reading of every patient "
+                "after the run-in, every 15 minutes, pooled by time of day; median (line), "
+                "25th-75th and 5th-95th percentiles (bands); dashed lines at 54, 70, 180 and "
+                "250 mg/dL; shaded: the target range 70-180 mg/dL.",
+            )
+        glucose_tables = {
+            "metrics": _table(plots_glucose.metrics_table(endpoints)),
+            "baseline": _table(plots_glucose.glucose_baseline(cohort)),
+        }
     if sld is not None:
         for arm, fig in _spider_figures(sld, endpoints):
             add(
@@ -387,7 +406,14 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
     oc_tables = [
         {"name": str(p.relative_to(archive)), "html": _table(pd.read_csv(p))} for p in oc_files
     ]
-    baseline_html, target_note = _baseline(protocol, cohort, summary)
+    if glucose_tables is not None:
+        baseline_html = glucose_tables["baseline"]
+        target_note = (
+            "not declared: a glucose trial's patients are sampled around simglucose's virtual "
+            "patients (glucose.patients), whose groups and settings are shown"
+        )
+    else:
+        baseline_html, target_note = _baseline(protocol, cohort, summary)
 
     # Virtual share of the control arm: all virtual until a real data cut borrows from it;
     # taken from the latest cut with a decision (else the latest control refit).
@@ -452,6 +478,7 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         verification=verification,
         has_spider=sld is not None,
         has_profiles=has_profiles,
+        glucose=glucose_tables,
         exposure_table=_table(exposure_summary),
         validation=_validation_rows(archive),
         generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -159,7 +159,12 @@ def _stages(
             )
     total = len(chunks)
     say(
-        f"[{next(stage)}/{n_stages}] simulate: {total} chunks of <= {size} patients (PK, tumour, endpoints)"
+        f"[{next(stage)}/{n_stages}] simulate: {total} chunks of <= {size} patients "
+        + (
+            "(glucose-insulin model minute by minute, CGM endpoints)"
+            if protocol.disease.is_glucose
+            else "(PK, tumour, endpoints)"
+        )
     )
     digests, cached = [], 0
     step = max(1, total // 10)

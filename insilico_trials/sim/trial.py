@@ -52,6 +52,13 @@ def arm_cohort(
     """
     from insilico_trials.sim.cohort import sample_cohort
 
+    if protocol.disease.is_glucose:
+        from insilico_trials.sim.glucose import glucose_cohort
+
+        table = glucose_cohort(protocol, arm.n if n is None else n)
+        table.insert(1, "arm", arm.name)
+        table.attrs = {"screened": len(table)}
+        return table
     cohort = sample_cohort(
         protocol.population,
         n=arm.n if n is None else n,
@@ -129,6 +136,19 @@ def simulate_chunk(
     arm = next(a for a in protocol.arms if a.name == arm_name)
     if protocol.disease.model == "zhang2017":
         return _simulate_zhang_chunk(protocol, arm, cohort, replicate=replicate)
+    if protocol.disease.is_glucose:
+        from insilico_trials.sim.glucose import simulate_arm
+
+        endpoints, exposure, times_h, profiles = simulate_arm(protocol, arm.name, cohort)
+        patient = endpoints["patient"].to_numpy(dtype=np.int64)
+        return ChunkResult(
+            arm=arm.name,
+            start=int(patient[0]) if len(patient) else 0,
+            endpoints=endpoints,
+            exposure=exposure,
+            profile_times_h=times_h,
+            profiles=profiles[patient < PROFILE_PATIENTS].astype(np.float32),
+        )
     times_h, visits = _time_grids(protocol)
     n = len(cohort)
     patient = cohort["patient"].to_numpy(dtype=np.int64)
@@ -443,6 +463,8 @@ def summary_columns(protocol: TrialProtocol) -> list[str]:
     cols = ["arm", "patient", *ENDPOINTS[protocol.analysis.endpoint].columns]
     if protocol.disease.model == "zhang2017":
         cols += ["ttp_days", "ttp_event", "drug_fraction"]
+    if protocol.disease.is_glucose:
+        cols += ["tir_pct", "tbr70_pct", "tbr54_pct", "tar180_pct", "mean_glucose_mg_dl"]
     return list(dict.fromkeys(cols))
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "CONJUGATE_OF_KIND",
     "ENDPOINTS",
+    "GLUCOSE_ENDPOINTS",
     "OUTCOME_FAMILIES",
     "PK_PARAMETERS",
     "PK_PLAUSIBLE",
@@ -178,7 +179,7 @@ OUTCOME_FAMILIES: dict[str, OutcomeFamily] = {
         target_accept=0.9,
     ),
     "continuous": OutcomeFamily(
-        "continuous", kind="continuous", endpoints=("best_pct_change",),
+        "continuous", kind="continuous", endpoints=("best_pct_change", "tir"),
         quantity="mean_difference", quantities=("mean_difference",), columns=("value",),
         conjugate="normal", control_parameter="mu_c",
     ),
@@ -212,4 +213,9 @@ ENDPOINTS: dict[str, EndpointSpec] = {
     "pfs": EndpointSpec({"pfs_days": "time", "pfs_event": "event"}, "PFS"),
     "os": EndpointSpec({"os_days": "time", "os_event": "event"}, "OS"),
     "ttp": EndpointSpec({"ttp_days": "time", "ttp_event": "event"}, "TTP"),
+    # time in range 70-180 mg/dL (percent of CGM readings) of a glucose trial
+    "tir": EndpointSpec({"tir_pct": "value"}, None),
 }
+
+# The endpoints of a glucose trial (disease.model uva_padova).
+GLUCOSE_ENDPOINTS = ("tir",)

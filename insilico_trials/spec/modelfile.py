@@ -5,8 +5,8 @@ parameters, compartments, one ODE per compartment, outputs, and per-compartment 
 attributes (bioavailability F, lag ALAG, modelled rate R and duration D), in the spirit of
 mrgsolve's and rxode2's model texts. Every expression goes through the restricted evaluator of
 eligibility criteria (:class:`insilico_trials.spec.population.Expression`): numbers, declared
-names, ``+ - * / **``, comparisons (true is 1) and the functions ``exp log log10 sqrt abs min
-max``; no Python runs. An error names the file, the line and the rule.
+names, ``+ - * / **``, comparisons (true is 1) and the functions ``exp log log10 sqrt tanh abs
+min max``; no Python runs. An error names the file, the line and the rule.
 
 Example (``insilico_trials/models/library/pk1cmt.yaml``)::
 
@@ -46,7 +46,21 @@ The sections:
     data set's ``Fn``, ``ALAGn``, ``Rn``, ``Dn`` columns as for the built-in models.
 ``routes``
     Where a regular regimen's doses go: ``{oral: DEPOT, iv: CENT}``; ``oral`` defaults to the
-    first compartment, ``iv`` has no default.
+    first compartment, ``iv`` has no default. The glucose simulator doses ``meal`` (carbohydrate,
+    mg) and ``insulin`` (subcutaneous insulin, pmol/kg) routes.
+``time_unit``
+    ``h`` (default) or ``min``: the unit of time of the ODEs. The PK engine (data sets and
+    protocols' ``pk.model``) takes ``h`` only; the glucose simulator takes ``min``.
+``auxiliary``
+    Ordered ``NAME: expression`` over states, parameters, covariates, derived names, signals and
+    earlier auxiliary names: intermediate values of the right-hand side (mrgsolve's locals in
+    ``$ODE``), e.g. ``KGUT`` of the UVA/Padova gastric emptying. ODEs may read them; outputs may
+    not.
+``signals``
+    Piecewise-constant inputs a simulator supplies between its steps, ``NAME: {unit: TEXT}``,
+    read by ODEs only (not by outputs, derived names or initial amounts). The glucose simulator
+    supplies ``DBAR`` (mg), the current meal's size as the UVA/Padova gastric emptying reads it
+    (:mod:`insilico_trials.sim.glucose`). A file with signals cannot be used by the PK engine.
 ``solver``
     ``nonstiff`` (default, explicit Dormand-Prince 5(4)) or ``stiff`` (linearly implicit
     Rosenbrock, Shampine's ode23s); ``rtol`` and ``atol`` optional.
@@ -86,7 +100,8 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 # Names a model cannot declare: data-set columns the engine reads, time, and the functions.
 _RESERVED = frozenset(
     {"ID", "TIME", "T", "AMT", "EVID", "CMT", "II", "ADDL", "RATE", "SS", "DV", "MDV", "C"}
-    | {"exp", "log", "log10", "sqrt", "abs", "min", "max", "and", "or", "not", "in"}
+    | {"exp", "log", "log10", "sqrt", "tanh", "abs", "min", "max", "ifelse", "and", "or", "not"}
+    | {"in"}
 )
 _TOP = (
     "model",
@@ -104,7 +119,12 @@ _TOP = (
     "solver",
     "rtol",
     "atol",
+    "time_unit",
+    "signals",
+    "auxiliary",
 )
+ROUTES = ("oral", "iv", "meal", "insulin")
+TIME_UNITS = ("h", "min")
 LIBRARY = Path(__file__).resolve().parents[1] / "models" / "library"
 
 
@@ -162,6 +182,12 @@ class UserModel:
         ``{state index: {attribute: source}}``.
     solver, rtol, atol
         Integration method and tolerances.
+    signals
+        Piecewise-constant inputs a simulator supplies (read by ODEs only).
+    auxiliary
+        ``(name, source text)`` in order: intermediate values of the right-hand side.
+    time_unit
+        ``h`` or ``min``: the ODEs' unit of time.
     """
 
     name: str
@@ -179,6 +205,9 @@ class UserModel:
     solver: str = "nonstiff"
     rtol: float = 1e-10
     atol: float = 1e-12
+    signals: tuple[ParameterSpec, ...] = ()
+    time_unit: str = "h"
+    auxiliary: tuple[tuple[str, str], ...] = ()
     _compiled: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -195,6 +224,24 @@ class UserModel:
     def parameters(self) -> tuple[str, ...]:
         """Names of the input columns (parameters and covariates)."""
         return tuple(p.name for p in self.inputs)
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.signals)
+
+    def pk_problem(self) -> str | None:
+        """Why the PK engine (time in hours, doses from records) cannot run this file, or None."""
+        if self.time_unit != "h":
+            return (
+                f"model {self.name} has time_unit {self.time_unit}; the PK engine takes h "
+                "(this file is for the glucose simulator)"
+            )
+        if self.signals:
+            return (
+                f"model {self.name} reads signals ({', '.join(self.signal_names)}) that only a "
+                "simulator supplies (the glucose simulator); the PK engine cannot run it"
+            )
+        return None
 
     @property
     def n_cmt(self) -> int:
@@ -425,7 +472,20 @@ class _Parser:
                     f"{', '.join(states)})",
                     rule="an ODE needs a declared compartment",
                 )
+        signals = []
+        for key, spec in self.mapping(data.get("signals"), ("signals",), required=False).items():
+            signals.append(self.parameter("signals", key, spec, taken))
+        sig_names = tuple(sp.name for sp in signals)
         all_names = names + states
+        aux: list[tuple[str, str]] = []
+        aux_names: tuple[str, ...] = ()
+        for key, expr in self.mapping(
+            data.get("auxiliary"), ("auxiliary",), required=False
+        ).items():
+            text_ = self.expression(expr, ("auxiliary", key), all_names + sig_names + aux_names)
+            self.name(key, ("auxiliary", key), taken, "auxiliary value")
+            aux.append((key, text_))
+            aux_names = (*aux_names, key)
         odes = []
         for i, c in enumerate(states):
             if c not in odes_in:
@@ -434,7 +494,7 @@ class _Parser:
                     f"compartment {c!r} has no ODE in odes (write {c}: 0 for a constant amount)",
                     rule="every compartment is defined by an ODE",
                 )
-            odes.append(self.expression(odes_in[c], ("odes", c), all_names))
+            odes.append(self.expression(odes_in[c], ("odes", c), all_names + sig_names + aux_names))
         outputs = []
         out_taken = dict(taken)
         for key, expr in self.mapping(data["outputs"], ("outputs",)).items():
@@ -476,8 +536,10 @@ class _Parser:
             initial[states.index(key)] = self.expression(expr, ("initial", key), names)
         routes = {"oral": 0}
         for key, cmt in self.mapping(data.get("routes"), ("routes",), required=False).items():
-            if key not in ("oral", "iv"):
-                raise self.fail(("routes", key), f"unknown route {key!r}; allowed: oral, iv")
+            if key not in ROUTES:
+                raise self.fail(
+                    ("routes", key), f"unknown route {key!r}; allowed: {', '.join(ROUTES)}"
+                )
             if cmt not in states:
                 raise self.fail(
                     ("routes", key),
@@ -488,6 +550,11 @@ class _Parser:
         solver = data.get("solver", "nonstiff")
         if solver not in SOLVERS:
             raise self.fail(("solver",), f"must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        time_unit = data.get("time_unit", "h")
+        if time_unit not in TIME_UNITS:
+            raise self.fail(
+                ("time_unit",), f"must be one of {', '.join(TIME_UNITS)}, got {time_unit!r}"
+            )
         tol = {}
         for key, default, lo, hi in (("rtol", 1e-10, 1e-14, 1e-3), ("atol", 1e-12, 1e-20, 1e-3)):
             v = data.get(key, default)
@@ -510,11 +577,16 @@ class _Parser:
             solver=solver,
             rtol=tol["rtol"],
             atol=tol["atol"],
+            signals=tuple(signals),
+            time_unit=time_unit,
+            auxiliary=tuple(aux),
         )
 
     def parameter(self, section: str, key: Any, spec: Any, taken: dict) -> ParameterSpec:
         path = (section, key)
         self.name(key, path, taken, section[:-1])
+        if key != key.upper() and section == "signals":
+            raise self.fail(path, f"{key!r}: signals are named in upper case; write {key.upper()}")
         if key != key.upper():
             raise self.fail(
                 path,

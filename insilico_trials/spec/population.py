@@ -166,9 +166,11 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "log10": np.log10,
     "exp": np.exp,
     "sqrt": np.sqrt,
+    "tanh": np.tanh,
     "abs": np.abs,
     "min": np.minimum,
     "max": np.maximum,
+    "ifelse": np.where,  # compiled lazily in Expression._node
 }
 _BINOPS = {
     ast.Add: np.add,
@@ -204,8 +206,8 @@ class Expression:
         only be compared with ``==``, ``!=``, ``in``, ``not in`` to one of its labels).
 
     The compiled form is a tree of closures over numpy ufuncs: no ``eval``, no attribute
-    access, no subscripts, no lambdas, only the functions in ``log, log10, exp, sqrt, abs,
-    min, max``.
+    access, no subscripts, no lambdas, only the functions in ``log, log10, exp, sqrt, tanh, abs,
+    min, max`` and ``ifelse(condition, then, else)``.
     """
 
     MAX_LENGTH = 1000  # characters; a criterion is a line, not a program
@@ -286,6 +288,16 @@ class Expression:
                 )
             if node.keywords:
                 raise self._fail(node, "keyword arguments not allowed")
+            if node.func.id == "ifelse":
+                if len(node.args) != 3:
+                    raise self._fail(node, "ifelse() takes 3 arguments (condition, then, else)")
+                cond, then, other = (self._compile(a) for a in node.args)
+
+                def pick(env: Mapping[str, Any]) -> Any:
+                    with np.errstate(all="ignore"):  # the branch not taken may divide by 0
+                        return np.where(cond(env), then(env), other(env))
+
+                return pick, "num"
             f = _FUNCTIONS[node.func.id]
             nargs = 2 if node.func.id in ("min", "max") else 1
             if len(node.args) != nargs:

@@ -54,6 +54,7 @@ from pydantic import (
 from insilico_trials.errors import InputError
 from insilico_trials.spec.catalog import (
     ENDPOINTS,
+    GLUCOSE_ENDPOINTS,
     OUTCOME_FAMILIES,
     PK_PARAMETERS,
     PK_PLAUSIBLE,
@@ -62,6 +63,7 @@ from insilico_trials.spec.catalog import (
     TWIN_MODEL_NAMES,
 )
 from insilico_trials.spec.design import DesignSpec, design_problems
+from insilico_trials.spec.glucose import GLUCOSE_MODEL, ControllerSpec, GlucoseSection
 from insilico_trials.spec.modelfile import (
     ModelFileError,
     UserModel,
@@ -161,6 +163,9 @@ class Arm(_Spec):
     n: int = Field(ge=1, le=10_000_000, description="virtual patients in the arm")
     control: bool = False
     regimen: Regimen | None = Field(description="null for an untreated or placebo arm")
+    controller: ControllerSpec | None = Field(
+        default=None, description="the insulin dosing algorithm of a glucose trial's arm"
+    )
 
 
 class PKSection(_Spec):
@@ -219,12 +224,13 @@ class Disease(_Spec):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v in TUMOUR_MODELS:
+        if v in TUMOUR_MODELS or v == GLUCOSE_MODEL:
             return v
         if not is_model_path(v):
             raise ValueError(
-                f"unknown disease model {v!r}; use one of {', '.join(TUMOUR_MODELS)} "
-                "or the path of a model file (.yaml) with an SLD output"
+                f"unknown disease model {v!r}; use one of {', '.join(TUMOUR_MODELS)}, "
+                f"{GLUCOSE_MODEL} (type 1 diabetes, with a glucose section) or the path of a "
+                "model file (.yaml) with an SLD output"
             )
         problem = protocol_model_path_problem(v)
         if problem:
@@ -234,7 +240,12 @@ class Disease(_Spec):
     @property
     def is_file(self) -> bool:
         """True when the disease model is a model file."""
-        return self.model not in TUMOUR_MODELS
+        return self.model not in TUMOUR_MODELS and self.model != GLUCOSE_MODEL
+
+    @property
+    def is_glucose(self) -> bool:
+        """True for a type 1 diabetes trial (the UVA/Padova model; a glucose section)."""
+        return self.model == GLUCOSE_MODEL
 
 
 class SurvivalLink(_Spec):
@@ -475,7 +486,7 @@ MAX_CHUNK_BYTES = 4 * 2**30
 MAX_VISITS = 10_000
 
 # Sections added after the first archives (see TrialProtocol.canonical_json).
-_LATER_SECTIONS = ("sensitivity", "real_data", "twins")
+_LATER_SECTIONS = ("sensitivity", "real_data", "twins", "glucose")
 # Fields added to a section after the first archives: dropped from the canonical JSON at their
 # default when they change nothing (synthetic_control: a method that does not borrow).
 _LATER_FIELDS = {
@@ -505,6 +516,9 @@ class TrialProtocol(_Spec):
     real_data: RealData = RealData()
     design: DesignSpec | None = None
     twins: Twins | None = None
+    glucose: GlucoseSection | None = Field(
+        default=None, description="a type 1 diabetes trial (disease.model: uva_padova)"
+    )
     # The model file pk.model names, read by load_protocol from the protocol's folder.
     _pk_file: UserModel | None = PrivateAttr(default=None)
 
@@ -534,6 +548,8 @@ class TrialProtocol(_Spec):
             model = load_model_file(path)
         except ModelFileError as exc:
             return [(("pk", "model"), self.pk.model, f"model file refused: {exc}")]
+        if problem := model.pk_problem():
+            return [(("pk", "model"), self.pk.model, problem)]
         self.__pydantic_private__["_pk_file"] = model
         problems: list[tuple[tuple[str | int, ...], Any, str]] = []
         for i, arm in enumerate(self.arms):
@@ -612,6 +628,9 @@ class TrialProtocol(_Spec):
         }
 
         zhang = self.disease.model == "zhang2017"
+        if self.disease.is_glucose or self.glucose is not None:
+            errors += self._glucose_problems()
+            zhang = True  # (skips the tumour and regimen rules below, as for zhang2017)
         if self.pk is None and not zhang and self.disease.exposure != "none":
             errors.append(
                 (
@@ -673,7 +692,7 @@ class TrialProtocol(_Spec):
                 )
         for i, arm in enumerate(self.arms):
             if arm.regimen is None:
-                if zhang:
+                if zhang and not self.disease.is_glucose:
                     errors.append(
                         (
                             ("arms", i, "regimen"),
@@ -781,6 +800,43 @@ class TrialProtocol(_Spec):
             )  # fmt: skip
         return out
 
+    def _glucose_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
+        out: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.glucose is None:
+            return [(("disease", "model"), self.disease.model,
+                     "a uva_padova trial needs a glucose section (patients, days, meals, devices)")]  # fmt: skip
+        if not self.disease.is_glucose:
+            return [(("glucose",), "glucose", "a glucose section needs disease.model: uva_padova")]
+        if self.pk is not None:
+            out.append((("pk",), "pk", "a glucose trial doses insulin through its arms' "
+                        "controllers; remove the pk section"))  # fmt: skip
+        if self.disease.exposure != "none":
+            out.append((("disease", "exposure"), self.disease.exposure, "must be none"))
+        for i, arm in enumerate(self.arms):
+            if arm.controller is None:
+                out.append((("arms", i, "controller"), None,
+                            "every arm of a glucose trial needs a controller: {kind: "
+                            "basal_bolus} or {kind: decision_support}"))  # fmt: skip
+            if arm.regimen is not None:
+                out.append((("arms", i, "regimen"), arm.regimen.drug,
+                            "a glucose trial's arm has regimen: null (its controller doses)"))  # fmt: skip
+        if self.analysis.endpoint not in GLUCOSE_ENDPOINTS:
+            out.append((("analysis", "endpoint"), self.analysis.endpoint,
+                        f"a glucose trial's endpoint is one of {', '.join(GLUCOSE_ENDPOINTS)}"))  # fmt: skip
+        if self.synthetic_control.method != "none":
+            out.append((("synthetic_control", "method"), self.synthetic_control.method,
+                        "a glucose trial has no synthetic control: use none"))  # fmt: skip
+        if self.sensitivity.sobol:
+            out.append((("sensitivity", "sobol"), True,
+                        "not available for glucose trials: set sobol: false"))  # fmt: skip
+        for name in ("design", "twins"):
+            if getattr(self, name) is not None:
+                out.append(((name,), name, "not available for glucose trials"))
+        if self.population.parameters:
+            out.append((("population", "parameters"), sorted(self.population.parameters),
+                        "a glucose trial's patients come from glucose.patients; declare none"))  # fmt: skip
+        return out
+
     def _twin_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:
         tw = self.twins
         if tw is None:
@@ -843,6 +899,8 @@ class TrialProtocol(_Spec):
         if data.get("design") is not None and data["design"].get("futility_pos") is None:
             data["design"].pop("futility_pos", None)  # added later; None changes nothing
         for arm in data["arms"]:
+            if arm.get("controller") is None:
+                arm.pop("controller", None)  # added later; absent in oncology protocols
             adaptive = (arm.get("regimen") or {}).get("adaptive")
             # Added after the first archives; "trial" is what older protocols ran.
             if adaptive is not None and adaptive.get("rule") == "trial":

@@ -39,9 +39,16 @@ import numpy as np
 from insilico_trials.errors import PKInputError
 from insilico_trials.spec.modelfile import UserModel
 
-__all__ = ["ModelKernel", "cache_folder", "kernel_for"]
+__all__ = ["ModelKernel", "Stepper", "cache_folder", "kernel_for"]
 
-_FUNCS = {"exp": "np.exp", "log": "np.log", "log10": "np.log10", "sqrt": "np.sqrt", "abs": "abs"}
+_FUNCS = {
+    "exp": "np.exp",
+    "log": "np.log",
+    "log10": "np.log10",
+    "sqrt": "np.sqrt",
+    "tanh": "np.tanh",
+    "abs": "abs",
+}
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _LOCK = threading.Lock()
@@ -85,6 +92,9 @@ def _emit(node: ast.AST) -> str:
         args = ", ".join(_emit(a) for a in node.args)
         if name in ("min", "max"):
             return f"{name}({args})"
+        if name == "ifelse":  # only the branch taken is evaluated
+            c, a, b = (_emit(x) for x in node.args)
+            return f"({a} if {c} != 0.0 else {b})"
         return f"{_FUNCS[name]}({args})"
     raise TypeError(f"unexpected node {type(node).__name__}")  # validated before
 
@@ -120,8 +130,17 @@ def _hoist(node: ast.AST, states: frozenset[str], found: dict[str, tuple[str, as
 
 def generate_source(model: UserModel) -> str:
     """The module text: the per-patient constants, the right-hand side, the solver template."""
-    states = frozenset(model.compartments)
+    # signals change between a simulator's steps: never hoisted, read after the rates
+    states = (
+        frozenset(model.compartments)
+        | frozenset(model.signal_names)
+        | frozenset(n for n, _ in model.auxiliary)
+    )
     hoisted: dict[str, tuple[str, ast.AST]] = {}
+    aux = [
+        (name, _hoist(ast.parse(text.strip(), mode="eval").body, states, hoisted))
+        for name, text in model.auxiliary
+    ]
     bodies = [
         _hoist(ast.parse(text.strip(), mode="eval").body, states, hoisted) for text in model.odes
     ]
@@ -161,17 +180,22 @@ def generate_source(model: UserModel) -> str:
         "def rhs(x, q, rate, dx):",
     ]
     used: set[str] = set()
-    for body in bodies:
+    for body in bodies + [b for _, b in aux]:
         used |= {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}
     for i, c in enumerate(model.compartments):
         if c in used:
             lines.append(f"    v_{c} = x[{i}]")
+    for s, name in enumerate(model.signal_names):
+        if name in used:
+            lines.append(f"    v_{name} = rate[N + {s}]")
     for j, name in enumerate(model.individual_names):
         if name in used:
             lines.append(f"    v_{name} = q[{j}]")
     for i, (hname, _) in enumerate(hoisted.values()):
         if hname in used:
             lines.append(f"    v_{hname} = q[K + {i}]")
+    for name, body in aux:
+        lines.append(f"    v_{name} = {_emit(body)}")
     for i, body in enumerate(bodies):
         lines.append(f"    dx[{i}] = {_emit(body)} + rate[{i}]")
     return "\n".join(lines) + "\n" + _select(_TEMPLATE, model.solver)
@@ -293,6 +317,10 @@ class ModelKernel:
             )
         return y
 
+    def stepper(self, individual: np.ndarray) -> Stepper:
+        """A :class:`Stepper` for patients ``individual`` (n, k): constant inputs per step."""
+        return Stepper(self, individual)
+
     def population(
         self,
         individual: np.ndarray,
@@ -344,6 +372,44 @@ class ModelKernel:
             j = int(bad[0])
             raise PKInputError(f"patient {j}: {_failure(self.model, int(status[j]))}")
         return out
+
+
+class Stepper:
+    """Advance a population step by step under inputs chosen between steps (closed loop).
+
+    A simulator that reacts to the state (a controller reading a sensor) calls :meth:`step`
+    once per control interval with each patient's input rates (one per compartment, in the
+    model's units per time unit) followed by its signals; the states stay in :attr:`x`
+    (n, n_cmt), and each patient's step size carries over, so a call costs one compiled loop
+    over the patients and no Python per solver step.
+    """
+
+    def __init__(self, kernel: ModelKernel, individual: np.ndarray) -> None:
+        self.kernel = kernel
+        model = kernel.model
+        p = np.ascontiguousarray(np.atleast_2d(individual), dtype=float)
+        self.n = p.shape[0]
+        self.x = np.ascontiguousarray(model.initial_amounts(p), dtype=float)
+        kernel._check_finite(p, self.x, "patient")
+        self._q = kernel._mod.prep_all(p)
+        self._h = np.zeros(self.n)
+        self._status = np.zeros(self.n, dtype=np.int64)
+        self.width = model.n_cmt + len(model.signals)
+
+    def step(self, inputs: np.ndarray, dt: float) -> np.ndarray:
+        """Advance every patient by ``dt`` with ``inputs`` (n, n_cmt + n_signals); return x."""
+        inputs = np.ascontiguousarray(inputs, dtype=float)
+        if inputs.shape != (self.n, self.width):
+            raise ValueError(f"inputs have shape {inputs.shape}, expected {(self.n, self.width)}")
+        model = self.kernel.model
+        self.kernel._mod.step_all(
+            self._q, self.x, inputs, float(dt), self._h, model.rtol, model.atol,
+            self.kernel.method, self._status,
+        )  # fmt: skip
+        if self._status.any():
+            j = int(np.flatnonzero(self._status)[0])
+            raise PKInputError(f"patient {j}: {_failure(model, int(self._status[j]))}")
+        return self.x
 
 
 def _threads() -> int:
@@ -741,4 +807,29 @@ def population(P, points, bolus, rates, times, init, out, rtol, atol, method, st
     # patients lo..hi-1; releases the GIL, so threads share a population
     for j in range(lo, hi):
         status[j] = _one(j, P, points, bolus, rates, times, init, out, rtol, atol, method)
+
+
+@njit(cache=True, error_model='numpy', nogil=True)
+def prep_all(P):
+    Q = np.empty((P.shape[0], K + H))
+    for j in range(P.shape[0]):
+        Q[j] = prep(P[j])
+    return Q
+
+
+@njit(cache=True, error_model='numpy', nogil=True)
+def step_all(Q, X, inputs, dt, hs, rtol, atol, method, status):
+    # every patient j with status 0 advances X[j] by dt under constant inputs[j] (rates per
+    # compartment, then signals); hs[j] carries its step size from one call to the next
+    w = np.empty((10, N))
+    none = np.empty(0)
+    sink = np.empty((1, 0, N))
+    for j in range(X.shape[0]):
+        if status[j] != 0:
+            continue
+        h, st = _segment(
+            X[j], Q[j], inputs[j], dt, hs[j], rtol, atol, none, 0.0, 0, 0, sink, 0, w, method
+        )
+        hs[j] = h
+        status[j] = st
 """
