@@ -115,11 +115,7 @@ def _advice4u_rows(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[dic
     if dss is None:
         return []
     means = endpoints.groupby("arm")[["tir_pct", "tbr54_pct"]].mean()
-    note = (
-        "clinical trial, not a model output: ADVICE4U's physicians also revised the settings "
-        "(every 3 weeks, over 6 months, in 108 real youths); this trial's control keeps its "
-        "starting settings, and its patients, meals and devices are the protocol's"
-    )
+    note = "a clinical trial's result, not an output of this model (see above)"
     rows = []
     for col, what in (
         ("tir_pct", "time in range 70-180 mg/dL"),

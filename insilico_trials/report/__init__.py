@@ -437,7 +437,8 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
             {"name": arm.name, "n": arm.n, "control": arm.control,
              "regimen": "none (untreated)" if reg is None else
              f"{reg.drug} {reg.dose:g} {reg.unit} {reg.route} every {reg.interval_h:g} h, "
-             f"{reg.n_doses} doses"}
+             f"{reg.n_doses} doses",
+             "controller": _controller_text(arm.controller)}
         )  # fmt: skip
     verification = _verification(archive)
     # Every value is escaped; only the tables built above (cells escaped by pandas) are Markup.
@@ -483,6 +484,21 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
         validation=_validation_rows(archive),
         generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _controller_text(c: Any) -> str:
+    if c is None:
+        return ""
+    text = (
+        f"{c.kind.replace('_', ' ')}: meal bolus carbs / CR, correction (CGM - "
+        f"{c.target_mg_dl:g}) / CF above {c.correct_above_mg_dl:g} mg/dL"
+    )
+    if c.kind == "decision_support":
+        text += (
+            f"; basal, CR and CF revised every {c.every_days} days by steps of "
+            f"{100 * c.step:g}%, within 1/{c.max_factor:g} to {c.max_factor:g} times the start"
+        )
+    return text
 
 
 def _latest_decision(

@@ -123,19 +123,24 @@ class GlucoseSection(_Spec):
     pump: PumpSpec | None = PumpSpec()
     hypo_treatment: HypoTreatment | None = HypoTreatment()
 
-    @model_validator(mode="after")
-    def _meal_order(self) -> GlucoseSection:
-        times = [m.time_h for m in self.meals]
-        for i in range(1, len(times)):
-            if times[i] <= times[i - 1]:
-                raise ValueError(
-                    f"meals must be in order of time_h: meals[{i}] ({self.meals[i].name}) at "
-                    f"{times[i]:g} h comes after {self.meals[i - 1].name} at {times[i - 1]:g} h"
-                )
-        names = [m.name for m in self.meals]
-        if len(set(names)) != len(names):
-            raise ValueError("meal names must be unique")
-        return self
+    def meal_problems(self) -> list[tuple[tuple[str | int, ...], object, str]]:
+        """Meals out of order of time or with a repeated name, as ``(field path, value,
+        message)`` (the protocol reports them at the meal's own line)."""
+        out: list[tuple[tuple[str | int, ...], object, str]] = []
+        for i in range(1, len(self.meals)):
+            this, before = self.meals[i], self.meals[i - 1]
+            if this.time_h <= before.time_h:
+                out.append(
+                    (("glucose", "meals", i, "time_h"), this.time_h,
+                     f"meals must be in order of time_h: {this.name} at {this.time_h:g} h "
+                     f"comes after {before.name} at {before.time_h:g} h")
+                )  # fmt: skip
+        seen: set[str] = set()
+        for i, m in enumerate(self.meals):
+            if m.name in seen:
+                out.append((("glucose", "meals", i, "name"), m.name, "meal names must be unique"))
+            seen.add(m.name)
+        return out
 
 
 class ControllerSpec(_Spec):

@@ -807,6 +807,7 @@ class TrialProtocol(_Spec):
                      "a uva_padova trial needs a glucose section (patients, days, meals, devices)")]  # fmt: skip
         if not self.disease.is_glucose:
             return [(("glucose",), "glucose", "a glucose section needs disease.model: uva_padova")]
+        out += self.glucose.meal_problems()
         if self.pk is not None:
             out.append((("pk",), "pk", "a glucose trial doses insulin through its arms' "
                         "controllers; remove the pk section"))  # fmt: skip
