@@ -31,6 +31,10 @@ Sections (see ``protocols/`` for complete, runnable examples):
     The Sobol sensitivity stage of ``run`` (on by default; ``sobol: false`` skips it).
 ``real_data``
     ``study_id``: the ADSL STUDYID every real data cut of this trial must carry.
+``glucose``
+    A type 1 diabetes trial (``disease.model: uva_padova``): patients, days, meals, CGM, pump,
+    hypoglycaemia treatment (:mod:`insilico_trials.spec.glucose`); each arm then names its
+    insulin dosing algorithm in ``controller`` and has ``regimen: null``.
 """
 
 from __future__ import annotations
