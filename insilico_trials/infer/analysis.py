@@ -107,13 +107,15 @@ def _advice4u_rows(protocol: TrialProtocol, endpoints: pd.DataFrame) -> list[dic
     """ADVICE4U's published arms beside this trial's: the standard-care arm beside the physician
     arm, the decision-support arm beside the AI-DSS arm, and the difference. A clinical trial,
     not an output of this model: the distance is shown, whatever it is, with what differs."""
+    ctrl = protocol.control_arm.controller
     control = protocol.control_arm.name
     dss = next(
-        (a.name for a in protocol.arms if a.controller and a.controller.kind == "decision_support"),
+        (a.name for a in protocol.treatment_arms
+         if a.controller is not None and a.controller.kind == "decision_support"),
         None,
-    )
-    if dss is None:
-        return []
+    )  # fmt: skip
+    if dss is None or ctrl is None or ctrl.kind != "basal_bolus":
+        return []  # ADVICE4U compares decision support (treatment) with standard care (control)
     means = endpoints.groupby("arm")[["tir_pct", "tbr54_pct"]].mean()
     note = "a clinical trial's result, not an output of this model (see above)"
     rows = []

@@ -266,8 +266,9 @@ def render_report(archive: Path, meta: dict[str, Any]) -> str:
             add(
                 "glucose",
                 plots_glucose.agp_plot(agp, str(arm)),
-                f"Ambulatory glucose profile, arm {arm}: every CGM reading of every patient "
-                "after the run-in, every 15 minutes, pooled by time of day; median (line), "
+                f"Ambulatory glucose profile, arm {arm}: the CGM readings every 15 minutes "
+                "after the run-in of every patient (the first 1,000 of a larger arm), pooled "
+                "by time of day; median (line), "
                 "25th-75th and 5th-95th percentiles (bands); dashed lines at 54, 70, 180 and "
                 "250 mg/dL; shaded: the target range 70-180 mg/dL.",
             )

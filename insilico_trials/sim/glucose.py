@@ -24,8 +24,8 @@ held constant over the minute:
 - **hypoglycaemia treatment** (optional): when the CGM reads below a threshold the patient eats
   rescue carbohydrate, at most once per waiting time (the rule of 15).
 
-Everything random is keyed by (seed, purpose, patient), so a patient's meals, sensor noise and
-parameters are the same in every arm and in any chunking.
+Everything random is keyed by (seed, purpose, arm, patient): each arm has its own patients (a
+parallel-group trial), and a patient's numbers do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -76,6 +76,19 @@ FREE = (
     "KSC", "KA1", "KA2",
 )  # fmt: skip
 FRACTIONS = ("B", "D", "F", "HEB")  # in (0, 1): sampled on the logit scale
+STEADY = (
+    "GPB",
+    "IPB",
+    "M30",
+    "ILB",
+    "GTB",
+    "VM0",
+    "KP1",
+    "U2SS",
+    "ISC1SS",
+    "ISC2SS",
+    "BASAL",
+)  # fmt: skip  (derive_steady_state)
 
 
 @cache
@@ -220,7 +233,10 @@ def virtual_patients(
         out["CF"] = base["CF"].to_numpy() / r
         out["TDI"] = base["TDI"].to_numpy() * r
     out.insert(0, "source", base["name"].to_numpy())
-    out = out.drop(columns=["name"])
+    # the source's columns that the model does not read and a virtual patient does not
+    # recompute (initial states, index, history, CL, M5, RDB, PCRB, DOSEKEMPT) would be stale
+    keep = ["source", "group", *FREE, *STEADY, "AGE", "CR", "CF", "TDI"]
+    out = out[keep]
     out.insert(0, "patient", patient)
     return out
 
@@ -351,29 +367,40 @@ class MealPlan:
 
 
 def meal_plan(
-    meals: Sequence[dict], days: int, patient: np.ndarray, *, seed: int, estimate_cv: float
+    meals: Sequence[dict],
+    days: int,
+    patient: np.ndarray,
+    *,
+    seed: int,
+    estimate_cv: float,
+    keys: tuple[str | int, ...] = (),
 ) -> MealPlan:
-    """Meals with day-to-day variability, keyed per patient.
+    """Meals with day-to-day variability, keyed per patient (and ``keys``, e.g. the arm).
 
     Each meal spec (``time_h``, ``time_sd_min``, ``carbs_g``, ``carbs_cv``, ``probability``,
-    ``bolus``) gives, per patient and day: whether it is eaten (probability), its time (normal,
-    truncated to +-2 sd, on the minute), its carbohydrate (lognormal with that mean and CV) and
-    the patient's count of it (multiplied by a lognormal error of CV ``estimate_cv``)."""
+    ``bolus``) gives, per patient and day: whether it is eaten (probability), its time (a
+    normal truncated at +-2 SD, drawn by the inverse CDF, rounded to the minute; it may cross
+    midnight into the next or previous day, within the simulated days), its carbohydrate
+    (lognormal with that mean and CV) and the patient's count of it (multiplied by a lognormal
+    error of CV ``estimate_cv``)."""
+    from scipy.special import ndtr, ndtri
+
     patient = np.asarray(patient, dtype=np.int64)
     n, m = len(patient), len(meals)
     k = days * m
-    u = patient_uniforms(seed, ("meals", "eaten"), patient, k)
-    zt = np.clip(patient_normals(seed, ("meals", "time"), patient, k), -2, 2)
-    zc = patient_normals(seed, ("meals", "carbs"), patient, k)
-    ze = patient_normals(seed, ("meals", "estimate"), patient, k)
+    u = patient_uniforms(seed, (*keys, "meals", "eaten"), patient, k)
+    lo, hi = ndtr(-2.0), ndtr(2.0)
+    zt = ndtri(lo + (hi - lo) * patient_uniforms(seed, (*keys, "meals", "time"), patient, k))
+    zc = patient_normals(seed, (*keys, "meals", "carbs"), patient, k)
+    ze = patient_normals(seed, (*keys, "meals", "estimate"), patient, k)
     minute = np.full((n, k), -1, dtype=int)
     carbs = np.zeros((n, k))
     for d in range(days):
         for j, meal in enumerate(meals):
             c = d * m + j
             eaten = u[:, c] < meal.get("probability", 1.0)
-            t = meal["time_h"] * 60 + meal.get("time_sd_min", 0.0) * zt[:, c]
-            t = np.clip(np.round(t), 0, 1439).astype(int) + d * 1440
+            t = d * 1440 + meal["time_h"] * 60 + meal.get("time_sd_min", 0.0) * zt[:, c]
+            t = np.clip(np.round(t), 0, days * 1440 - 1).astype(int)
             cv = meal.get("carbs_cv", 0.0)
             s = math.sqrt(math.log1p(cv**2))
             g = meal["carbs_g"] * np.exp(s * zc[:, c] - s * s / 2)
@@ -724,20 +751,22 @@ def cgm_metrics(readings: np.ndarray) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def glucose_cohort(protocol: TrialProtocol, n: int) -> pd.DataFrame:
-    """The virtual patients of a glucose trial (the same patients in every arm: keyed by patient
-    only), with their starting pump settings ``BASAL0`` (U/h), ``CR0`` (g/U) and ``CF0``
-    (mg/dL per U): the settings that fit each patient times a lognormal error of CV
-    ``patients.settings_cv`` (one draw per setting and patient)."""
+def glucose_cohort(protocol: TrialProtocol, arm: str, n: int) -> pd.DataFrame:
+    """The virtual patients of one arm of a glucose trial, with their starting pump settings
+    ``BASAL0`` (U/h), ``CR0`` (g/U) and ``CF0`` (mg/dL per U): the settings that fit each
+    patient times a lognormal error of CV ``patients.settings_cv`` (one draw per setting and
+    patient). Every draw is keyed by (arm, patient): the arms are independent groups of
+    patients, as in a parallel-group trial, which is what the outcome model analyses."""
     g = protocol.glucose
     assert g is not None
     patient = np.arange(n, dtype=np.int64)
     src = g.patients
     table = virtual_patients(
-        patient, seed=protocol.seed, names=src.source_names(), spread=src.spread
-    )
+        patient, seed=protocol.seed, names=src.source_names(), spread=src.spread,
+        key=f"t1d-population/{arm}",
+    )  # fmt: skip
     s = math.sqrt(math.log1p(src.settings_cv**2))
-    z = patient_normals(protocol.seed, ("t1d-settings",), patient, 3)
+    z = patient_normals(protocol.seed, ("t1d-settings", arm), patient, 3)
     err = np.exp(s * z - s * s / 2)
     table["BASAL0"] = table["BASAL"].to_numpy() * err[:, 0]
     table["CR0"] = table["CR"].to_numpy() * err[:, 1]
@@ -780,10 +809,13 @@ def simulate_arm(
     start = g.run_in_days * 1440
     meals = meal_plan(
         [m.model_dump() for m in g.meals], total_days, patient, seed=protocol.seed,
-        estimate_cv=g.carb_estimate_cv,
+        estimate_cv=g.carb_estimate_cv, keys=(arm.name,),
     )  # fmt: skip
     sensor = Sensor.named(g.cgm.sensor, noise=g.cgm.noise)
-    noise = cgm_noise(sensor, patient, minutes // sensor.sample_min + 1, seed=protocol.seed)
+    noise = cgm_noise(
+        sensor, patient, minutes // sensor.sample_min + 1, seed=protocol.seed,
+        key=f"cgm/{arm.name}",
+    )  # fmt: skip
     pump = Pump.named(g.pump.name) if g.pump is not None else None
     hypo = g.hypo_treatment
     run = simulate(
@@ -801,6 +833,12 @@ def simulate_arm(
     k0 = start // sensor.sample_min
     window = run.cgm[:, k0 : minutes // sensor.sample_min]  # the window's readings, end excluded
     endpoints = cgm_metrics(window)
+    # time in range during the run-in (on the starting settings): the baseline an analysis
+    # may adjust for (analysis.covariates: [baseline]); not defined without a run-in
+    run_in = run.cgm[:, :k0]
+    endpoints["tir_run_in_pct"] = (
+        100.0 * ((run_in >= 70) & (run_in <= 180)).mean(axis=1) if k0 else np.nan
+    )
     endpoints.insert(0, "patient", patient)
     endpoints.insert(1, "arm", arm.name)
     endpoints["source_patient"] = cohort["source"].to_numpy()

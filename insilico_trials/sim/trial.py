@@ -55,7 +55,7 @@ def arm_cohort(
     if protocol.disease.is_glucose:
         from insilico_trials.sim.glucose import glucose_cohort
 
-        table = glucose_cohort(protocol, arm.n if n is None else n)
+        table = glucose_cohort(protocol, arm.name, arm.n if n is None else n)
         table.insert(1, "arm", arm.name)
         table.attrs = {"screened": len(table)}
         return table

@@ -214,7 +214,8 @@ ENDPOINTS: dict[str, EndpointSpec] = {
     "os": EndpointSpec({"os_days": "time", "os_event": "event"}, "OS"),
     "ttp": EndpointSpec({"ttp_days": "time", "ttp_event": "event"}, "TTP"),
     # time in range 70-180 mg/dL (percent of CGM readings) of a glucose trial
-    "tir": EndpointSpec({"tir_pct": "value"}, None),
+    # (baseline: time in range during the run-in, on the starting settings)
+    "tir": EndpointSpec({"tir_pct": "value", "tir_run_in_pct": "baseline"}, None),
 }
 
 # The endpoints of a glucose trial (disease.model uva_padova).

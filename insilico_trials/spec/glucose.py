@@ -49,8 +49,8 @@ class PatientSource(_Spec):
     """Where the virtual patients come from: simglucose's 30 (``names`` or ``groups``), and how
     far the virtual population spreads around them (``spread``: a multiple of their group's
     between-patient SD; 0 uses them as they are). ``settings_cv``: the CV of the error of each
-    patient's starting pump settings (basal, CR, CF) around the ones that fit it, the same in
-    every arm (a clinic's settings are not perfect)."""
+    patient's starting pump settings (basal, CR, CF) around the ones that fit it (a clinic's
+    settings are not perfect)."""
 
     names: list[str] | None = Field(default=None, min_length=1, description="simglucose names")
     groups: list[Literal["adolescent", "adult", "child"]] = Field(

@@ -635,6 +635,20 @@ class TrialProtocol(_Spec):
         if self.disease.is_glucose or self.glucose is not None:
             errors += self._glucose_problems()
             zhang = True  # (skips the tumour and regimen rules below, as for zhang2017)
+        else:
+            if self.analysis.endpoint in GLUCOSE_ENDPOINTS:
+                errors.append(
+                    (("analysis", "endpoint"), self.analysis.endpoint,
+                     "time in range is the endpoint of a glucose trial (disease.model: "
+                     "uva_padova with a glucose section)")
+                )  # fmt: skip
+            for i, arm in enumerate(self.arms):
+                if arm.controller is not None:
+                    errors.append(
+                        (("arms", i, "controller"), arm.controller.kind,
+                         "an insulin dosing algorithm belongs to a glucose trial (disease.model: "
+                         "uva_padova); this arm doses by its regimen")
+                    )  # fmt: skip
         if self.pk is None and not zhang and self.disease.exposure != "none":
             errors.append(
                 (
@@ -837,9 +851,47 @@ class TrialProtocol(_Spec):
         for name in ("design", "twins"):
             if getattr(self, name) is not None:
                 out.append(((name,), name, "not available for glucose trials"))
-        if self.population.parameters:
-            out.append((("population", "parameters"), sorted(self.population.parameters),
-                        "a glucose trial's patients come from glucose.patients; declare none"))  # fmt: skip
+        pop = self.population
+        for name in ("covariates", "parameters", "derived"):
+            if getattr(pop, name):
+                out.append((("population", name), sorted(getattr(pop, name)) if name != "derived" else len(pop.derived),
+                            "a glucose trial's patients come from glucose.patients; declare none "
+                            "(write population: {covariates: {}})"))  # fmt: skip
+        for name in ("correlation", "omega_block", "target"):
+            if getattr(pop, name) is not None:
+                out.append((("population", name), name, "not used by a glucose trial: remove it"))
+        if pop.eligibility.inclusion or pop.eligibility.exclusion:
+            out.append((("population", "eligibility"), "eligibility",
+                        "a glucose trial's patients come from glucose.patients, whose own "
+                        "eligibility is their steady state; remove it"))  # fmt: skip
+        g = self.glucose
+        for i, arm in enumerate(self.arms):
+            c = arm.controller
+            if c is not None and c.kind == "decision_support" and c.every_days >= g.days:
+                out.append(
+                    (("arms", i, "controller", "every_days"), c.every_days,
+                     f"the first review would come after the trial's {g.days} days: the arm "
+                     "would be standard care; use fewer days between reviews or more days")
+                )  # fmt: skip
+        if "baseline" in self.analysis.covariates and g.run_in_days == 0:
+            out.append(
+                (("analysis", "covariates"), ["baseline"],
+                 "the baseline of time in range is the run-in's: set glucose.run_in_days")
+            )  # fmt: skip
+        # memory of one chunk: sensor readings and noise, records, meals (float64)
+        sensor_min = {"Dexcom": 3, "GuardianRT": 5, "Navigator": 1}[g.cgm.sensor]
+        minutes = (g.run_in_days + g.days) * 1440
+        per_patient = 8 * (
+            3 * minutes / sensor_min + 2 * minutes / 15 + 6 * len(g.meals) * minutes / 1440
+        )
+        size = min(self.execution.chunk_size, max(a.n for a in self.arms))
+        if size * per_patient > MAX_CHUNK_BYTES:
+            out.append(
+                (("execution", "chunk_size"), self.execution.chunk_size,
+                 f"a chunk of {size:,} patients over {minutes // 1440} days holds about "
+                 f"{size * per_patient / 2**30:.1f} GiB of sensor readings; at most "
+                 f"{MAX_CHUNK_BYTES / 2**30:.0f} GiB: lower chunk_size")
+            )  # fmt: skip
         return out
 
     def _twin_problems(self) -> list[tuple[tuple[str | int, ...], Any, str]]:

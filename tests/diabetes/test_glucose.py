@@ -176,3 +176,120 @@ def test_cgm_noise_distribution_matches_simglucose() -> None:
         c = x - x.mean()
         acf = (c[:, lag:] * c[:, :-lag]).mean() / x.var()
         assert acf == pytest.approx(r["acf_15min"], abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "phrase"),
+    [
+        ("every_days: 7, step: 0.1", "every_days: 28, step: 0.1", "the first review would come"),
+        ("covariates: {}", "covariates: {AGE: {distribution: normal, mean: 15, sd: 3}}",
+         "population.covariates: a glucose trial's patients come from glucose.patients"),
+        ("covariates: [baseline]", "covariates: []", None),  # unadjusted: valid too
+        ("chunk_size: 27", "chunk_size: 2000", None),
+    ],
+)  # fmt: skip
+def test_glucose_protocol_rules(tmp_path: Path, old: str, new: str, phrase: str | None) -> None:
+    path = tmp_path / "p.yaml"
+    text = T1D.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    if phrase is None:
+        load_protocol(path)
+        return
+    with pytest.raises(ProtocolError) as exc:
+        load_protocol(path)
+    assert phrase in str(exc.value)
+
+
+def test_baseline_needs_a_run_in(tmp_path: Path) -> None:
+    text = T1D.read_text().replace("run_in_days: 7", "run_in_days: 0")
+    assert "covariates: [baseline]" in text
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError, match=r"set glucose\.run_in_days"):
+        load_protocol(path)
+
+
+def test_chunk_memory_bound(tmp_path: Path) -> None:
+    text = (
+        T1D.read_text()
+        .replace("days: 28", "days: 365")
+        .replace("sensor: Dexcom", "sensor: Navigator")
+    )
+    text = text.replace("n: 54", "n: 2000").replace("chunk_size: 27", "chunk_size: 2000")
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError, match="GiB of sensor readings"):
+        load_protocol(path)
+
+
+def test_glucose_fields_refused_in_oncology(tmp_path: Path) -> None:
+    onc = (ROOT / "protocols" / "onc_phase2_orr.yaml").read_text()
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        onc.replace("endpoint: orr", "endpoint: tir")
+        .replace("model: binary", "model: continuous")
+        .replace("quantity: rate_difference", "quantity: mean_difference")
+    )
+    with pytest.raises(ProtocolError, match="time in range is the endpoint of a glucose trial"):
+        load_protocol(path)
+    text = onc.replace("control: true", "control: true\n    controller: {kind: basal_bolus}", 1)
+    assert text != onc
+    path.write_text(text)
+    with pytest.raises(
+        ProtocolError, match="an insulin dosing algorithm belongs to a glucose trial"
+    ):
+        load_protocol(path)
+
+
+def _readings(n: int, days: int, sample: int, value: float) -> np.ndarray:
+    return np.full((n, days * 1440 // sample + 1), value)
+
+
+def test_decision_support_rules_on_known_readings() -> None:
+    """Each rule of DecisionSupport (docs/diabetes.md) on readings made to trigger it alone."""
+    sample, n = 5, 6
+    r = _readings(n, 1, sample, 120.0)
+    night = slice(0, 360 // sample)
+    r[0, :30] = 60.0  # 0: 30 of 288 readings below 70 (10% > 4%): less insulin everywhere
+    r[1, night] = 200.0  # 1: night mean 200: more basal (TAR exactly 25%: CF unchanged)
+    r[2, night] = 90.0  # 2: night mean 90: less basal
+    meal = 480  # 08:00, announced
+    a1, a2 = (meal + 120) // sample, (meal + 240) // sample
+    r[3, a1:a2] = 190.0  # 3: rise of 70 > 60 after the meal: more meal insulin (CR down)
+    r[4, a1:a2] = 100.0  # 4: glucose falls after the meal: less meal insulin (CR up)
+    r[5, 360 // sample : 1200 // sample] = 200.0  # 5: 58% above 180: CF down
+    meals = G.MealPlan.fixed(n, 1, [(meal, 50.0)])
+    ones = np.ones(n)
+    ds = G.DecisionSupport(basal=ones.copy(), cr=10 * ones, cf=50 * ones, every_days=1, step=0.1)
+    ds.review(0, r, sample, meals)
+    assert (ds.basal == 1).all()  # no review at the start
+    ds.review(1440, r, sample, meals)
+    np.testing.assert_allclose(ds.basal, [0.9, 1.1, 0.9, 1, 1, 1])
+    np.testing.assert_allclose(ds.cr, [11, 10, 10, 9, 11, 10])
+    np.testing.assert_allclose(ds.cf, [55, 50, 50, 50, 50, 45])
+    # settings stay within max_factor of where they started
+    for day in range(2, 30):
+        ds.review(day * 1440, np.tile(r, (1, day + 1))[:, : day * 288 + 1], sample,
+                  G.MealPlan.fixed(n, day, [(meal, 50.0)]))  # fmt: skip
+    assert ds.basal.max() <= 2.0 + 1e-12 and ds.basal.min() >= 0.5 - 1e-12
+    assert ds.cr.max() <= 20 + 1e-9 and ds.cr.min() >= 5 - 1e-9
+
+
+def test_decision_support_waits_for_the_run_in() -> None:
+    ds = G.DecisionSupport(basal=np.ones(1), cr=np.ones(1), cf=np.ones(1), every_days=7,
+                           start_minute=7 * 1440)  # fmt: skip
+    r = _readings(1, 21, 5, 250.0)  # high all the time: every review raises the basal
+    meals = G.MealPlan.fixed(1, 21, [])
+    for day in range(1, 21):
+        ds.review(day * 1440, r, 5, meals)
+    assert ds.basal[0] == pytest.approx(1.1**1)  # reviews at day 14 only (not day 7, run-in end)
+
+
+def test_bolus_and_correction() -> None:
+    bb = G.BasalBolus(basal=np.ones(3), cr=np.array([10.0, 10.0, 20.0]), cf=np.array([50.0] * 3))
+    units = bb.bolus(
+        np.array([0, 1, 2]), np.array([60.0, 60.0, 60.0]), np.array([150.0, 240.0, 100.0])
+    )
+    # simglucose's BBController: carbs / CR, plus (CGM - 140) / CF only above 150
+    np.testing.assert_allclose(units, [6.0, 6.0 + 100 / 50, 3.0])

@@ -140,3 +140,70 @@ def test_closed_loop_arm_does_not_depend_on_chunking(tmp_path: Path) -> None:
     assert (ds.exposure["basal_u_h_end"] != ds.exposure["basal_u_h_start"]).any()
     sc = trial.simulate_chunk(protocol, "standard", trial.arm_cohort(protocol, protocol.arms[0]))
     assert (sc.exposure["basal_u_h_end"] == sc.exposure["basal_u_h_start"]).all()
+
+
+def test_hypoglycaemia_treatment_and_counting_window() -> None:
+    """A 10 U bolus without a meal drives adult#001 low: with the rule of 15 the patient eats
+    15 g at each reading below 70 (at most every 15 min), which raises the nadir; totals count
+    only from ``count_from``, while the treatment itself happens all the time."""
+    p = G.simglucose_patients()
+    p = p[p["name"] == "adult#001"].reset_index(drop=True)
+    basal = p["U2SS"].to_numpy() * p["BW"].to_numpy() / 6000.0
+    plan = G.MealPlan.fixed(1, 1, [])
+    kw = dict(basal_u_per_min=basal, boluses=(np.array([[60]]), np.array([[10.0]])), record_min=5)
+    sensor = G.Sensor.named("GuardianRT", noise=False)
+    none = G.simulate(p, 720, plan, sensor=sensor, **kw)
+    treated = G.simulate(p, 720, plan, sensor=sensor, hypo=(70.0, 15.0, 15), **kw)
+    late = G.simulate(p, 720, plan, sensor=sensor, hypo=(70.0, 15.0, 15), count_from=720, **kw)
+    assert none.bg.min() < 70  # the scenario does go low
+    assert treated.rescues[0] >= 1 and treated.rescue_g[0] == 15.0 * treated.rescues[0]
+    assert treated.carbs_g[0] == 0.0  # rescue carbohydrate is counted apart from meals
+    assert treated.bg.min() > none.bg.min()
+    # readings below 70 that triggered a treatment are at least 15 minutes apart
+    low = np.flatnonzero(treated.cgm[0] < 70) * sensor.sample_min
+    assert len(low) >= treated.rescues[0]
+    np.testing.assert_array_equal(late.bg, treated.bg)
+    assert late.rescues[0] == 0 and late.insulin_u[0] == 0.0
+
+
+def test_glucose_report_shows_advice4u_and_agp(tmp_path: Path) -> None:
+    """A small glucose trial through the pipeline, real PyMC fit included: the archive's
+    validation rows reach the report with their distances, and each arm has its AGP."""
+    import json
+
+    from insilico_trials.io.archive import verify_archive, write_manifest
+    from insilico_trials.io.outputs import write_run_outputs
+    from insilico_trials.report import render_report
+    from insilico_trials.run.trial import run_trial
+
+    text = (ROOT / "protocols" / "t1d_decision_support.yaml").read_text()
+    text = text.replace("days: 28", "days: 14").replace("n: 54", "n: 8")
+    text = text.replace("draws: 1000, tune: 1000", "draws: 300, tune: 300")
+    path = tmp_path / "t1d.yaml"
+    path.write_text(text)
+    protocol = load_protocol(path)
+    result = run_trial(protocol)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    groups = write_run_outputs(archive, path, result)
+    assert "glucose_agp.parquet" in groups["outputs"]
+    write_manifest(
+        archive, inputs=groups["inputs"], outputs=groups["outputs"], documents=[], meta={}
+    )
+    assert verify_archive(archive) == []
+    rows = json.loads((archive / "validation.json").read_text())
+    assert [r["reference"] for r in rows] == [51.6, 50.2, -1.4, 1.0, 1.3, 0.3]
+    html = render_report(archive, {"trial_id": protocol.trial_id})
+    assert 'id="validation-table"' in html and html.count("ADVICE4U") >= 6
+    for r in rows:
+        dist = r["simulated"] - r["reference"]
+        assert f"{dist:.4g}" in html or f"{dist:.3g}" in html, (r["quantity"], dist)
+    assert html.count("<figcaption>Ambulatory glucose profile, arm") == 2
+    assert "Glucose endpoints" in html and "PK model" not in html
+    cohort = pd.read_parquet(archive / "cohort.parquet")
+    assert not any(c.startswith("X0_") for c in cohort.columns)
+    # each arm its own patients (a parallel-group trial)
+    a, b = (
+        cohort[cohort["arm"] == arm]["KP1"].to_numpy() for arm in ("standard", "decision_support")
+    )
+    assert not np.array_equal(a, b)
