@@ -193,6 +193,16 @@ class ExpressionError(InputError):
     """An eligibility or derived expression uses a name or syntax that is not allowed."""
 
 
+def _depth(node: ast.AST) -> int:
+    """The nesting depth of a syntax tree, without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
+    return deepest
+
+
 class Expression:
     """A compiled, restricted expression over covariate arrays.
 
@@ -211,6 +221,7 @@ class Expression:
     """
 
     MAX_LENGTH = 1000  # characters; a criterion is a line, not a program
+    MAX_DEPTH = 100  # nesting of the syntax tree (a model's longest expression has about 15)
 
     def __init__(self, source: str, names: Mapping[str, tuple[str, ...] | None]) -> None:
         self.source = source
@@ -221,6 +232,8 @@ class Expression:
             )
         try:
             tree = ast.parse(source.strip(), mode="eval")
+            if _depth(tree.body) > self.MAX_DEPTH:
+                raise RecursionError  # the same refusal whatever the interpreter's limit
             self.used: set[str] = set()
             self._fn = self._compile(tree.body)
         except SyntaxError as exc:
